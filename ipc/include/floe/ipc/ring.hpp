@@ -1,0 +1,206 @@
+// SPSC ring of variable-length records in shared memory.
+//
+// RingHeader (shared data) sits at the start of a 64-byte aligned span inside a Region, followed by
+// `capacity` bytes of record data. RingProducer and RingConsumer are process-local handles; each
+// keeps a cached copy of the other side's index so that the shared lines are touched only when the
+// cached value says the ring looks full (producer) or empty (consumer).
+//
+// A record is an 8-byte RecordHeader {length, type, flags} and `length` payload bytes, padded to a
+// multiple of 8. A record never wraps: if it does not fit before the end of the data area the
+// producer writes a padding record (type kPadRecord) over the rest and starts again at offset 0.
+//
+// The consumer treats every byte of the region as hostile: an index out of range, a misaligned
+// index, a length larger than what was published, or a bad padding record puts the consumer into a
+// sticky error state; it never reads outside the data area.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <type_traits>
+
+#include "floe/ipc/fd.hpp"
+#include "floe/ipc/notify.hpp"
+#include "floe/ipc/platform.hpp"
+#include "floe/ipc/result.hpp"
+
+namespace floe::ipc {
+
+inline constexpr std::uint32_t kRingMagic = 0x474E4952;  // "RING"
+inline constexpr std::uint32_t kRingLayoutVersion = 1;
+inline constexpr std::uint16_t kPadRecord = 0xFFFF;
+inline constexpr std::size_t kRecordAlign = 8;
+
+struct RecordHeader {
+  std::uint32_t length;  // payload bytes (padding not included)
+  std::uint16_t type;    // user-defined; kPadRecord is reserved
+  std::uint16_t flags;   // user-defined
+};
+static_assert(sizeof(RecordHeader) == 8);
+
+/// The shared part of a ring. Standard layout, offsets only, every cache line explicit.
+struct RingHeader {
+  // Line 0: written once by ring_init, read-only afterwards.
+  alignas(kCacheLine) std::uint32_t magic;
+  std::uint32_t layout_version;
+  std::uint64_t capacity;          // bytes of record data; a power of two
+  std::uint32_t notify_mode;       // NotifyMode
+  std::uint32_t poll_interval_us;  // for NotifyMode::kPoll
+  std::uint64_t data_offset;       // from the start of this header to the data area
+
+  // Line 1: producer-owned.
+  alignas(kCacheLine) std::atomic<std::uint64_t> tail;  // bytes ever written (monotonic)
+  std::atomic<std::uint64_t> records_pushed;
+  std::atomic<std::uint64_t> notifications_sent;        // signals (syscalls) made by the producer
+  std::atomic<std::uint64_t> high_water;                // most bytes ever in use
+  std::atomic<std::uint32_t> overflow;                  // set when a push failed for lack of space
+
+  // Line 2: consumer-owned.
+  alignas(kCacheLine) std::atomic<std::uint64_t> head;  // bytes ever consumed (monotonic)
+  std::atomic<std::uint64_t> records_popped;
+  std::atomic<std::uint64_t> consumer_wakeups;          // times the consumer returned from sleeping
+
+  // Line 3: the wake handshake, written by both sides (rarely, by construction).
+  alignas(kCacheLine) std::atomic<std::uint32_t> consumer_sleeping;
+  std::atomic<std::uint32_t> futex_word;  // NotifyMode::kFutex: bumped before FUTEX_WAKE
+};
+static_assert(std::is_standard_layout_v<RingHeader>);
+static_assert(sizeof(RingHeader) == 4 * kCacheLine);
+static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
+
+struct RingOptions {
+  std::size_t capacity = 64 * 1024;  // data bytes, power of two, >= 256
+  NotifyMode notify = NotifyMode::kEventfd;
+  std::chrono::microseconds poll_interval{100};
+};
+
+/// Bytes a ring with `capacity` data bytes needs (header + data), a multiple of kCacheLine.
+[[nodiscard]] constexpr std::size_t ring_footprint(std::size_t capacity) noexcept {
+  return sizeof(RingHeader) + capacity;
+}
+/// Initialises a ring in `memory` (64-byte aligned, >= ring_footprint(capacity) bytes). Creator only,
+/// before the region is shared.
+[[nodiscard]] Status ring_init(std::span<std::byte> memory, const RingOptions& options);
+
+/// What the consumer sees of one record. `payload` points into shared memory and is valid until
+/// the record is popped; the producer may not touch it before then, but a hostile producer may,
+/// so copy out anything you validate.
+struct RecordView {
+  std::uint16_t type = 0;
+  std::uint16_t flags = 0;
+  std::span<const std::byte> payload;
+};
+
+/// Producer handle. Exactly one per ring, across all processes. Not thread-safe.
+class RingProducer {
+ public:
+  /// Validates the header in `memory` (magic, version, capacity, data_offset within `memory`).
+  /// `notify_fd` is the consumer's eventfd when the ring's mode is kEventfd (ignored otherwise).
+  [[nodiscard]] static Result<RingProducer> attach(std::span<std::byte> memory, int notify_fd = -1);
+
+  /// Copies one record in, publishes it and wakes the consumer if it sleeps. False if full (and
+  /// sets the header's overflow flag). Never blocks.
+  [[nodiscard]] bool try_push(std::uint16_t type, std::span<const std::byte> payload,
+                              std::uint16_t flags = 0) noexcept;
+
+  /// Batch API: reserve space for a record and fill it in place; nothing is visible to the
+  /// consumer until publish(). Returns nullptr if it does not fit (overflow flag set).
+  [[nodiscard]] std::byte* try_reserve(std::uint16_t type, std::uint32_t length,
+                                       std::uint16_t flags = 0) noexcept;
+  /// Makes every reserved record visible with one release store, then wakes a sleeping consumer.
+  void publish() noexcept;
+
+  /// Spins, then yields, then sleeps in growing steps (up to 1 ms) until the record fits or
+  /// `timeout` passes. For producers that must not drop (benchmarks, requests with back-pressure).
+  [[nodiscard]] bool push_wait(std::uint16_t type, std::span<const std::byte> payload,
+                               std::chrono::nanoseconds timeout) noexcept;
+
+  [[nodiscard]] std::size_t max_payload() const noexcept;
+  [[nodiscard]] std::size_t capacity() const noexcept { return capacity_; }
+  [[nodiscard]] RingHeader& header() const noexcept { return *header_; }
+
+ private:
+  RingHeader* header_ = nullptr;
+  std::byte* data_ = nullptr;
+  std::size_t capacity_ = 0;
+  std::uint64_t tail_ = 0;         // local tail, ahead of the published one during a batch
+  std::uint64_t head_cache_ = 0;   // last head read from the consumer's line
+  int notify_fd_ = -1;
+  NotifyMode mode_ = NotifyMode::kEventfd;
+};
+
+enum class PopStatus : std::uint8_t { kRecord, kEmpty, kCorrupt };
+
+/// Consumer handle. Exactly one per ring, across all processes. Not thread-safe.
+class RingConsumer {
+ public:
+  /// Validates the header like RingProducer::attach. `notify_fd` is this consumer's eventfd
+  /// (kEventfd mode). The ring's current head is trusted only after range checks.
+  [[nodiscard]] static Result<RingConsumer> attach(std::span<std::byte> memory, int notify_fd = -1);
+
+  /// Looks at the next record without consuming it. kCorrupt is sticky; error() says why.
+  [[nodiscard]] PopStatus peek(RecordView& out) noexcept;
+  /// Consumes the record returned by the last successful peek (locally; see release()).
+  void pop() noexcept;
+  /// Publishes the local head so the producer can reuse the space. Call once per batch.
+  void release() noexcept;
+
+  /// Peeks, calls fn(const RecordView&) and pops, for up to `max` records, then releases.
+  /// Returns the number handled; on corruption returns an Error (also kept in error()).
+  template <typename Fn>
+  [[nodiscard]] Result<std::size_t> drain(Fn&& fn, std::size_t max = SIZE_MAX) {
+    std::size_t n = 0;
+    RecordView view;
+    while (n < max) {
+      const PopStatus s = peek(view);
+      if (s == PopStatus::kEmpty) break;
+      if (s == PopStatus::kCorrupt) {
+        release();
+        return tl::unexpected(*error_);
+      }
+      fn(view);
+      pop();
+      ++n;
+    }
+    release();
+    return n;
+  }
+
+  /// True if a record is available (refreshes the cached tail).
+  [[nodiscard]] bool has_data() noexcept;
+
+  /// Blocks per the ring's NotifyMode until a record is available or `timeout` passes (nullopt:
+  /// forever). Returns true if data is available. Uses the sleeping-flag handshake; spurious
+  /// wakeups are handled inside.
+  [[nodiscard]] bool wait(std::optional<std::chrono::nanoseconds> timeout = std::nullopt) noexcept;
+
+  /// For event loops that block on the eventfd themselves (io_uring, epoll): publishes the
+  /// sleeping flag and re-checks. Returns true if the caller may now block on the eventfd; false
+  /// if data arrived meanwhile (the flag is cleared again: drain first).
+  [[nodiscard]] bool prepare_sleep() noexcept;
+  /// Clears the sleeping flag after a wakeup (or before giving up on sleeping).
+  void finish_sleep() noexcept;
+
+  [[nodiscard]] const Error* error() const noexcept { return error_ ? &*error_ : nullptr; }
+  [[nodiscard]] std::size_t capacity() const noexcept { return capacity_; }
+  [[nodiscard]] RingHeader& header() const noexcept { return *header_; }
+
+ private:
+  PopStatus fail(const char* what) noexcept;
+
+  RingHeader* header_ = nullptr;
+  const std::byte* data_ = nullptr;
+  std::size_t capacity_ = 0;
+  std::uint64_t head_ = 0;        // local head, ahead of the published one during a batch
+  std::uint64_t tail_cache_ = 0;  // last tail read from the producer's line
+  std::uint64_t peeked_next_ = 0; // head after the record returned by the last peek
+  int notify_fd_ = -1;
+  NotifyMode mode_ = NotifyMode::kEventfd;
+  std::chrono::microseconds poll_interval_{100};
+  std::optional<Error> error_;
+};
+
+}  // namespace floe::ipc
