@@ -76,8 +76,9 @@ class Listener {
  public:
   /// Removes a stale socket file at `path`, binds, chmods to `mode` and listens.
   [[nodiscard]] static Result<Listener> bind(const std::string& path, unsigned mode = 0660);
-  Listener(Listener&&) noexcept = default;
-  Listener& operator=(Listener&&) noexcept = default;
+  /// Moves leave `other` empty: it neither closes nor unlinks anything.
+  Listener(Listener&& other) noexcept;
+  Listener& operator=(Listener&& other) noexcept;
   ~Listener();  // unlinks the path
 
   [[nodiscard]] Result<Channel> accept();  // accept4(SOCK_CLOEXEC)
