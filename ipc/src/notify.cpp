@@ -1,0 +1,76 @@
+#include "floe/ipc/notify.hpp"
+
+#include <linux/futex.h>
+#include <sys/eventfd.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <ctime>
+
+namespace floe::ipc {
+
+std::string_view to_string(NotifyMode mode) noexcept {
+  switch (mode) {
+    case NotifyMode::kEventfd: return "eventfd";
+    case NotifyMode::kFutex: return "futex";
+    case NotifyMode::kSpin: return "spin";
+    case NotifyMode::kPoll: return "poll";
+  }
+  return "unknown";
+}
+
+std::optional<NotifyMode> parse_notify_mode(std::string_view text) noexcept {
+  for (const NotifyMode m : {NotifyMode::kEventfd, NotifyMode::kFutex, NotifyMode::kSpin, NotifyMode::kPoll}) {
+    if (text == to_string(m)) return m;
+  }
+  return std::nullopt;
+}
+
+Result<Fd> make_eventfd(bool nonblocking) {
+  const int fd = ::eventfd(0, EFD_CLOEXEC | (nonblocking ? EFD_NONBLOCK : 0));
+  if (fd < 0) return sys_error("eventfd");
+  return Fd(fd);
+}
+
+void eventfd_signal(int fd) noexcept {
+  const std::uint64_t one = 1;
+  for (;;) {
+    if (::write(fd, &one, sizeof one) >= 0) return;
+    // EAGAIN: the counter is saturated, so the reader has a wakeup pending anyway.
+    if (errno != EINTR) return;
+  }
+}
+
+Result<std::uint64_t> eventfd_drain(int fd) {
+  std::uint64_t value = 0;
+  for (;;) {
+    if (::read(fd, &value, sizeof value) == static_cast<ssize_t>(sizeof value)) return value;
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN) return 0;
+    return sys_error("read(eventfd)");
+  }
+}
+
+void futex_wait(const std::uint32_t* word, std::uint32_t expected,
+                std::optional<std::chrono::nanoseconds> timeout) noexcept {
+  timespec ts{};
+  timespec* tsp = nullptr;
+  if (timeout) {
+    const auto ns = timeout->count() > 0 ? timeout->count() : 0;
+    ts.tv_sec = static_cast<time_t>(ns / 1'000'000'000);
+    ts.tv_nsec = static_cast<long>(ns % 1'000'000'000);
+    tsp = &ts;
+  }
+  // FUTEX_WAIT (not FUTEX_WAIT_PRIVATE): the word lives in memory shared across processes, so the
+  // kernel must key the wait queue on the page, not on this process's mm. The timeout is relative.
+  // EAGAIN (value changed), EINTR and ETIMEDOUT all mean "go and look again" to the caller.
+  (void)::syscall(SYS_futex, word, FUTEX_WAIT, expected, tsp, nullptr, 0);
+}
+
+int futex_wake(const std::uint32_t* word, int count) noexcept {
+  const long woken = ::syscall(SYS_futex, word, FUTEX_WAKE, count, nullptr, nullptr, 0);
+  return woken < 0 ? 0 : static_cast<int>(woken);
+}
+
+}  // namespace floe::ipc
