@@ -293,6 +293,8 @@ Result<Fd> Region::share(RegionAccess access) const {
   }
   // A dup would share our O_RDWR open file description; a fresh open of the /proc link gets a
   // description of its own that is read-only, so mmap(PROT_WRITE, MAP_SHARED) on it fails.
+  // Not a security boundary: memfd inodes are mode 0777, so a receiver can reopen its own
+  // /proc/self/fd/N with O_RDWR. It stops mistakes, not a hostile peer.
   const std::string path = "/proc/self/fd/" + std::to_string(fd_.get());
   Fd ro(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!ro) return sys_error("open", fmt::format("{} (O_RDONLY) to share region read-only", path));

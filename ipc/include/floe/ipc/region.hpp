@@ -36,7 +36,7 @@ struct RegionHeader {
   std::atomic<std::uint32_t> generation;  // bumped by the creator when the region is reused
   std::atomic<std::uint32_t> flags;       // RegionFlags
   char name[32];                          // NUL-terminated, for inspectors and logs
-  std::uint64_t reserved[3];               // zero; pads the header to 96 bytes
+  std::uint64_t reserved[3];              // zero; pads the header to 96 bytes
 };
 static_assert(std::is_standard_layout_v<RegionHeader>);
 static_assert(sizeof(RegionHeader) == 96);
