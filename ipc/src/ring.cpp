@@ -330,12 +330,11 @@ bool RingConsumer::has_data() noexcept {
   const std::uint64_t tail = header_->tail.load(std::memory_order_acquire);
   if (tail == tail_cache_) return false;
   // The consumer's own head_ is trusted (it never re-reads the shared head); the tail is not.
+  // (Refreshing only when head_ == tail_cache_ makes "behind head" cover a tail that went back.)
   if (tail % kRecordAlign != 0) {
     fail(fmt::format("tail {} is not {}-byte aligned", tail, kRecordAlign).c_str());
   } else if (tail < head_) {
     fail(fmt::format("tail {} is behind head {}", tail, head_).c_str());
-  } else if (tail < tail_cache_) {
-    fail(fmt::format("tail went backwards from {} to {}", tail_cache_, tail).c_str());
   } else if (tail - head_ > capacity_) {
     fail(fmt::format("tail {} is {} bytes past head {}, more than the capacity {}", tail, tail - head_, head_,
                      capacity_)
