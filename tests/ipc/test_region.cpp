@@ -200,7 +200,7 @@ TEST(Region, OpenRefusesUnexpectedSize) {
 }
 
 TEST(Region, OpenRefusesRegionSmallerThanMinSize) {
-  auto opened = Region::open(make_raw_region(), {.min_size = static_cast<std::uint32_t>(page_size() + 1)});
+  auto opened = Region::open(make_raw_region(), {.min_size = page_size() + 1});
   ASSERT_FALSE(opened);
   EXPECT_NE(opened.error().message.find("required minimum"), std::string::npos) << opened.error().to_string();
 }

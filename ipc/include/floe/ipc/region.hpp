@@ -57,7 +57,7 @@ struct RegionCreateOptions {
 struct RegionOpenOptions {
   RegionAccess access = RegionAccess::kReadWrite;
   std::size_t expected_size = 0;  // 0: accept any size the header and fstat agree on
-  std::uint32_t min_size = 0;     // refuse regions smaller than this (payload needs)
+  std::size_t min_size = 0;       // refuse regions smaller than this (payload needs)
   bool require_kind = false;
   RegionKind kind = RegionKind::kRaw;
 };
