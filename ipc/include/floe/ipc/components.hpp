@@ -15,7 +15,7 @@
 // Big encodings:
 //   text       UTF-8 bytes, no terminator
 //   list       u32 count, then per item u32 byte length + bytes (little-endian, unpadded)
-//              e.g. ["on","off"] = 02000000 02000000 "on" 03000000 "off" (15 bytes)
+//              e.g. ["on","off"] = 02000000 02000000 "on" 03000000 "off" (17 bytes)
 //
 // Everything here is constexpr or thread-safe: the catalogue is immutable.
 #pragma once
