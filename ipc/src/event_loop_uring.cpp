@@ -33,6 +33,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -142,6 +143,8 @@ class UringLoop final : public EventLoop {
 
   ~UringLoop() override {
     if (!ring_ok_) return;
+    // Queued ops may name fds the owner has closed (and the numbers reused) by now.
+    neutralise_queued(std::nullopt);
     for (auto& [id, w] : watches_) {
       w->alive = false;
       cancel_ops(*w);
@@ -351,10 +354,33 @@ class UringLoop final : public EventLoop {
     return false;
   }
 
-  // Asks the kernel to end every op of `w`; their final completions arrive later.
-  void cancel_ops(Watch& w) noexcept {
+  // Rewrites ops we queued but have not submitted yet (those of watch `id`, or all) into NOPs
+  // that keep their user_data: their completions still settle the watch's bookkeeping, but the
+  // kernel never looks at their fd. An op queued for a cancelled watch would otherwise be
+  // resolved at the next submit against whatever file then holds that fd number: after
+  // cancel(); close(fd); a new eventfd often gets the same number, and a stale READ would eat its
+  // counter. Returns the tags rewritten. Relies on liburing's documented sq.sqe_head/sqe_tail
+  // (no SQPOLL, no SQE128 here).
+  std::uint8_t neutralise_queued(std::optional<WatchId> id) noexcept {
+    std::uint8_t tags = 0;
+    io_uring_sq& sq = ring_.sq;
+    for (unsigned i = sq.sqe_head; i != sq.sqe_tail; ++i) {
+      io_uring_sqe* sqe = &sq.sqes[i & sq.ring_mask];
+      const std::uint64_t user_data = sqe->user_data;
+      const auto tag = user_data & kTagMask;
+      if (tag == kTagControl || (id && (user_data >> kTagBits) != *id)) continue;
+      io_uring_prep_nop(sqe);
+      io_uring_sqe_set_data64(sqe, user_data);
+      tags = static_cast<std::uint8_t>(tags | bit(tag));
+    }
+    return tags;
+  }
+
+  // Asks the kernel to end every op of `w` except those in `skip`; their final completions
+  // arrive later.
+  void cancel_ops(Watch& w, std::uint8_t skip = 0) noexcept {
     for (const Tag tag : {kTagPoll, kTagRead, kTagTimeout}) {
-      if ((w.armed & bit(tag)) == 0) continue;
+      if ((w.armed & bit(tag)) == 0 || (skip & bit(tag)) != 0) continue;
       io_uring_sqe* sqe = get_sqe();
       if (sqe == nullptr) {
         spdlog::warn("event loop: no SQE to cancel watch {}; it ends with the loop", w.id);
@@ -375,7 +401,7 @@ class UringLoop final : public EventLoop {
   // Marks a watch dead (its callback never runs again) and frees it once the kernel is done.
   void kill(Watch& w) noexcept {
     w.alive = false;
-    cancel_ops(w);
+    cancel_ops(w, neutralise_queued(w.id));
     if (w.armed == 0) retire(w.id);
   }
 

@@ -256,6 +256,35 @@ TEST_P(EventLoopConformance, CancelAfterSomeRunsStopsTheWatch) {
   EXPECT_EQ(calls, 1);
 }
 
+TEST_P(EventLoopConformance, CancelledWatchNeverTouchesALaterFileWithTheSameFdNumber) {
+  if (!loop_) return;
+  for (const bool nonblocking : {false, true}) {
+    SCOPED_TRACE(nonblocking ? "non-blocking eventfd" : "blocking eventfd");
+    if (!nonblocking && GetParam() == LoopBackend::kEpoll) continue;  // epoll needs EFD_NONBLOCK
+    Fd old_fd = make_test_eventfd(nonblocking);
+    const int number = old_fd.get();
+    int old_calls = 0;
+    auto old_id = loop_->watch_eventfd(number, [&](std::uint64_t) { ++old_calls; });
+    ASSERT_TRUE(old_id);
+    add_to_eventfd(number, 1);
+    // After this the watch has re-armed: its next read is queued in the loop.
+    ASSERT_TRUE(run_until([&] { return old_calls == 1; }));
+    loop_->cancel(*old_id);
+    old_fd.reset();
+    Fd new_fd = make_test_eventfd(nonblocking);
+    EXPECT_EQ(new_fd.get(), number) << "the kernel did not reuse the number; the test is weaker";
+    std::uint64_t sum = 0;
+    auto new_id = loop_->watch_eventfd(new_fd.get(), [&](std::uint64_t v) { sum += v; });
+    ASSERT_TRUE(new_id);
+    add_to_eventfd(new_fd.get(), 5);
+    ASSERT_TRUE(run_until([&] { return sum == 5; }));
+    add_to_eventfd(new_fd.get(), 2);
+    ASSERT_TRUE(run_until([&] { return sum == 7; }));
+    EXPECT_EQ(old_calls, 1);
+    loop_->cancel(*new_id);  // before new_fd closes, as every owner of a watched fd must
+  }
+}
+
 TEST_P(EventLoopConformance, CancellingUnknownOrFinishedIdsIsHarmless) {
   if (!loop_) return;
   loop_->cancel(0);
