@@ -228,6 +228,57 @@ INSTANTIATE_TEST_SUITE_P(AllModes, RingStress,
                                            NotifyMode::kPoll),
                          [](const auto& info) { return std::string(to_string(info.param)); });
 
+/// One record at a time: the producer pushes a record at a random moment while the consumer is on
+/// its way to sleep, then waits until it is consumed. Each record is the last one in flight, so a
+/// single lost wakeup hangs the consumer (and the watchdog aborts).
+class RingHandoff : public ::testing::TestWithParam<NotifyMode> {};
+
+TEST_P(RingHandoff, SingleRecordsHandedOverOneAtATimeNeverLoseAWakeup) {
+  const NotifyMode mode = GetParam();
+  const std::uint64_t total = test::scaled(200'000, 5'000);
+  RingMemory memory(4096);
+  auto efd = make_eventfd();
+  ASSERT_TRUE(efd.has_value());
+  ASSERT_TRUE(ring_init(memory.span(), {.capacity = 4096, .notify = mode}));
+  auto producer = RingProducer::attach(memory.span(), efd->get());
+  auto consumer = RingConsumer::attach(memory.span(), efd->get());
+  ASSERT_TRUE(producer.has_value() && consumer.has_value());
+  Watchdog watchdog(120s, [&] { return std::string(to_string(mode)) + ": " + describe(memory.header()); });
+
+  std::thread producer_thread([&] {
+    std::mt19937_64 rng(7);
+    for (std::uint64_t seq = 0; seq < total; ++seq) {
+      // A random delay lands the publish anywhere in the consumer's path to sleep.
+      // Mostly within the consumer's few hundred nanoseconds from release() to blocking.
+      const auto delay = rng() % 8 == 0 ? rng() % 4096 : rng() % 128;
+      for (auto spins = delay; spins > 0; --spins) cpu_relax();
+      EXPECT_TRUE(producer->try_push(1, std::as_bytes(std::span(&seq, 1))));
+      for (std::uint32_t i = 1; memory.header().head.load(std::memory_order_acquire) != memory.header().tail.load();
+           ++i) {
+        if (i % 256 == 0) std::this_thread::yield();
+        cpu_relax();
+      }
+    }
+  });
+  std::uint64_t out_of_order = 0;
+  for (std::uint64_t seq = 0; seq < total; ++seq) {
+    ASSERT_TRUE(consumer->wait());
+    RecordView view;
+    ASSERT_EQ(consumer->peek(view), PopStatus::kRecord);
+    std::uint64_t got = 0;
+    std::memcpy(&got, view.payload.data(), sizeof got);
+    if (got != seq) ++out_of_order;
+    consumer->pop();
+    consumer->release();
+  }
+  producer_thread.join();
+  EXPECT_EQ(out_of_order, 0u);
+  EXPECT_GT(memory.header().notifications_sent.load(), 0u);
+}
+
+INSTANTIATE_TEST_SUITE_P(BlockingModes, RingHandoff, ::testing::Values(NotifyMode::kEventfd, NotifyMode::kFutex),
+                         [](const auto& info) { return std::string(to_string(info.param)); });
+
 /// Streams `total` records to a consumer that never sleeps (it spins on has_data), in `mode`.
 std::uint64_t stream_to_busy_consumer(NotifyMode mode, std::uint64_t total, const RingHeader*& header_out,
                                       RingMemory& memory, int efd) {

@@ -98,7 +98,8 @@ struct RecordView {
 class RingProducer {
  public:
   /// Validates the header in `memory` (magic, version, capacity, data_offset within `memory`).
-  /// `notify_fd` is the consumer's eventfd when the ring's mode is kEventfd (ignored otherwise).
+  /// `notify_fd` is the consumer's eventfd when the ring's mode is kEventfd (ignored otherwise;
+  /// required in kEventfd mode, since a producer that cannot signal would strand a sleeping consumer).
   [[nodiscard]] static Result<RingProducer> attach(std::span<std::byte> memory, int notify_fd = -1);
 
   /// Copies one record in, publishes it and wakes the consumer if it sleeps. False if full (and
@@ -118,6 +119,7 @@ class RingProducer {
   [[nodiscard]] bool push_wait(std::uint16_t type, std::span<const std::byte> payload,
                                std::chrono::nanoseconds timeout) noexcept;
 
+  /// capacity / 2 - 8: the largest payload that fits an empty ring wherever the indices stand.
   [[nodiscard]] std::size_t max_payload() const noexcept;
   [[nodiscard]] std::size_t capacity() const noexcept { return capacity_; }
   [[nodiscard]] RingHeader& header() const noexcept { return *header_; }
@@ -169,7 +171,8 @@ class RingConsumer {
     return n;
   }
 
-  /// True if a record is available (refreshes the cached tail).
+  /// True if a record is available (refreshes the cached tail), or if the ring is corrupt (peek
+  /// says so), so that no waiter sleeps on a broken ring.
   [[nodiscard]] bool has_data() noexcept;
 
   /// Blocks per the ring's NotifyMode until a record is available or `timeout` passes (nullopt:
@@ -179,7 +182,8 @@ class RingConsumer {
 
   /// For event loops that block on the eventfd themselves (io_uring, epoll): publishes the
   /// sleeping flag and re-checks. Returns true if the caller may now block on the eventfd; false
-  /// if data arrived meanwhile (the flag is cleared again: drain first).
+  /// if data arrived meanwhile (the flag is cleared again: drain first). Always false in kSpin and
+  /// kPoll, whose producers never signal.
   [[nodiscard]] bool prepare_sleep() noexcept;
   /// Clears the sleeping flag after a wakeup (or before giving up on sleeping).
   void finish_sleep() noexcept;
