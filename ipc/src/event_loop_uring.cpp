@@ -311,6 +311,8 @@ class UringLoop final : public EventLoop {
   }
 
   void prep_poll(Watch& w, io_uring_sqe* sqe) noexcept {
+    // One op per tag at a time: a tag's bit is only re-set after its final completion.
+    FLOE_ASSERT((w.armed & bit(kTagPoll)) == 0);
     io_uring_prep_poll_add(sqe, w.fd, POLLIN);
     io_uring_sqe_set_data64(sqe, encode(w.id, kTagPoll));
     w.armed |= bit(kTagPoll);
@@ -335,6 +337,7 @@ class UringLoop final : public EventLoop {
           io_uring_sqe_set_flags(sqe, IOSQE_IO_LINK);
           sqe = io_uring_get_sqe(&ring_);  // get_sqe(2) guaranteed the room
         }
+        FLOE_ASSERT((w.armed & bit(kTagRead)) == 0);
         io_uring_prep_read(sqe, w.fd, &w.value, sizeof w.value, 0);
         io_uring_sqe_set_data64(sqe, encode(w.id, kTagRead));
         w.armed |= bit(kTagRead);
@@ -344,6 +347,7 @@ class UringLoop final : public EventLoop {
       case Kind::kTimer: {
         io_uring_sqe* sqe = get_sqe();
         if (sqe == nullptr) return false;
+        FLOE_ASSERT((w.armed & bit(kTagTimeout)) == 0);
         io_uring_prep_timeout(sqe, &w.deadline, 0, IORING_TIMEOUT_ABS);
         io_uring_sqe_set_data64(sqe, encode(w.id, kTagTimeout));
         w.armed |= bit(kTagTimeout);

@@ -4,6 +4,14 @@
 // kernels and container runtimes where io_uring is missing or disabled. Backend kAuto tries
 // io_uring and falls back to epoll with one log line saying why. One conformance suite
 // (tests/ipc/test_event_loop.cpp) runs against both.
+//
+// Environment: FLOE_LOOP_BACKEND=auto|io_uring|epoll replaces kAuto (only kAuto: an explicitly
+// requested backend wins), e.g. to force epoll in a container whose seccomp profile lets
+// io_uring_setup succeed but breaks it later. A forced io_uring that fails is an error, not a
+// fallback. Unknown values are ignored with a warning.
+//
+// Watches are level-triggered on both backends. Repeating timers keep their phase (deadline +=
+// period, no drift); periods missed while the loop was busy coalesce into one call.
 #pragma once
 
 #include <chrono>
@@ -51,7 +59,9 @@ class EventLoop {
   [[nodiscard]] virtual Result<WatchId> add_timer(std::chrono::nanoseconds delay, bool repeat,
                                                   std::function<void()> callback) = 0;
   /// Stops a watch or timer; its callback is never called after cancel() returns. Cancelling an
-  /// unknown or already finished id is not an error.
+  /// unknown or already finished id is not an error. Cancel a watch before closing its fd: the
+  /// io_uring backend may still hold the file open, and a counter the kernel already read for a
+  /// cancelled eventfd watch is dropped.
   virtual void cancel(WatchId id) noexcept = 0;
 
   /// Runs until stop(). Returns an error only if the kernel interface fails.
