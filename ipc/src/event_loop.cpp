@@ -5,6 +5,7 @@
 
 #include <cerrno>
 #include <cstdlib>
+#include <cstring>
 
 #include <spdlog/spdlog.h>
 
@@ -52,7 +53,9 @@ Result<std::unique_ptr<EventLoop>> EventLoop::create(const LoopOptions& options)
   }
   auto uring = detail::make_uring_loop(options);
   if (uring) return uring;
-  spdlog::warn("io_uring unavailable ({}); using epoll", uring.error().to_string());
+  const Error& why = uring.error();
+  spdlog::warn("io_uring unavailable ({}: {}); using epoll", why.operation,
+               why.code != 0 ? std::strerror(why.code) : why.message);
   return detail::make_epoll_loop(options);
 }
 

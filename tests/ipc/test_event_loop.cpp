@@ -5,11 +5,17 @@
 #include "floe/ipc/event_loop.hpp"
 
 #include <fcntl.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cstddef>
+#include <iterator>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -636,6 +642,34 @@ TEST(EventLoopFactory, AutoWithAnUnknownEnvironmentValueStillWorks) {
   auto loop = EventLoop::create({.backend = LoopBackend::kAuto});
   ASSERT_TRUE(loop) << loop.error().to_string();
   EXPECT_NE((*loop)->backend(), LoopBackend::kAuto);
+}
+
+// Makes io_uring_setup fail with EPERM for the calling thread only, as a container's seccomp
+// profile does. False if seccomp is unavailable.
+bool refuse_io_uring_on_this_thread() {
+  sock_filter filter[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+  };
+  const sock_fprog program{.len = static_cast<unsigned short>(std::size(filter)), .filter = filter};
+  return ::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 &&
+         ::prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &program, 0, 0) == 0;
+}
+
+TEST(EventLoopFactory, AutoFallsBackToEpollWhenTheKernelRefusesIoUring) {
+  const ScopedEnv env("FLOE_LOOP_BACKEND", "auto");
+  // A thread of its own: the filter dies with it.
+  std::thread([] {
+    if (!refuse_io_uring_on_this_thread()) GTEST_SKIP() << "seccomp unavailable";
+    auto forced = EventLoop::create({.backend = LoopBackend::kIoUring});
+    ASSERT_FALSE(forced.has_value());
+    EXPECT_EQ(forced.error().code, EPERM) << forced.error().to_string();
+    auto loop = EventLoop::create({.backend = LoopBackend::kAuto});
+    ASSERT_TRUE(loop) << loop.error().to_string();
+    EXPECT_EQ((*loop)->backend(), LoopBackend::kEpoll);
+  }).join();
 }
 
 TEST(EventLoopFactory, BackendNamesRoundTrip) {
