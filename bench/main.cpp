@@ -23,6 +23,8 @@ int main(int argc, char** argv) {
   ring_cmd->add_option("--ring-capacity", ring.ring_capacity, "data bytes per ring, a power of two")->capture_default_str();
   ring_cmd->add_option("--poll-us", ring.poll_interval_us, "ring_poll interval in microseconds")->capture_default_str();
   ring_cmd->add_option("--batch", ring.batch, "records per try_reserve/publish in ring_stream_eventfd")->capture_default_str();
+  ring_cmd->add_option("--consumer-spin-us", ring.consumer_spin_us, "stream consumer polls this long before it sleeps")
+      ->capture_default_str();
   ring_cmd->add_option("--timeout", ring.timeout_s, "seconds before a benchmark's children are killed [from counts]");
   ring_cmd->add_flag("!--no-pin", ring.pin, "do not pin the two sides to different CPUs");
 

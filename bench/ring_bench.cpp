@@ -136,8 +136,9 @@ std::vector<Entry> make_entries(const RingBenchConfig& cfg, LoopBackend stream_b
     };
   };
   auto ring_stream = [&cfg, stream_backend](std::size_t batch) {
-    return [=, capacity = cfg.ring_capacity](const RunPlan& plan) {
-      return bench_ring_stream(plan, {.backend = stream_backend, .capacity = capacity, .batch = batch});
+    return [=, capacity = cfg.ring_capacity, spin_us = cfg.consumer_spin_us](const RunPlan& plan) {
+      return bench_ring_stream(plan, {.backend = stream_backend, .capacity = capacity, .batch = batch,
+                                      .consumer_spin = std::chrono::microseconds(spin_us)});
     };
   };
   // Elements of the same byte size as the ring's data area holds records (8-byte header + 64).
@@ -236,8 +237,9 @@ int run_ring_bench(RingBenchConfig cfg) {
                                   n.round_trips, n.warmup_round_trips)},
       {"streams", fmt::format("{} messages (ring, boost) / {} (socket, pipe) after a warm-up of a tenth of that",
                               n.messages, n.kernel_messages)},
-      {"ring", fmt::format("{} bytes of data per ring; ring_poll interval {} us; stream batch {}", cfg.ring_capacity,
-                           cfg.poll_interval_us, cfg.batch)},
+      {"ring", fmt::format("{} bytes of data per ring; ring_poll interval {} us; stream batch {}; stream consumer "
+                           "polls {} us before sleeping",
+                           cfg.ring_capacity, cfg.poll_interval_us, cfg.batch, cfg.consumer_spin_us)},
       {"pinning", pinning},
       {"io_uring", uring_refused.empty() ? std::string("available") : "refused: " + uring_refused},
       {"per message", "RTT rows count both directions: cpu and notify per one-way message = total / (2 x round trips)"},

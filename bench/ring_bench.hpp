@@ -19,6 +19,7 @@ struct RingBenchConfig {
   std::size_t ring_capacity = 64 * 1024; // data bytes of each ring
   std::uint32_t poll_interval_us = 50;   // ring_poll's sleep between checks
   std::size_t batch = 32;                // records per try_reserve/publish batch when streaming
+  std::uint32_t consumer_spin_us = 0;    // stream consumer polls this long before sleeping
   double timeout_s = 0;                  // per benchmark; 0: derived from the counts
   bool pin = true;                       // pin the two sides to different CPUs
   bool quick = false;                    // small counts, for a smoke run

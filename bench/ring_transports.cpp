@@ -67,6 +67,7 @@ class Waiter {
       (void)consumer.wait(std::nullopt);
       return true;
     }
+    if (spin_ns_ > 0 && spin_for_data(consumer)) return true;
     if (!consumer.prepare_sleep()) return true;  // data arrived meanwhile: drain again
     ++sleeps_;
     woke_ = false;
@@ -83,8 +84,20 @@ class Waiter {
   }
 
   [[nodiscard]] std::uint64_t sleeps() const noexcept { return sleeps_; }
+  /// Poll the ring for up to `ns` before going to sleep (0: sleep as soon as it is empty).
+  void set_spin(std::int64_t ns) noexcept { spin_ns_ = ns; }
 
  private:
+  bool spin_for_data(RingConsumer& consumer) noexcept {
+    const std::int64_t until = now_ns() + spin_ns_;
+    for (unsigned i = 1;; ++i) {
+      if (consumer.has_data()) return true;
+      cpu_relax();
+      if (i % 64 == 0 && now_ns() >= until) return false;
+    }
+  }
+
+  std::int64_t spin_ns_ = 0;
   std::unique_ptr<EventLoop> loop_;
   bool woke_ = false;
   std::uint64_t sleeps_ = 0;
@@ -451,6 +464,8 @@ BenchResult bench_ring_stream(const RunPlan& base, const RingStreamOptions& opti
   plan.note = fmt::format("ring {} KiB, NotifyMode::kEventfd; {}; consumer drains up to {} per release and sleeps "
                           "in an EventLoop ({}) only when empty",
                           options.capacity / 1024, how, options.drain_max, to_string(options.backend));
+  if (options.consumer_spin.count() > 0)
+    plan.note += fmt::format("; consumer polls {} us before it sleeps", options.consumer_spin.count() / 1000);
   return run_stream<RingStreamProducer, RingStreamConsumer>(
       plan,
       [&](RoleContext& ctx) -> std::unique_ptr<RingStreamProducer> {
@@ -462,6 +477,7 @@ BenchResult bench_ring_stream(const RunPlan& base, const RingStreamOptions& opti
         auto side = std::make_unique<Side>();
         if (!receive_and_attach(ctx, second, *side, false)) return nullptr;
         if (!start_waiter(ctx, *side, NotifyMode::kEventfd, options.backend)) return nullptr;
+        side->waiter.set_spin(options.consumer_spin.count());
         return std::make_unique<RingStreamConsumer>(std::move(side), options.drain_max);
       },
       [&](std::uint64_t sleeps) {

@@ -39,6 +39,7 @@ struct RingStreamOptions {
   std::size_t capacity = 64 * 1024;
   std::size_t batch = 32;  // > 1: try_reserve/publish batches; 1: push_wait per message
   std::size_t drain_max = 256;  // records per drain() (one release of the head per drain)
+  std::chrono::nanoseconds consumer_spin{0};  // poll this long before sleeping (0: never)
 };
 [[nodiscard]] BenchResult bench_ring_stream(const RunPlan& plan, const RingStreamOptions& options);
 
