@@ -1,0 +1,136 @@
+// The column-wise bitset query engine.
+//
+//   auto snap = registry.snapshot();
+//   auto bound = bind(query, *snap);              // once per (query, snapshot version)
+//   QueryResult r = evaluate(*bound, *snap);      // any number of times, from any thread
+//
+// bind() resolves names and literals and compiles the filter into
+//   required components   presence words AND-ed (the target, `Light`, every compared component)
+//   excluded components   presence words AND-NOT-ed (`without Light`, `not Light`)
+//   a residual program    per-chunk bitset algebra for value comparisons, `or` and complex `not`
+// and the scopes into a list of (global chunk, mask word) pairs (or "the whole home").
+//
+// evaluate() walks the home index's dense arrays: per chunk, the sparsest required presence word
+// first (a zero word skips the chunk), then the others, the live word (see below), the scope mask
+// and the residual; then iterates the set bits (countr_zero, m &= m - 1) and loads each value word
+// relaxed (providers write concurrently; one slot is one atomic word, so reads are never torn).
+//
+// Offline devices: excluded from every action by default (an offline device's values are stale,
+// so they would bias aggregates and a `set` could not reach them). BindOptions::include_offline
+// includes them; list/get then report each match's `online` flag.
+//
+// Numbers: sum/avg/min/max accept bool (0/1), int64 and real targets and return doubles (int64
+// sums are exact up to 2^53). A bool word other than 0/1 (a corrupt provider) counts as false.
+// min/max skip NaN readings (all NaN: NaN); sum/avg propagate NaN. Nothing matched: no number.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "floe/core/query.hpp"
+#include "floe/core/registry.hpp"
+#include "floe/ipc/components.hpp"
+#include "floe/ipc/result.hpp"
+
+namespace floe::core {
+
+struct BindOptions {
+  bool include_offline = false;  // see the header comment
+};
+
+/// How a residual comparison compares a slot's word with its literal.
+enum class CompareKind : std::uint8_t {
+  kInt,   // int64 (and timestamp) words as signed integers
+  kReal,  // real words as doubles (int literals converted); int64 words vs a fractional literal
+  kWord,  // exact word equality (bool, enum, rgb): == and != only; invalid words never match
+  kText,  // text blobs read through the seqlock, compared bytewise
+};
+
+/// One instruction of a residual filter program (postfix): each pushes or combines 64-bit masks.
+struct FilterStep {
+  enum class Kind : std::uint8_t { kAll, kHas, kCompare, kAnd, kOr, kNot };
+  Kind kind = Kind::kAll;
+  Component component{};
+  std::uint16_t arity = 0;  // kAnd / kOr: how many masks to combine
+  CompareOp op = CompareOp::kEq;
+  CompareKind compare = CompareKind::kInt;
+  ipc::Encoding encoding = ipc::Encoding::kMarker;  // of the compared component
+  std::int64_t int_value = 0;
+  double real_value = 0;
+  std::uint64_t word = 0;
+  std::string text;
+};
+
+/// The value a `set` asks for: the packed word of a small kind, or the text of a text kind.
+struct SetValue {
+  Component component{};
+  std::variant<std::uint64_t, std::string> value;
+  friend bool operator==(const SetValue&, const SetValue&) = default;
+};
+
+/// A query resolved against one snapshot. Valid only with that snapshot (same version()).
+struct BoundQuery {
+  Action action = Action::kCount;
+  std::optional<Component> target;
+  ipc::Encoding target_encoding = ipc::Encoding::kMarker;
+  std::uint64_t snapshot_version = 0;
+  bool include_offline = false;
+  bool matches_nothing = false;  // e.g. a required kind no entity of the home has
+
+  std::vector<Component> required;  // sparsest first
+  std::vector<Component> excluded;
+  std::vector<FilterStep> residual;  // empty: none
+  std::uint32_t residual_depth = 0;  // stack depth the program needs
+
+  bool whole_home = true;
+  std::vector<std::uint32_t> scope_chunks;  // ascending global chunk indices (if !whole_home)
+  std::vector<std::uint64_t> scope_masks;   // the slots of each scoped chunk
+
+  std::optional<SetValue> set_value;
+};
+
+/// What a matching entity carries for get/list: nothing (no target), a small value, a text or a
+/// list; monostate also when a value could not be read (QueryResult::unreadable counts those).
+using EntityValue = std::variant<std::monostate, ipc::Value, std::string, std::vector<std::string>>;
+
+struct QueryMatch {
+  EntityRef entity;
+  std::string entity_id;
+  bool online = true;
+  EntityValue value;
+};
+
+struct QueryResult {
+  Action action = Action::kCount;
+  /// Entities that matched (for sum/avg/min/max: values aggregated; any/all: entities checked).
+  std::uint64_t count = 0;
+  std::optional<double> number;       // sum, avg, min, max; nullopt when nothing matched
+  std::optional<bool> truth;          // any, all
+  std::vector<QueryMatch> matches;    // get, list, set: in home order (device slot, entity index)
+  std::optional<SetValue> set_value;  // set
+  /// Text/list reads that failed (a writer stuck mid-write or too busy): those entities did not
+  /// match a text comparison / carry no value.
+  std::uint64_t unreadable = 0;
+  /// The bound query belongs to another snapshot version: nothing was evaluated. Re-bind.
+  bool stale_binding = false;
+};
+
+/// Resolves `query` against `snapshot`. Errors (Error::operation "query.bind") say what is wrong:
+/// an unknown group/device/entity, a missing or unsuitable target, a literal that does not fit its
+/// component, a set without a value.
+[[nodiscard]] Result<BoundQuery> bind(const Query& query, const Snapshot& snapshot, const BindOptions& options = {});
+
+/// Evaluates a bound query against the snapshot it was bound to. Any thread, lock-free; allocates
+/// only for get/list/set results (and text comparisons).
+[[nodiscard]] QueryResult evaluate(const BoundQuery& query, const Snapshot& snapshot);
+
+/// bind + evaluate.
+[[nodiscard]] Result<QueryResult> run(const Query& query, const Snapshot& snapshot, const BindOptions& options = {});
+
+/// Shell-style match: `*` any run (also empty), `?` one character.
+[[nodiscard]] bool glob_match(std::string_view pattern, std::string_view text) noexcept;
+
+}  // namespace floe::core
