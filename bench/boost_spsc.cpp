@@ -91,7 +91,8 @@ BenchResult bench_boost_spsc_inproc(const RunPlan& plan, std::size_t capacity_el
   const RoleReport& p = control->roles[0];
   const RoleReport& c = control->roles[1];
   const double n = static_cast<double>(plan.count);
-  r.msgs_per_s = n / (static_cast<double>(c.t_end_ns - p.t_begin_ns) / 1e9);
+  r.elapsed_s = static_cast<double>(c.t_end_ns - p.t_begin_ns) / 1e9;
+  r.msgs_per_s = n / r.elapsed_s;
   r.cpu_ns_per_msg = static_cast<double>(p.cpu_ns) / n;
   r.notify_syscalls_per_msg = 0.0;
   return r;

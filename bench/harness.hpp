@@ -180,8 +180,8 @@ BenchResult run_round_trips(const RunPlan& plan, EndpointFactory<Endpoint> make_
   const RunOutcome outcome = run_roles(*control, roles, plan.cpus, plan.timeout);
   BenchResult r = detail::base_result(plan, *control, roles.size(), outcome);
   if (r.status != ResultStatus::kOk) return r;
-  std::vector<std::int64_t> v(samples, samples + plan.count);
-  r.rtt = summarize(v);
+  r.rtt_samples.assign(samples, samples + plan.count);
+  r.rtt = summarize(r.rtt_samples);
   const double msgs = 2.0 * static_cast<double>(plan.count);
   r.cpu_ns_per_msg = static_cast<double>(control->roles[0].cpu_ns + control->roles[1].cpu_ns) / msgs;
   r.notify_syscalls_per_msg =
@@ -241,17 +241,18 @@ inline void finish_stream(BenchResult& r, const Control& control) {
   const RoleReport& c = control.roles[1];
   const double n = static_cast<double>(r.count);
   const double seconds = static_cast<double>(c.t_end_ns - p.t_begin_ns) / 1e9;
+  r.elapsed_s = seconds;
   if (seconds > 0) r.msgs_per_s = n / seconds;
   r.cpu_ns_per_msg = static_cast<double>(p.cpu_ns + c.cpu_ns) / n;
   r.notify_syscalls_per_msg = static_cast<double>(p.notifications) / n;
 }
 
 /// One-way streaming benchmark across two processes: role 0 produces, role 1 consumes.
-/// `describe` may append the consumer's aux count to the note.
+/// `aux_label` names the consumer's aux() count, reported per message (e.g. "read(2)s").
 template <typename Producer, typename Consumer>
 BenchResult run_stream(const RunPlan& plan, EndpointFactory<Producer> make_producer,
                        EndpointFactory<Consumer> make_consumer,
-                       std::function<std::string(std::uint64_t aux)> describe_aux = {}) {
+                       std::string aux_label = {}) {
   auto shared = SharedMapping::create(detail::control_bytes());
   if (!shared) return failed_result(plan.name, shared.error().to_string());
   auto* control = new (shared->data()) Control{};
@@ -269,9 +270,9 @@ BenchResult run_stream(const RunPlan& plan, EndpointFactory<Producer> make_produ
   BenchResult r = detail::base_result(plan, *control, roles.size(), outcome);
   if (r.status != ResultStatus::kOk) return r;
   finish_stream(r, *control);
-  if (describe_aux) {
-    const std::string extra = describe_aux(control->roles[1].aux);
-    if (!extra.empty()) r.note += (r.note.empty() ? "" : "; ") + extra;
+  if (!aux_label.empty()) {
+    r.aux_label = std::move(aux_label);
+    r.aux_per_msg = static_cast<double>(control->roles[1].aux) / static_cast<double>(r.count);
   }
   return r;
 }

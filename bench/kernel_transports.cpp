@@ -250,9 +250,6 @@ class FdStreamConsumer {
   std::string error_;
 };
 
-std::string reads_per_message(std::uint64_t reads, std::uint64_t count) {
-  return fmt::format("consumer read(2)s per message: {:.3f}", static_cast<double>(reads) / static_cast<double>(count));
-}
 
 }  // namespace
 
@@ -307,7 +304,7 @@ BenchResult fd_stream(const RunPlan& plan, int write_fd, int read_fd, bool packe
   return run_stream<FdStreamProducer, FdStreamConsumer>(
       plan, [&](RoleContext&) { return std::make_unique<FdStreamProducer>(write_fd); },
       [&](RoleContext&) { return std::make_unique<FdStreamConsumer>(read_fd, packets); },
-      [&](std::uint64_t reads) { return reads_per_message(reads, plan.count); });
+      "consumer read(2)s per message");
 }
 }  // namespace
 

@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   ring_cmd->add_option("--messages", ring.messages, "measured messages per ring/boost stream [10000000]");
   ring_cmd->add_option("--kernel-messages", ring.kernel_messages, "measured messages per socket/pipe stream [messages/10]");
   ring_cmd->add_option("--warmup-messages", ring.warmup_messages, "warm-up messages per stream [count/10, <= 1000000]");
+  ring_cmd->add_option("--rounds", ring.rounds, "interleaved rounds the counts are split over [5; quick: 1]");
   ring_cmd->add_option("--only", ring.only, "comma-separated benchmark names to run")->delimiter(',');
   ring_cmd->add_option("--json", ring.json_path, "also write the results as JSON to this file");
   ring_cmd->add_flag("--quick", ring.quick, "small counts: a smoke run of a few seconds");

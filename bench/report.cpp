@@ -5,7 +5,9 @@
 
 #include <cerrno>
 #include <cmath>
+#include <algorithm>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 
 #include <fmt/format.h>
@@ -63,7 +65,41 @@ std::string cpus_text(const std::vector<int>& cpus) {
   return out;
 }
 
+std::string full_note(const BenchResult& b) {
+  if (!b.aux_per_msg) return b.note;
+  return fmt::format("{}{}{}: {:.5f}", b.note, b.note.empty() ? "" : "; ", b.aux_label, *b.aux_per_msg);
+}
+
 }  // namespace
+
+void merge_round(BenchResult& total, BenchResult&& round) {
+  if (total.status != ResultStatus::kOk) return;
+  if (round.status != ResultStatus::kOk) {
+    total = std::move(round);
+    return;
+  }
+  const double n0 = static_cast<double>(total.count);
+  const double n1 = static_cast<double>(round.count);
+  auto weighted = [&](std::optional<double>& a, const std::optional<double>& b) {
+    if (a && b) a = (*a * n0 + *b * n1) / (n0 + n1);
+  };
+  weighted(total.cpu_ns_per_msg, round.cpu_ns_per_msg);
+  weighted(total.notify_syscalls_per_msg, round.notify_syscalls_per_msg);
+  weighted(total.aux_per_msg, round.aux_per_msg);
+  total.count += round.count;
+  total.elapsed_s += round.elapsed_s;
+  if (total.msgs_per_s && total.elapsed_s > 0) total.msgs_per_s = static_cast<double>(total.count) / total.elapsed_s;
+  if (total.rtt) {
+    std::vector<std::int64_t> all;
+    all.reserve(total.rtt_samples.size() + round.rtt_samples.size());
+    std::merge(total.rtt_samples.begin(), total.rtt_samples.end(), round.rtt_samples.begin(),
+               round.rtt_samples.end(), std::back_inserter(all));
+    total.rtt = summarize(all);
+    total.rtt_samples = std::move(all);
+  }
+  for (std::size_t i = 0; i < round.cpus.size() && i < total.cpus.size(); ++i)
+    if (round.cpus[i] != total.cpus[i]) total.cpus[i] = -1;  // not the same CPU in every round
+}
 
 bool Ratio::pass() const noexcept {
   if (!measured) return false;
@@ -123,7 +159,7 @@ std::string format_report(const Report& r) {
   line("");
   line("notes:");
   for (const BenchResult& b : r.results)
-    if (!b.note.empty()) line(fmt::format("  {:<22} {}", b.name, b.note));
+    if (!b.note.empty() || b.aux_per_msg) line(fmt::format("  {:<22} {}", b.name, full_note(b)));
   line("");
   line("ratios against the targets (DESIGN.md, \"Numbers we aim at\"), from this run:");
   for (const Ratio& q : r.ratios) {
@@ -175,7 +211,7 @@ Status write_json(const Report& r, const std::string& path) {
       d["count"] = b.count;
       d["cpus"] = b.cpus;
     }
-    if (!b.note.empty()) d["note"] = b.note;
+    if (!b.note.empty() || b.aux_per_msg) d["note"] = full_note(b);
     details.push_back(std::move(d));
   }
   doc["results"] = std::move(results);

@@ -23,11 +23,19 @@ struct BenchResult {
   std::string note;                    // how it was measured, when not obvious from the name
   std::uint64_t count = 0;             // round trips or messages measured (warm-up excluded)
   std::optional<LatencySummary> rtt;   // round-trip latency
+  std::vector<std::int64_t> rtt_samples;  // every round trip, ascending (for merging rounds)
+  double elapsed_s = 0;                // streams: wall time of the measured phase
+  std::string aux_label;               // a transport-specific count per message, e.g. consumer sleeps
+  std::optional<double> aux_per_msg;
   std::optional<double> msgs_per_s;
   std::optional<double> cpu_ns_per_msg;
   std::optional<double> notify_syscalls_per_msg;
   std::vector<int> cpus;               // CPU of each role, -1 when unpinned
 };
+
+/// Folds a later round of the same benchmark into `total`: samples and counts add up, rates and
+/// per-message figures are recomputed over all rounds. A failed or skipped round wins.
+void merge_round(BenchResult& total, BenchResult&& round);
 
 /// A result that carries only its name and why it failed.
 [[nodiscard]] inline BenchResult failed_result(std::string name, std::string reason) {

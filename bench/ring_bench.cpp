@@ -28,17 +28,52 @@ struct Entry {
   std::function<BenchResult(const RunPlan&)> run;
 };
 
+/// Totals over all rounds, and the rounds.
 struct Counts {
   std::uint64_t round_trips, warmup_round_trips, messages, kernel_messages;
+  std::uint32_t rounds;
 };
 
 Counts resolve_counts(const RingBenchConfig& c) {
   Counts n{};
+  n.rounds = c.rounds ? c.rounds : (c.quick ? 1 : 5);
   n.round_trips = c.round_trips ? c.round_trips : (c.quick ? 5'000 : 100'000);
   n.warmup_round_trips = c.warmup_round_trips ? c.warmup_round_trips : std::min<std::uint64_t>(n.round_trips / 10, 10'000);
   n.messages = c.messages ? c.messages : (c.quick ? 200'000 : 10'000'000);
   n.kernel_messages = c.kernel_messages ? c.kernel_messages : std::max<std::uint64_t>(n.messages / 10, 1);
   return n;
+}
+
+/// One round of one benchmark: its share of the counts, warm-up and time limit.
+RunPlan make_plan(const Entry& e, const Counts& n, const std::vector<int>& cpus, const RingBenchConfig& cfg) {
+  const auto share = [&](std::uint64_t total) { return std::max<std::uint64_t>((total + n.rounds - 1) / n.rounds, 1); };
+  RunPlan plan;
+  plan.name = e.name;
+  plan.cpus = cpus;
+  double per_item_s = 0;
+  switch (e.kind) {
+    case Kind::kRoundTrip:
+      plan.count = share(n.round_trips);
+      // Each round starts cold (new processes, new mappings): it needs its own warm-up.
+      plan.warmup = std::max(share(n.warmup_round_trips), std::min<std::uint64_t>(n.warmup_round_trips, 1'000));
+      per_item_s = e.name == "ring_poll" ? 2e-3 : 5e-4;
+      break;
+    case Kind::kRingStream:
+    case Kind::kInProcess:
+      plan.count = share(n.messages);
+      per_item_s = 2e-6;
+      break;
+    case Kind::kKernelStream:
+      plan.count = share(n.kernel_messages);
+      per_item_s = 2e-5;
+      break;
+  }
+  if (e.kind != Kind::kRoundTrip)
+    plan.warmup = cfg.warmup_messages ? cfg.warmup_messages : std::min<std::uint64_t>(plan.count / 10, 1'000'000);
+  const double timeout_s =
+      cfg.timeout_s > 0 ? cfg.timeout_s : 30.0 + per_item_s * static_cast<double>(plan.warmup + plan.count);
+  plan.timeout = std::chrono::milliseconds(static_cast<std::int64_t>(timeout_s * 1000));
+  return plan;
 }
 
 std::string local_time_iso() {
@@ -230,12 +265,18 @@ int run_ring_bench(RingBenchConfig cfg) {
   report.date = local_time_iso();
   report.command = cfg.command;
   report.machine = probe_machine();
-  const auto warm_of = [](std::uint64_t count) { return std::min<std::uint64_t>(count / 10, 1'000'000); };
   report.config = {
       {"command", cfg.command},
-      {"round trips", fmt::format("{} per latency benchmark after {} warm-up round trips, 64-byte messages",
-                                  n.round_trips, n.warmup_round_trips)},
-      {"streams", fmt::format("{} messages (ring, boost) / {} (socket, pipe) after a warm-up of a tenth of that",
+      {"rounds", fmt::format("{} interleaved rounds: each benchmark runs once per round in fresh processes, "
+                             "its counts split evenly; figures merge all rounds",
+                             n.rounds)},
+      {"round trips", fmt::format("{} per latency benchmark (64-byte messages), each round after its own warm-up "
+                                  "of {}",
+                                  n.round_trips, std::max<std::uint64_t>(
+                                                     (n.warmup_round_trips + n.rounds - 1) / n.rounds,
+                                                     std::min<std::uint64_t>(n.warmup_round_trips, 1'000)))},
+      {"streams", fmt::format("{} messages (ring, boost) / {} (socket, pipe), each round after a warm-up of a "
+                              "tenth of its share",
                               n.messages, n.kernel_messages)},
       {"ring", fmt::format("{} bytes of data per ring; ring_poll interval {} us; stream batch {}; stream consumer "
                            "polls {} us before sleeping",
@@ -252,47 +293,38 @@ int run_ring_bench(RingBenchConfig cfg) {
     });
   }
 
+  // The counts are split over interleaved rounds (each benchmark once per round, in fresh
+  // processes), so that every benchmark sees the same mix of the machine's moods: on a shared VM
+  // the wakeup cost alone can double for a minute, and ratios of runs made minutes apart would
+  // mostly measure that.
+  std::vector<std::optional<BenchResult>> totals(entries.size());
+  for (std::uint32_t round = 0; round < n.rounds; ++round) {
+    for (std::size_t i = 0; i < entries.size(); ++i) {
+      const Entry& e = entries[i];
+      if (totals[i] && totals[i]->status != ResultStatus::kOk) continue;  // failed or skipped before
+      const RunPlan plan = make_plan(e, n, cpus, cfg);
+      fmt::print(stderr, "[round {}/{}] [{:2}/{}] {:<26} ", round + 1, n.rounds, i + 1, entries.size(), e.name);
+      BenchResult r;
+      if (e.name == "ring_eventfd_uring" && !uring_refused.empty()) {
+        r.name = e.name;
+        r.status = ResultStatus::kSkipped;
+        r.reason = "io_uring refused: " + uring_refused;
+      } else {
+        r = e.run(plan);
+      }
+      fmt::print(stderr, "{}\n", summary_line(r));
+      if (r.status == ResultStatus::kFailed) r.reason = fmt::format("round {}: {}", round + 1, r.reason);
+      if (!totals[i]) {
+        totals[i] = std::move(r);
+      } else {
+        merge_round(*totals[i], std::move(r));
+      }
+    }
+  }
   bool any_failed = false;
-  std::size_t index = 0;
-  for (const Entry& e : entries) {
-    RunPlan plan;
-    plan.name = e.name;
-    plan.cpus = cpus;
-    double per_item_s = 0;
-    switch (e.kind) {
-      case Kind::kRoundTrip:
-        plan.count = n.round_trips;
-        plan.warmup = n.warmup_round_trips;
-        per_item_s = e.name == "ring_poll" ? 2e-3 : 5e-4;
-        break;
-      case Kind::kRingStream:
-      case Kind::kInProcess:
-        plan.count = n.messages;
-        plan.warmup = cfg.warmup_messages ? cfg.warmup_messages : warm_of(n.messages);
-        per_item_s = 2e-6;
-        break;
-      case Kind::kKernelStream:
-        plan.count = n.kernel_messages;
-        plan.warmup = cfg.warmup_messages ? cfg.warmup_messages : warm_of(n.kernel_messages);
-        per_item_s = 2e-5;
-        break;
-    }
-    const double timeout_s =
-        cfg.timeout_s > 0 ? cfg.timeout_s : 30.0 + per_item_s * static_cast<double>(plan.warmup + plan.count);
-    plan.timeout = std::chrono::milliseconds(static_cast<std::int64_t>(timeout_s * 1000));
-
-    fmt::print(stderr, "[{:2}/{}] {:<26} ", ++index, entries.size(), e.name);
-    BenchResult r;
-    if (e.name == "ring_eventfd_uring" && !uring_refused.empty()) {
-      r.name = e.name;
-      r.status = ResultStatus::kSkipped;
-      r.reason = "io_uring refused: " + uring_refused;
-    } else {
-      r = e.run(plan);
-    }
-    fmt::print(stderr, "{}\n", summary_line(r));
-    any_failed = any_failed || r.status == ResultStatus::kFailed;
-    report.results.push_back(std::move(r));
+  for (auto& t : totals) {
+    any_failed = any_failed || t->status == ResultStatus::kFailed;
+    report.results.push_back(std::move(*t));
   }
 
   report.ratios = target_ratios(report.results);

@@ -15,7 +15,8 @@ struct RingBenchConfig {
   std::uint64_t warmup_round_trips = 0;  // round_trips / 10, at most 10'000
   std::uint64_t messages = 0;            // per in-memory stream; 10'000'000 (quick: 200'000)
   std::uint64_t kernel_messages = 0;     // per socket/pipe stream; messages / 10
-  std::uint64_t warmup_messages = 0;     // a tenth of each stream's count, at most 1'000'000
+  std::uint64_t warmup_messages = 0;     // per round: a tenth of its count, at most 1'000'000
+  std::uint32_t rounds = 0;              // interleaved rounds the counts are split over; 5 (quick: 1)
   std::size_t ring_capacity = 64 * 1024; // data bytes of each ring
   std::uint32_t poll_interval_us = 50;   // ring_poll's sleep between checks
   std::size_t batch = 32;                // records per try_reserve/publish batch when streaming

@@ -480,10 +480,7 @@ BenchResult bench_ring_stream(const RunPlan& base, const RingStreamOptions& opti
         side->waiter.set_spin(options.consumer_spin.count());
         return std::make_unique<RingStreamConsumer>(std::move(side), options.drain_max);
       },
-      [&](std::uint64_t sleeps) {
-        return fmt::format("consumer sleeps per message: {:.5f}",
-                           static_cast<double>(sleeps) / static_cast<double>(plan.count));
-      });
+      "consumer sleeps per message");
 }
 
 }  // namespace floe::bench
