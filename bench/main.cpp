@@ -4,6 +4,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "query_bench.hpp"
 #include "ring_bench.hpp"
 
 int main(int argc, char** argv) {
@@ -29,12 +30,19 @@ int main(int argc, char** argv) {
   ring_cmd->add_option("--timeout", ring.timeout_s, "seconds before a benchmark's children are killed [from counts]");
   ring_cmd->add_flag("!--no-pin", ring.pin, "do not pin the two sides to different CPUs");
 
+  floe::bench::QueryBenchConfig query;
+  CLI::App* query_cmd = floe::bench::add_query_subcommand(app, query);
+
   CLI11_PARSE(app, argc, argv);
 
   if (ring_cmd->parsed()) {
     std::vector<std::string> words(argv, argv + argc);
     for (const auto& w : words) ring.command += (ring.command.empty() ? "" : " ") + w;
     return floe::bench::run_ring_bench(ring);
+  }
+  if (query_cmd->parsed()) {
+    for (int i = 0; i < argc; ++i) query.command += (i ? " " : "") + std::string(argv[i]);
+    return floe::bench::run_query_bench(query);
   }
   return 0;
 }

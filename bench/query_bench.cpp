@@ -1,0 +1,464 @@
+// floe-bench query: see query_bench.hpp and README.md ("floe-bench query").
+#include "query_bench.hpp"
+
+#include <pthread.h>
+#include <sched.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <random>
+#include <thread>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "clock.hpp"
+#include "floe/core/engine.hpp"
+#include "floe/core/registry.hpp"
+#include "floe/ipc/tree.hpp"
+
+namespace floe::bench {
+namespace {
+
+using C = ipc::Component;
+using core::Action;
+using core::Filter;
+using core::Query;
+using core::Scope;
+
+// ---- Homes --------------------------------------------------------------------------------------
+
+struct Archetype {
+  const char* name;
+  std::vector<std::vector<C>> entities;
+};
+
+// The seed author's proof-of-concept mix; 9 entities per 6 devices.
+const std::vector<Archetype>& archetypes() {
+  static const std::vector<Archetype> a = {
+      {"rgb_bulb", {{C::Light, C::Switch, C::Dimmer, C::Color, C::ColorTemperature, C::ColorMode}}},
+      {"dimmable_bulb", {{C::Light, C::Switch, C::Dimmer}}},
+      {"switch_plug", {{C::Switch}, {C::Sensor, C::Real}}},                                         // relay + power (W)
+      {"temp_humidity", {{C::Sensor, C::Real, C::Unit, C::DeviceClass}, {C::Sensor, C::Real, C::Unit, C::DeviceClass}}},
+      {"motion", {{C::Sensor, C::Boolean, C::DeviceClass}}},
+      {"thermostat", {{C::ClimateMode, C::Real}, {C::Sensor, C::Real}}},  // mode + setpoint, current temperature
+  };
+  return a;
+}
+
+struct PageFree {
+  void operator()(std::byte* p) const { std::free(p); }
+};
+
+struct BenchDevice {
+  std::shared_ptr<std::byte> memory;  // page-aligned, like a device's own mapping
+  std::shared_ptr<const ipc::TreeReader> reader;
+  std::optional<ipc::TreeWriter> writer;
+};
+
+// The layout the seed replaces: every entity owns a list of (component id, value) pairs, and an
+// index table maps the entity number to its list. Evaluating walks the entities.
+struct OldEntity {
+  std::vector<std::pair<std::uint16_t, ipc::Value>> components;  // sorted by id
+};
+struct OldHome {
+  std::vector<std::unique_ptr<OldEntity>> entities;        // the index table
+  std::vector<std::vector<std::uint32_t>> device_entities;
+  std::vector<std::vector<std::uint32_t>> group_entities;
+};
+
+const ipc::Value* find(const OldEntity& e, std::uint16_t id) noexcept {
+  for (const auto& [cid, v] : e.components) {
+    if (cid == id) return &v;
+  }
+  return nullptr;
+}
+
+struct OldAvg {
+  double sum = 0;
+  std::uint64_t n = 0;
+};
+
+inline void old_take(const OldEntity& e, OldAvg& acc) noexcept {
+  if (find(e, ipc::to_id(C::Light)) == nullptr) return;
+  const ipc::Value* d = find(e, ipc::to_id(C::Dimmer));
+  if (d == nullptr) return;
+  acc.sum += std::get<double>(*d);
+  ++acc.n;
+}
+
+double old_avg_all(const OldHome& h) noexcept {
+  OldAvg acc;
+  for (const auto& e : h.entities) old_take(*e, acc);
+  return acc.n ? acc.sum / static_cast<double>(acc.n) : std::nan("");
+}
+double old_avg_of(const OldHome& h, const std::vector<std::uint32_t>& list) noexcept {
+  OldAvg acc;
+  for (std::uint32_t i : list) old_take(*h.entities[i], acc);
+  return acc.n ? acc.sum / static_cast<double>(acc.n) : std::nan("");
+}
+
+struct Home {
+  core::Registry registry;
+  std::vector<BenchDevice> devices;
+  std::size_t entities = 0;
+  std::vector<std::pair<std::uint32_t, ipc::EntityIndex>> dimmers;  // (device, entity) for the writer
+  OldHome old;
+};
+
+constexpr std::size_t kRoomSize = 10;
+
+std::unique_ptr<Home> make_home(std::size_t n_devices, std::uint64_t seed) {
+  auto home = std::make_unique<Home>();
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<double> level(0.0, 1.0);
+  std::vector<core::DeviceSpec> specs;
+  for (std::size_t d = 0; d < n_devices; ++d) {
+    const Archetype& a = archetypes()[d % archetypes().size()];
+    ipc::TreeSchema schema;
+    for (const auto& comps : a.entities) {
+      ipc::EntityDecl decl;
+      for (C c : comps) decl.components.push_back({c});
+      schema.entities.push_back(std::move(decl));
+    }
+    auto layout = ipc::TreeLayout::compute(schema);
+    if (!layout) std::abort();
+    const std::size_t bytes = (layout->size() + 4095) / 4096 * 4096;
+    std::shared_ptr<std::byte> mem(static_cast<std::byte*>(std::aligned_alloc(4096, bytes)), PageFree{});
+    const std::span<std::byte> span(mem.get(), bytes);
+    if (!ipc::tree_init(span, *layout)) std::abort();
+    BenchDevice dev;
+    dev.memory = mem;
+    dev.reader = std::make_shared<const ipc::TreeReader>(std::move(*ipc::TreeReader::attach(span)));
+    dev.writer.emplace(std::move(*ipc::TreeWriter::attach(span)));
+
+    std::vector<std::string> ids;
+    std::vector<std::uint32_t> old_ids;
+    for (std::size_t e = 0; e < a.entities.size(); ++e) {
+      const auto ei = static_cast<ipc::EntityIndex>(e);
+      ids.push_back(fmt::format("{}_{}_{}", a.name, d, e));
+      auto old = std::make_unique<OldEntity>();
+      for (C c : a.entities[e]) {
+        ipc::Value v = ipc::Marker{};
+        switch (ipc::find_component(c)->encoding) {
+          case ipc::Encoding::kBool: v = rng() % 2 == 0; break;
+          case ipc::Encoding::kReal: v = c == C::Dimmer ? level(rng) : 20.0 + level(rng) * 5; break;
+          case ipc::Encoding::kEnum: v = ipc::EnumValue{1}; break;
+          case ipc::Encoding::kRgb: v = ipc::Rgb{255, 128, 0}; break;
+          case ipc::Encoding::kText: v = ipc::Marker{}; break;  // texts: not part of the measured query
+          default: break;
+        }
+        if (ipc::find_component(c)->encoding != ipc::Encoding::kText &&
+            dev.writer->set(ei, c, v) != ipc::TreeWriteStatus::kOk) {
+          std::abort();
+        }
+        old->components.emplace_back(ipc::to_id(c), v);
+        if (c == C::Dimmer) home->dimmers.emplace_back(static_cast<std::uint32_t>(d), ei);
+      }
+      std::sort(old->components.begin(), old->components.end(),
+                [](const auto& x, const auto& y) { return x.first < y.first; });
+      old_ids.push_back(static_cast<std::uint32_t>(home->old.entities.size()));
+      home->old.entities.push_back(std::move(old));
+      ++home->entities;
+    }
+    home->old.device_entities.push_back(old_ids);
+    specs.push_back({.name = fmt::format("dev{}", d), .provider = "bench", .entity_ids = std::move(ids),
+                     .entity_names = {}, .reader = dev.reader, .keepalive = dev.memory, .online = true});
+    home->devices.push_back(std::move(dev));
+  }
+  // Rooms of kRoomSize consecutive devices.
+  auto loaded = home->registry.edit([&](core::Registry::Editor& ed) -> Status {
+    std::vector<core::DeviceId> ids;
+    for (auto& s : specs) {
+      auto id = ed.add_device(std::move(s));
+      if (!id) return tl::unexpected(id.error());
+      ids.push_back(*id);
+    }
+    for (std::size_t r = 0; r * kRoomSize < n_devices; ++r) {
+      auto g = ed.create_group(fmt::format("room{}", r));
+      if (!g) return tl::unexpected(g.error());
+      std::vector<std::uint32_t> old_members;
+      for (std::size_t d = r * kRoomSize; d < std::min(n_devices, (r + 1) * kRoomSize); ++d) {
+        FLOE_TRY(ed.add_to_group(*g, ids[d]));
+        for (std::uint32_t e : home->old.device_entities[d]) old_members.push_back(e);
+      }
+      home->old.group_entities.push_back(std::move(old_members));
+    }
+    return {};
+  });
+  if (!loaded) {
+    std::fprintf(stderr, "query bench: %s\n", loaded.error().to_string().c_str());
+    std::abort();
+  }
+  return home;
+}
+
+// ---- Timing -------------------------------------------------------------------------------------
+
+template <typename T>
+inline void keep(const T& v) noexcept {
+  asm volatile("" : : "r,m"(v) : "memory");
+}
+
+/// Median ns per call of `f` over `reps` repetitions of about `rep_ms` each, after a warm-up.
+template <typename F>
+double ns_per_call(F&& f, int reps, double rep_ms) {
+  std::uint64_t iters = 1;
+  for (;;) {  // calibrate (doubles as warm-up)
+    const std::int64_t t0 = now_ns();
+    for (std::uint64_t i = 0; i < iters; ++i) f();
+    const double ms = static_cast<double>(now_ns() - t0) / 1e6;
+    if (ms >= rep_ms / 4) {
+      iters = std::max<std::uint64_t>(1, static_cast<std::uint64_t>(static_cast<double>(iters) * rep_ms / ms));
+      break;
+    }
+    iters *= 2;
+  }
+  std::vector<double> samples;
+  for (int r = 0; r < reps; ++r) {
+    const std::int64_t t0 = now_ns();
+    for (std::uint64_t i = 0; i < iters; ++i) f();
+    samples.push_back(static_cast<double>(now_ns() - t0) / static_cast<double>(iters));
+  }
+  std::sort(samples.begin(), samples.end());
+  return samples[samples.size() / 2];
+}
+
+bool pin_to(int cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  return pthread_setaffinity_np(pthread_self(), sizeof(set), &set) == 0;
+}
+
+/// Writes Dimmer values round-robin over the home's dimmers, paced at `rate` per second (0: flat
+/// out), until stopped.
+class Writer {
+ public:
+  Writer(Home& home, double rate, int cpu) : home_(home), rate_(rate), cpu_(cpu) {
+    thread_ = std::thread([this] { run(); });
+    while (!started_.load(std::memory_order_acquire)) std::this_thread::yield();
+  }
+  ~Writer() { stop(); }
+  void stop() {
+    if (!thread_.joinable()) return;
+    stop_.store(true, std::memory_order_relaxed);
+    thread_.join();
+  }
+  [[nodiscard]] double achieved_rate() const {
+    return static_cast<double>(written_) / (static_cast<double>(end_ns_ - start_ns_) / 1e9);
+  }
+
+ private:
+  void run() {
+    if (cpu_ >= 0) pin_to(cpu_);
+    std::size_t k = 0;
+    double x = 0.0;
+    constexpr std::uint64_t kBatch = 1000;
+    start_ns_ = now_ns();
+    started_.store(true, std::memory_order_release);
+    std::int64_t next = start_ns_;
+    while (!stop_.load(std::memory_order_relaxed)) {
+      for (std::uint64_t i = 0; i < kBatch; ++i) {
+        const auto [d, e] = home_.dimmers[k];
+        k = k + 1 == home_.dimmers.size() ? 0 : k + 1;
+        x = x >= 1.0 ? 0.0 : x + 0.001;
+        (void)home_.devices[d].writer->set(e, C::Dimmer, ipc::Value{x});
+      }
+      written_ += kBatch;
+      if (rate_ > 0) {
+        next += static_cast<std::int64_t>(1e9 * static_cast<double>(kBatch) / rate_);
+        const std::int64_t wait = next - now_ns();
+        if (wait > 0) std::this_thread::sleep_for(std::chrono::nanoseconds(wait));
+      }
+    }
+    end_ns_ = now_ns();
+  }
+
+  Home& home_;
+  double rate_;
+  int cpu_;
+  std::atomic<bool> started_{false}, stop_{false};
+  std::uint64_t written_ = 0;
+  std::int64_t start_ns_ = 0, end_ns_ = 0;
+  std::thread thread_;
+};
+
+// ---- The run ------------------------------------------------------------------------------------
+
+Query avg_dimmer_of_lights(std::vector<Scope> scopes) {
+  Query q;
+  q.action = Action::kAvg;
+  q.target = C::Dimmer;
+  q.where = Filter{.kind = Filter::Kind::kHas, .component = C::Light, .op = {}, .value = {}, .children = {}};
+  q.scopes = std::move(scopes);
+  return q;
+}
+
+struct Row {
+  std::string name;
+  std::size_t devices = 0, entities = 0, chunks = 0;
+  double ns = 0;
+  std::optional<double> baseline_ns;
+  [[nodiscard]] double slots_per_s() const { return static_cast<double>(chunks) * 64 / (ns * 1e-9); }
+  [[nodiscard]] double entities_per_s() const { return static_cast<double>(entities) / (ns * 1e-9); }
+};
+
+struct Target {
+  std::string what;
+  double measured, target;
+  [[nodiscard]] bool pass() const { return measured >= target; }
+};
+
+}  // namespace
+
+CLI::App* add_query_subcommand(CLI::App& app, QueryBenchConfig& cfg) {
+  CLI::App* cmd = app.add_subcommand("query", "bitset query engine vs the per-entity component-list layout");
+  cmd->add_option("--devices", cfg.devices, "home sizes [30,100,10000]")->delimiter(',');
+  cmd->add_option("--repetitions", cfg.repetitions, "timed repetitions per figure (median reported)")->capture_default_str();
+  cmd->add_option("--repetition-ms", cfg.repetition_ms, "length of one repetition")->capture_default_str();
+  cmd->add_option("--writer-rate", cfg.writer_rate, "paced writer: Dimmer updates per second")->capture_default_str();
+  cmd->add_option("--json", cfg.json_path, "also write the results as JSON to this file");
+  cmd->add_flag("--quick", cfg.quick, "few, short repetitions: a smoke run");
+  cmd->add_flag("!--no-pin", cfg.pin, "do not pin the query thread and the writer to CPUs");
+  return cmd;
+}
+
+int run_query_bench(const QueryBenchConfig& cfg_in) {
+  QueryBenchConfig cfg = cfg_in;
+  if (cfg.quick) {
+    cfg.repetitions = 3;
+    cfg.repetition_ms = 5;
+  }
+  const unsigned cpus = std::thread::hardware_concurrency();
+  const bool pinned = cfg.pin && cpus >= 2 && pin_to(0);
+  const int writer_cpu = pinned ? 1 : -1;
+  std::printf("floe-bench query: %d repetitions of ~%.0f ms per figure, median; query thread %s\n", cfg.repetitions,
+              cfg.repetition_ms, pinned ? "on CPU 0, writer on CPU 1" : "not pinned");
+  std::printf("%-28s %8s %8s %7s %12s %12s %12s %12s %8s\n", "query", "devices", "entities", "chunks", "ns/query",
+              "slots/s", "entities/s", "baseline ns", "speedup");
+
+  std::vector<Row> rows;
+  std::vector<Target> targets;
+  const auto print = [](const Row& r) {
+    std::printf("%-28s %8zu %8zu %7zu %12.1f %12.3g %12.3g %12s %8s\n", r.name.c_str(), r.devices, r.entities, r.chunks,
+                r.ns, r.slots_per_s(), r.entities_per_s(),
+                r.baseline_ns ? fmt::format("{:.1f}", *r.baseline_ns).c_str() : "-",
+                r.baseline_ns ? fmt::format("{:.2f}x", *r.baseline_ns / r.ns).c_str() : "-");
+    std::fflush(stdout);
+  };
+
+  for (std::size_t n : cfg.devices) {
+    auto home = make_home(n, 42 + n);
+    auto snap = home->registry.snapshot();
+    const std::size_t room = (n / kRoomSize) / 2;  // a room in the middle of the home
+    const std::size_t device = std::min<std::size_t>(1, n - 1);  // a dimmable bulb
+    struct Case {
+      std::string name;
+      Query query;
+      std::function<double()> baseline;
+      std::size_t chunks, entities;
+    };
+    const core::GroupRecord* g = snap->group(fmt::format("room{}", room));
+    const core::DeviceRecord* dev = snap->device(fmt::format("dev{}", device));
+    std::size_t room_entities = 0;
+    for (core::DeviceId id : g->devices) room_entities += snap->device(id)->entity_count();
+    const OldHome& old = home->old;
+    std::vector<Case> cases = {
+        {"group_avg_dimmer_lights", avg_dimmer_of_lights({{.kind = Scope::Kind::kGroup, .name = g->name}}),
+         [&, room] { return old_avg_of(old, old.group_entities[room]); }, g->chunks.size(), room_entities},
+        {"device_avg_dimmer_lights", avg_dimmer_of_lights({{.kind = Scope::Kind::kDevice, .name = dev->name}}),
+         [&, device] { return old_avg_of(old, old.device_entities[device]); }, dev->chunk_count, dev->entity_count()},
+        // Last: its writer runs change the tree's values (the old layout's copy stays as it was).
+        {"global_avg_dimmer_lights", avg_dimmer_of_lights({}), [&] { return old_avg_all(old); },
+         snap->home().chunk_count, home->entities},
+    };
+    std::vector<core::BoundQuery> bound;
+    for (const Case& c : cases) {
+      auto b = core::bind(c.query, *snap);
+      if (!b) {
+        std::fprintf(stderr, "bind: %s\n", b.error().to_string().c_str());
+        return 1;
+      }
+      // Both layouts hold the same values: the answers must agree before anything is timed (and
+      // before a writer changes the tree).
+      const core::QueryResult check = core::evaluate(*b, *snap);
+      const double want = c.baseline();
+      if (!check.number || std::abs(*check.number - want) > 1e-9) {
+        std::fprintf(stderr, "%s: engine %f != baseline %f\n", c.name.c_str(), check.number.value_or(-1), want);
+        return 1;
+      }
+      bound.push_back(std::move(*b));
+    }
+    for (std::size_t ci = 0; ci < cases.size(); ++ci) {
+      const Case& c = cases[ci];
+      const core::BoundQuery* const bq = &bound[ci];
+      Row r{.name = c.name, .devices = n, .entities = c.entities, .chunks = c.chunks, .ns = 0, .baseline_ns = {}};
+      r.ns = ns_per_call([&] { keep(core::evaluate(*bq, *snap).number); }, cfg.repetitions, cfg.repetition_ms);
+      r.baseline_ns = ns_per_call([&] { keep(c.baseline()); }, cfg.repetitions, cfg.repetition_ms);
+      print(r);
+      rows.push_back(r);
+      if (c.name == "global_avg_dimmer_lights") {
+        if (n == 100) targets.push_back({"global avg speed-up over the old layout, 100 devices", *r.baseline_ns / r.ns, 6.0});
+        if (n == 10'000) targets.push_back({"entity slots/s on one thread, 10,000 devices", r.slots_per_s(), 5e9});
+        // With a concurrent writer (paced, then unthrottled).
+        for (const bool paced : {true, false}) {
+          Writer w(*home, paced ? cfg.writer_rate : 0, writer_cpu);
+          Row wr = r;
+          wr.name = paced ? "global_avg_with_writer_paced" : "global_avg_with_writer_flat_out";
+          wr.baseline_ns.reset();
+          wr.ns = ns_per_call([&] { keep(core::evaluate(*bq, *snap).number); }, cfg.repetitions, cfg.repetition_ms);
+          w.stop();
+          print(wr);
+          std::printf("%-28s writer achieved %.3g updates/s; throughput %.2fx of the writer-free run\n", "",
+                      w.achieved_rate(), r.ns / wr.ns);
+          rows.push_back(wr);
+          if (paced && n == 10'000) {
+            targets.push_back({fmt::format("throughput with a {:.3g}/s writer vs without, 10,000 devices", cfg.writer_rate),
+                               r.ns / wr.ns, 0.85});
+          }
+        }
+      }
+    }
+  }
+
+  std::printf("\ntargets (DESIGN.md, ratios from this run):\n");
+  for (const Target& t : targets) {
+    std::printf("  %-70s measured %-10.3g target >= %-8.3g %s\n", t.what.c_str(), t.measured, t.target,
+                t.pass() ? "PASS" : "MISS");
+  }
+
+  if (!cfg.json_path.empty()) {
+    nlohmann::json j;
+    j["command"] = cfg.command;
+    j["results"] = nlohmann::json::array();
+    for (const Row& r : rows) {
+      nlohmann::json o{{"name", r.name},
+                       {"devices", r.devices},
+                       {"entities", r.entities},
+                       {"chunks", r.chunks},
+                       {"ns_per_query", r.ns},
+                       {"slots_per_s", r.slots_per_s()},
+                       {"entities_per_s", r.entities_per_s()}};
+      o["baseline_ns_per_query"] = r.baseline_ns ? nlohmann::json(*r.baseline_ns) : nlohmann::json(nullptr);
+      o["speedup"] = r.baseline_ns ? nlohmann::json(*r.baseline_ns / r.ns) : nlohmann::json(nullptr);
+      j["results"].push_back(std::move(o));
+    }
+    j["targets"] = nlohmann::json::array();
+    for (const Target& t : targets) {
+      j["targets"].push_back({{"what", t.what}, {"measured", t.measured}, {"target", t.target}, {"pass", t.pass()}});
+    }
+    std::ofstream(cfg.json_path) << j.dump(2) << "\n";
+  }
+  return 0;
+}
+
+}  // namespace floe::bench
