@@ -234,7 +234,7 @@ TEST(WatchStress, LiveSubscriptionsEndOnAFreshEvaluationDespiteOverflowsAndChurn
         l.handle = std::move(*h);
         {
           std::lock_guard g(l.seen->mu);
-          ASSERT_EQ(l.seen->calls, 1U) << "the current result is delivered during subscribe";
+          ASSERT_GE(l.seen->calls, 1U) << "the current result is delivered during subscribe";
         }
         live.push_back(std::move(l));
       } else if (op < 9) {
