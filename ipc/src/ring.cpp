@@ -212,7 +212,9 @@ std::byte* RingProducer::try_reserve(std::uint16_t type, std::uint32_t length, s
   if (tail_ - head_cache_ + need > capacity_) {
     refresh_head(*header_, head_cache_, tail_);
     if (tail_ - head_cache_ + need > capacity_) {
-      header_->overflow.store(1, std::memory_order_relaxed);
+      // SYNC(overflow): release pairs with the consumer side's acquire exchange of the flag: the
+      // writes the lost record announced (tree values, change sequences) are visible to its rescan.
+      header_->overflow.store(1, std::memory_order_release);
       return nullptr;
     }
   }
@@ -286,7 +288,8 @@ bool RingProducer::push_wait(std::uint16_t type, std::span<const std::byte> payl
       continue;
     }
     if (Clock::now() >= deadline) {
-      header_->overflow.store(1, std::memory_order_relaxed);
+      // SYNC(overflow): as in try_reserve.
+      header_->overflow.store(1, std::memory_order_release);
       return false;
     }
     if (attempt < 128) {

@@ -56,7 +56,9 @@ struct RingHeader {
   std::atomic<std::uint64_t> records_pushed;
   std::atomic<std::uint64_t> notifications_sent;        // signals (syscalls) made by the producer
   std::atomic<std::uint64_t> high_water;                // most bytes ever in use
-  std::atomic<std::uint32_t> overflow;                  // set when a push failed for lack of space
+  std::atomic<std::uint32_t> overflow;                  // set (release) when a push failed for lack of
+                                                        // space; the consumer side clears it with an
+                                                        // acquire exchange and rescans
 
   // Line 2: consumer-owned.
   alignas(kCacheLine) std::atomic<std::uint64_t> head;  // bytes ever consumed (monotonic)
