@@ -59,6 +59,7 @@
 #include <vector>
 
 #include "floe/core/engine.hpp"
+#include "floe/ipc/device_region.hpp"
 #include "floe/core/query.hpp"
 #include "floe/core/registry.hpp"
 #include "floe/ipc/result.hpp"
@@ -69,17 +70,10 @@ namespace floe::core {
 /// One change record as a provider pushes it on its rx ring after writing the tree: the entity,
 /// the component written, and the entity's change sequence after the write. Shared-memory data
 /// (the payload of a ring record of type kChangeRecordType), so every field is untrusted.
-struct ChangeRecord {
-  std::uint32_t entity;
-  std::uint16_t component;
-  std::uint16_t reserved;  // 0
-  std::uint64_t seq;
-};
-static_assert(std::is_standard_layout_v<ChangeRecord> && std::is_trivially_copyable_v<ChangeRecord>);
-static_assert(sizeof(ChangeRecord) == 16);
+using ChangeRecord = ipc::ChangeRecord;  // the wire format lives with the device region
 
 /// Ring record type of a change record (provider -> core rx ring).
-inline constexpr std::uint16_t kChangeRecordType = 1;
+inline constexpr std::uint16_t kChangeRecordType = ipc::kChangeRecord;
 
 /// Copies a change record out of a ring payload; nullopt if the payload has the wrong size.
 [[nodiscard]] std::optional<ChangeRecord> decode_change_record(std::span<const std::byte> payload) noexcept;
