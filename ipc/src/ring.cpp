@@ -24,6 +24,9 @@ constexpr std::uint64_t kHeaderBytes = sizeof(RecordHeader);
 static_assert(offsetof(RingHeader, tail) == 1 * kCacheLine);
 static_assert(offsetof(RingHeader, head) == 2 * kCacheLine);
 static_assert(offsetof(RingHeader, consumer_sleeping) == 3 * kCacheLine);
+static_assert(offsetof(RingHeader, records_pushed) == 4 * kCacheLine);
+static_assert(offsetof(RingHeader, records_popped) == 5 * kCacheLine);
+static_assert(offsetof(RingHeader, overflow) < 6 * kCacheLine);
 static_assert(kHeaderBytes == kRecordAlign);
 
 /// Header plus payload rounded up to kRecordAlign.
@@ -191,22 +194,17 @@ Result<RingProducer> RingProducer::attach(std::span<std::byte> memory, int notif
   p.data_ = a->data;
   p.capacity_ = a->capacity;
   p.tail_ = a->tail;
+  p.published_tail_ = a->tail;
   p.head_cache_ = a->head;
+  // A producer that re-attaches continues the counts.
+  p.pushed_ = a->header->records_pushed.load(std::memory_order_relaxed);
+  p.high_water_ = a->header->high_water.load(std::memory_order_relaxed);
   p.notify_fd_ = notify_fd;
   p.mode_ = a->mode;
   return p;
 }
 
-std::size_t RingProducer::max_payload() const noexcept {
-  // The largest record that always fits in an empty ring wherever the indices stand: a record
-  // of half the capacity fits either before the end or, after padding, before the head.
-  return capacity_ / 2 - kHeaderBytes;
-}
-
-std::byte* RingProducer::try_reserve(std::uint16_t type, std::uint32_t length, std::uint16_t flags) noexcept {
-  FLOE_ASSERT(type != kPadRecord);
-  // Too big for this ring ever: refused without the overflow flag, which means "try again later".
-  if (type == kPadRecord || length > max_payload()) return nullptr;
+std::byte* RingProducer::reserve(std::uint16_t type, std::uint32_t length, std::uint16_t flags) noexcept {
   const std::uint64_t size = record_bytes(length);
   const std::uint64_t need = bytes_needed(tail_, capacity_, size);
   if (tail_ - head_cache_ + need > capacity_) {
@@ -227,24 +225,11 @@ std::byte* RingProducer::try_reserve(std::uint16_t type, std::uint32_t length, s
   }
   write_record_header(data_ + pos, length, type, flags);
   tail_ += size;
-  bump(header_->records_pushed);
+  ++pushed_;
   return data_ + pos + kHeaderBytes;
 }
 
-void RingProducer::publish() noexcept {
-  if (tail_ == header_->tail.load(std::memory_order_relaxed)) return;
-  // SYNC(tail): release pairs with the consumer's acquire loads of tail: every record byte written
-  // before this store is visible to a consumer that sees the new tail.
-  header_->tail.store(tail_, std::memory_order_release);
-
-  // Bytes in use as far as the producer knows (its head may be stale, so this errs high).
-  const std::uint64_t used = tail_ - head_cache_;
-  if (used > header_->high_water.load(std::memory_order_relaxed)) {
-    header_->high_water.store(used, std::memory_order_relaxed);
-  }
-
-  // Spin and poll consumers never sleep on a signal, so they cost the producer no fence.
-  if (mode_ == NotifyMode::kSpin || mode_ == NotifyMode::kPoll) return;
+void RingProducer::wake_consumer() noexcept {
   // SYNC(sleep): full fence between publishing tail and reading the flag, paired with the
   // consumer's fence between setting the flag and re-reading tail (prepare_sleep): either it sees
   // our tail or we see its flag.
@@ -261,15 +246,6 @@ void RingProducer::publish() noexcept {
     eventfd_signal(notify_fd_);
   }
   bump(header_->notifications_sent);
-}
-
-bool RingProducer::try_push(std::uint16_t type, std::span<const std::byte> payload, std::uint16_t flags) noexcept {
-  if (payload.size() > max_payload()) return false;
-  std::byte* dst = try_reserve(type, static_cast<std::uint32_t>(payload.size()), flags);
-  if (dst == nullptr) return false;
-  if (!payload.empty()) std::memcpy(dst, payload.data(), payload.size());
-  publish();
-  return true;
 }
 
 bool RingProducer::push_wait(std::uint16_t type, std::span<const std::byte> payload,
@@ -312,6 +288,8 @@ Result<RingConsumer> RingConsumer::attach(std::span<std::byte> memory, int notif
   c.data_ = a->data;
   c.capacity_ = a->capacity;
   c.head_ = a->head;
+  c.released_head_ = a->head;
+  c.popped_ = a->header->records_popped.load(std::memory_order_relaxed);
   c.tail_cache_ = a->tail;
   c.peeked_next_ = a->head;
   c.notify_fd_ = notify_fd;
@@ -325,9 +303,7 @@ PopStatus RingConsumer::fail(const char* what) noexcept {
   return PopStatus::kCorrupt;
 }
 
-bool RingConsumer::has_data() noexcept {
-  if (error_) return true;  // peek() reports it; a waiter must not sleep on a broken ring
-  if (head_ != tail_cache_) return true;
+bool RingConsumer::refresh_tail() noexcept {
   // SYNC(tail): acquire pairs with the producer's release store in publish(): the bytes of every
   // record below this tail are visible.
   const std::uint64_t tail = header_->tail.load(std::memory_order_acquire);
@@ -393,20 +369,6 @@ PopStatus RingConsumer::peek(RecordView& out) noexcept {
     peeked_next_ = head_ + size;
     return PopStatus::kRecord;
   }
-}
-
-void RingConsumer::pop() noexcept {
-  // Without a successful peek since the last pop there is nothing to consume.
-  if (peeked_next_ <= head_) return;
-  head_ = peeked_next_;
-  bump(header_->records_popped);
-}
-
-void RingConsumer::release() noexcept {
-  if (header_->head.load(std::memory_order_relaxed) == head_) return;
-  // SYNC(head): release pairs with the producer's acquire in refresh_head(): our reads of every
-  // byte below head are done before the producer may reuse them.
-  header_->head.store(head_, std::memory_order_release);
 }
 
 bool RingConsumer::prepare_sleep() noexcept {

@@ -447,7 +447,8 @@ TEST(RingAttach, RefusesBadMagic) {
 }
 
 TEST(RingAttach, RefusesAnotherLayoutVersion) {
-  expect_attach_refused([](RingHeader& h) { h.layout_version = 2; }, "layout version 2");
+  expect_attach_refused([](RingHeader& h) { h.layout_version = kRingLayoutVersion + 1; },
+                        "layout version " + std::to_string(kRingLayoutVersion + 1));
 }
 
 TEST(RingAttach, RefusesACapacityThatIsNotAPowerOfTwo) {

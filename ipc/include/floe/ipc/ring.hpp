@@ -18,6 +18,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <span>
 #include <type_traits>
@@ -30,7 +31,7 @@
 namespace floe::ipc {
 
 inline constexpr std::uint32_t kRingMagic = 0x474E4952;  // "RING"
-inline constexpr std::uint32_t kRingLayoutVersion = 1;
+inline constexpr std::uint32_t kRingLayoutVersion = 2;  // 2: statistics moved off the index lines
 inline constexpr std::uint16_t kPadRecord = 0xFFFF;
 inline constexpr std::size_t kRecordAlign = 8;
 
@@ -42,6 +43,12 @@ struct RecordHeader {
 static_assert(sizeof(RecordHeader) == 8);
 
 /// The shared part of a ring. Standard layout, offsets only, every cache line explicit.
+///
+/// The two index lines hold nothing but their index: a spinning consumer reads `tail` in a loop,
+/// and every other store to that line would cost the producer one more coherence round trip before
+/// its tail store lands (bench/README.md, "Where the time goes: ring_spin"). The statistics for
+/// inspectors live on lines of their own; the handles count locally and store them once per
+/// publish() / release(), after the index.
 struct RingHeader {
   // Line 0: written once by ring_init, read-only afterwards.
   alignas(kCacheLine) std::uint32_t magic;
@@ -51,26 +58,31 @@ struct RingHeader {
   std::uint32_t poll_interval_us;  // for NotifyMode::kPoll
   std::uint64_t data_offset;       // from the start of this header to the data area
 
-  // Line 1: producer-owned.
-  alignas(kCacheLine) std::atomic<std::uint64_t> tail;  // bytes ever written (monotonic)
-  std::atomic<std::uint64_t> records_pushed;
-  std::atomic<std::uint64_t> notifications_sent;        // signals (syscalls) made by the producer
-  std::atomic<std::uint64_t> high_water;                // most bytes ever in use
-  std::atomic<std::uint32_t> overflow;                  // set (release) when a push failed for lack of
-                                                        // space; the consumer side clears it with an
-                                                        // acquire exchange and rescans
+  // Line 1: producer-owned, polled by the consumer.
+  alignas(kCacheLine) std::atomic<std::uint64_t> tail;  // bytes ever published (monotonic)
 
-  // Line 2: consumer-owned.
-  alignas(kCacheLine) std::atomic<std::uint64_t> head;  // bytes ever consumed (monotonic)
-  std::atomic<std::uint64_t> records_popped;
-  std::atomic<std::uint64_t> consumer_wakeups;          // times the consumer returned from sleeping
+  // Line 2: consumer-owned, read by the producer only when the ring looks full.
+  alignas(kCacheLine) std::atomic<std::uint64_t> head;  // bytes ever released (monotonic)
 
   // Line 3: the wake handshake, written by both sides (rarely, by construction).
   alignas(kCacheLine) std::atomic<std::uint32_t> consumer_sleeping;
   std::atomic<std::uint32_t> futex_word;  // NotifyMode::kFutex: bumped before FUTEX_WAKE
+
+  // Line 4: producer statistics, written by the producer after its tail store; no peer reads them
+  // on a hot path.
+  alignas(kCacheLine) std::atomic<std::uint64_t> records_pushed;  // records published
+  std::atomic<std::uint64_t> notifications_sent;  // signals (syscalls) made by the producer
+  std::atomic<std::uint64_t> high_water;          // most bytes ever in use, as the producer saw it
+
+  // Line 5: consumer statistics, and the overflow flag, which the consumer side polls and clears
+  // after its drains while the producer sets it only when a push fails.
+  alignas(kCacheLine) std::atomic<std::uint64_t> records_popped;  // records released
+  std::atomic<std::uint64_t> consumer_wakeups;  // times the consumer returned from sleeping
+  std::atomic<std::uint32_t> overflow;  // set (release) when a push failed for lack of space; the
+                                        // consumer side clears it with an acquire exchange and rescans
 };
 static_assert(std::is_standard_layout_v<RingHeader>);
-static_assert(sizeof(RingHeader) == 4 * kCacheLine);
+static_assert(sizeof(RingHeader) == 6 * kCacheLine);
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
 
 struct RingOptions {
@@ -107,14 +119,43 @@ class RingProducer {
   /// Copies one record in, publishes it and wakes the consumer if it sleeps. False if full (and
   /// sets the header's overflow flag). Never blocks.
   [[nodiscard]] bool try_push(std::uint16_t type, std::span<const std::byte> payload,
-                              std::uint16_t flags = 0) noexcept;
+                              std::uint16_t flags = 0) noexcept {
+    if (type == kPadRecord || payload.size() > max_payload()) return false;
+    std::byte* dst = reserve(type, static_cast<std::uint32_t>(payload.size()), flags);
+    if (dst == nullptr) return false;
+    if (!payload.empty()) std::memcpy(dst, payload.data(), payload.size());
+    publish();
+    return true;
+  }
 
   /// Batch API: reserve space for a record and fill it in place; nothing is visible to the
   /// consumer until publish(). Returns nullptr if it does not fit (overflow flag set).
   [[nodiscard]] std::byte* try_reserve(std::uint16_t type, std::uint32_t length,
-                                       std::uint16_t flags = 0) noexcept;
+                                       std::uint16_t flags = 0) noexcept {
+    FLOE_ASSERT(type != kPadRecord);
+    // Too big for this ring ever: refused without the overflow flag, which means "try again later".
+    if (type == kPadRecord || length > max_payload()) return nullptr;
+    return reserve(type, length, flags);
+  }
+
   /// Makes every reserved record visible with one release store, then wakes a sleeping consumer.
-  void publish() noexcept;
+  /// Updates the header's records_pushed and high_water after the tail store.
+  void publish() noexcept {
+    if (tail_ == published_tail_) return;
+    published_tail_ = tail_;
+    // SYNC(tail): release pairs with the consumer's acquire loads of tail: every record byte written
+    // before this store is visible to a consumer that sees the new tail.
+    header_->tail.store(tail_, std::memory_order_release);
+    // Statistics only after the tail, on a line the consumer does not poll.
+    header_->records_pushed.store(pushed_, std::memory_order_relaxed);
+    // Bytes in use as far as the producer knows (its head may be stale, so this errs high).
+    if (tail_ - head_cache_ > high_water_) {
+      high_water_ = tail_ - head_cache_;
+      header_->high_water.store(high_water_, std::memory_order_relaxed);
+    }
+    // Spin and poll consumers never sleep on a signal, so they cost the producer no fence.
+    if (mode_ == NotifyMode::kEventfd || mode_ == NotifyMode::kFutex) wake_consumer();
+  }
 
   /// Spins, then yields, then sleeps in growing steps (up to 1 ms) until the record fits or
   /// `timeout` passes. For producers that must not drop (benchmarks, requests with back-pressure).
@@ -122,16 +163,27 @@ class RingProducer {
                                std::chrono::nanoseconds timeout) noexcept;
 
   /// capacity / 2 - 8: the largest payload that fits an empty ring wherever the indices stand.
-  [[nodiscard]] std::size_t max_payload() const noexcept;
+  [[nodiscard]] std::size_t max_payload() const noexcept {
+    // A record of half the capacity fits either before the end or, after padding, before the head.
+    return capacity_ / 2 - sizeof(RecordHeader);
+  }
   [[nodiscard]] std::size_t capacity() const noexcept { return capacity_; }
   [[nodiscard]] RingHeader& header() const noexcept { return *header_; }
 
  private:
+  /// try_reserve after its argument checks (type is not kPadRecord, length <= max_payload()).
+  std::byte* reserve(std::uint16_t type, std::uint32_t length, std::uint16_t flags) noexcept;
+  /// publish()'s handshake with a consumer that may sleep (kEventfd, kFutex).
+  void wake_consumer() noexcept;
+
   RingHeader* header_ = nullptr;
   std::byte* data_ = nullptr;
   std::size_t capacity_ = 0;
-  std::uint64_t tail_ = 0;         // local tail, ahead of the published one during a batch
-  std::uint64_t head_cache_ = 0;   // last head read from the consumer's line
+  std::uint64_t tail_ = 0;            // local tail, ahead of the published one during a batch
+  std::uint64_t published_tail_ = 0;  // last tail stored to the header (never re-read from it)
+  std::uint64_t head_cache_ = 0;      // last head read from the consumer's line
+  std::uint64_t pushed_ = 0;          // records reserved; stored to records_pushed by publish()
+  std::uint64_t high_water_ = 0;      // last value stored to high_water
   int notify_fd_ = -1;
   NotifyMode mode_ = NotifyMode::kEventfd;
 };
@@ -148,9 +200,22 @@ class RingConsumer {
   /// Looks at the next record without consuming it. kCorrupt is sticky; error() says why.
   [[nodiscard]] PopStatus peek(RecordView& out) noexcept;
   /// Consumes the record returned by the last successful peek (locally; see release()).
-  void pop() noexcept;
-  /// Publishes the local head so the producer can reuse the space. Call once per batch.
-  void release() noexcept;
+  void pop() noexcept {
+    // Without a successful peek since the last pop there is nothing to consume.
+    if (peeked_next_ <= head_) return;
+    head_ = peeked_next_;
+    ++popped_;
+  }
+  /// Publishes the local head so the producer can reuse the space, then the header's
+  /// records_popped. Call once per batch.
+  void release() noexcept {
+    if (head_ == released_head_) return;
+    released_head_ = head_;
+    // SYNC(head): release pairs with the producer's acquire in refresh_head(): our reads of every
+    // byte below head are done before the producer may reuse them.
+    header_->head.store(head_, std::memory_order_release);
+    header_->records_popped.store(popped_, std::memory_order_relaxed);
+  }
 
   /// Peeks, calls fn(const RecordView&) and pops, for up to `max` records, then releases.
   /// Returns the number handled; on corruption returns an Error (also kept in error()).
@@ -175,7 +240,11 @@ class RingConsumer {
 
   /// True if a record is available (refreshes the cached tail), or if the ring is corrupt (peek
   /// says so), so that no waiter sleeps on a broken ring.
-  [[nodiscard]] bool has_data() noexcept;
+  [[nodiscard]] bool has_data() noexcept {
+    // error_: peek() reports it; a waiter must not sleep on a broken ring.
+    if (head_ != tail_cache_ || error_) return true;
+    return refresh_tail();
+  }
 
   /// Blocks per the ring's NotifyMode until a record is available or `timeout` passes (nullopt:
   /// forever). Returns true if data is available. Uses the sleeping-flag handshake; spurious
@@ -196,13 +265,17 @@ class RingConsumer {
 
  private:
   PopStatus fail(const char* what) noexcept;
+  /// has_data() once the cached tail is used up: reads and validates the shared tail.
+  bool refresh_tail() noexcept;
 
   RingHeader* header_ = nullptr;
   const std::byte* data_ = nullptr;
   std::size_t capacity_ = 0;
-  std::uint64_t head_ = 0;        // local head, ahead of the published one during a batch
-  std::uint64_t tail_cache_ = 0;  // last tail read from the producer's line
-  std::uint64_t peeked_next_ = 0; // head after the record returned by the last peek
+  std::uint64_t head_ = 0;           // local head, ahead of the published one during a batch
+  std::uint64_t tail_cache_ = 0;     // last tail read from the producer's line
+  std::uint64_t released_head_ = 0;  // last head stored to the header (never re-read from it)
+  std::uint64_t peeked_next_ = 0;    // head after the record returned by the last peek
+  std::uint64_t popped_ = 0;         // records popped; stored to records_popped by release()
   int notify_fd_ = -1;
   NotifyMode mode_ = NotifyMode::kEventfd;
   std::chrono::microseconds poll_interval_{100};
