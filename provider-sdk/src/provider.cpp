@@ -1,0 +1,830 @@
+// The provider's machinery: one epoll set (fd()) holding the management socket, every granted
+// device's tx eventfd, a wake eventfd for answers queued from other threads, and timerfds for
+// reconnects, result retries and polled rings. process() dispatches it without blocking; run()
+// waits on it in an ipc::EventLoop.
+#include "floe/sdk/provider.hpp"
+
+#include <fcntl.h>
+#include <sys/epoll.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
+
+#include "floe/ipc/channel.hpp"
+#include "floe/ipc/notify.hpp"
+#include "floe/ipc/protocol.hpp"
+#include "floe/ipc/region.hpp"
+#include "floe/ipc/ring.hpp"
+#include "floe/sdk/backoff.hpp"
+#include "management.pb.h"
+
+namespace floe::sdk {
+namespace detail {
+
+using Stored = std::variant<Value, std::string, std::vector<std::string>>;
+
+/// One grant of the core: the mapped region and the handles on it.
+struct Attachment {
+  ipc::Region region;
+  ipc::TreeWriter writer;
+  ipc::RingProducer rx;
+  ipc::RingConsumer tx;
+  ipc::Fd tx_eventfd;
+  ipc::Fd rx_eventfd;
+  bool polled = false;     // the tx ring's mode never signals: drained on the poll timer
+  bool tx_broken = false;  // the tx ring failed validation: no longer read
+};
+
+struct DeviceState {
+  DeviceSpec spec;
+  std::unordered_map<std::string, EntityIndex> entity_index;
+  Device* self = nullptr;
+  std::weak_ptr<ProviderState> provider;
+
+  // Written by the provider thread with `mu` held; read by it without the lock, by others with it.
+  std::unique_ptr<Attachment> att;
+  std::uint64_t att_generation = 0;  // bumped per grant; requests carry the one they came from
+  std::atomic<bool> online{false};
+
+  mutable std::mutex mu;
+  std::vector<std::vector<std::optional<Stored>>> values;  // [entity][component position]; mu
+  std::deque<std::vector<std::byte>> pending_results;      // results the rx ring had no room for; mu
+  std::uint64_t dropped_changes = 0;                        // change records left out (overflow); mu
+
+  [[nodiscard]] const ComponentSpec* find(EntityIndex e, Component c, std::size_t& pos) const noexcept {
+    if (e >= spec.entities.size()) return nullptr;
+    const auto& comps = spec.entities[e].components;
+    for (std::size_t i = 0; i < comps.size(); ++i) {
+      if (comps[i].component == c) {
+        pos = i;
+        return &comps[i];
+      }
+    }
+    return nullptr;
+  }
+
+  WriteStatus check(EntityIndex e, Component c, const Stored& v, std::size_t& pos) const noexcept;
+  WriteStatus write(EntityIndex e, Component c, Stored v) noexcept;
+  WriteStatus write_locked(Attachment& a, EntityIndex e, Component c, const Stored& v) noexcept;
+  void answer(std::uint64_t generation, std::uint64_t id, RequestStatus status, std::string_view message) noexcept;
+  /// Pushes queued results while the ring has room; true if none remain. Caller holds mu.
+  bool flush_results_locked() noexcept;
+};
+
+enum Tag : std::uint64_t { kTagWake = 1, kTagTimer = 2, kTagRetry = 3, kTagSocket = 4, kTagPoll = 5 };
+
+struct ProviderState {
+  ProviderOptions options;
+  std::string socket_path;
+  std::optional<Error> init_error;
+  ipc::Fd epoll;
+  ipc::Fd wake;         // eventfd: answers queued by other threads, stop()
+  ipc::Fd timer;        // timerfd: reconnect attempts and the handshake timeout
+  ipc::Fd retry_timer;  // timerfd: results waiting for room in an rx ring
+  ipc::Fd poll_timer;   // timerfd: tx rings in spin/poll mode
+  bool poll_armed = false;
+
+  std::deque<std::unique_ptr<Device>> devices;
+  std::function<void(Request&)> handler;
+  Backoff backoff;
+
+  enum class Conn { kIdle, kHello, kReady } conn = Conn::kIdle;
+  std::optional<ipc::Channel> channel;
+  bool broken = false;             // a send failed: disconnect at the next safe point
+  std::string broken_reason;
+  std::uint64_t next_id = 1;
+  std::unordered_map<std::uint64_t, DeviceState*> pending_adds;  // envelope id -> device
+  unsigned failed_attempts = 0;
+
+  std::atomic<bool> connected{false};
+  std::atomic<bool> stop_requested{false};
+  std::atomic<ipc::EventLoop*> loop{nullptr};
+
+  explicit ProviderState(ProviderOptions o)
+      : options(std::move(o)), backoff(options.reconnect_min, options.reconnect_max) {
+    if (options.socket_dir.empty()) options.socket_dir = ipc::default_socket_dir();
+    socket_path = options.socket_dir + "/" + std::string(ipc::kProviderSocketName);
+  }
+
+  void init();
+  Status process();
+  void dispatch(std::uint64_t tag);
+
+  void epoll_add(int fd, std::uint64_t tag);
+  void epoll_del(int fd) noexcept { ::epoll_ctl(epoll.get(), EPOLL_CTL_DEL, fd, nullptr); }
+  void arm(int fd, std::chrono::nanoseconds delay, std::chrono::nanoseconds period = {}) noexcept;
+
+  void schedule_reconnect();
+  void try_connect();
+  void send(const proto::Envelope& env);
+  void announce(DeviceState& ds);
+  void on_socket_readable();
+  void handle(proto::Envelope& env, std::vector<ipc::Fd>& fds);
+  void handle_grant(const proto::DeviceGrant& grant, std::vector<ipc::Fd>& fds, DeviceState* expected);
+  void disconnect(const std::string& reason, bool reconnect = true);
+  void detach(DeviceState& ds) noexcept;
+  void drain(DeviceState& ds);
+  void handle_record(DeviceState& ds, const ipc::RecordView& view);
+  void flush_all_results();
+  DeviceState* find_device(std::string_view id) noexcept;
+};
+
+// ---- DeviceState ---------------------------------------------------------------------------------
+
+WriteStatus DeviceState::check(EntityIndex e, Component c, const Stored& v, std::size_t& pos) const noexcept {
+  if (e >= spec.entities.size()) return WriteStatus::kNoSuchEntity;
+  const ComponentSpec* cs = find(e, c, pos);
+  const ipc::ComponentInfo* info = ipc::find_component(c);
+  if (cs == nullptr || info == nullptr) return WriteStatus::kNoSuchComponent;
+  if (const auto* value = std::get_if<Value>(&v)) {
+    std::uint64_t bits = 0;
+    switch (ipc::pack(*info, *value, bits)) {
+      case ipc::PackStatus::kOk: return WriteStatus::kOk;
+      case ipc::PackStatus::kOutOfRange: return WriteStatus::kOutOfRange;
+      default: return WriteStatus::kWrongType;
+    }
+  }
+  if (const auto* text = std::get_if<std::string>(&v)) {
+    if (info->encoding != ipc::Encoding::kText) return WriteStatus::kWrongType;
+    const std::size_t cap = cs->max_bytes != 0 ? cs->max_bytes : ipc::kTreeDefaultTextBytes;
+    return text->size() > cap ? WriteStatus::kTooLong : WriteStatus::kOk;
+  }
+  if (info->encoding != ipc::Encoding::kList) return WriteStatus::kWrongType;
+  const std::size_t cap = cs->max_bytes != 0 ? cs->max_bytes : ipc::kTreeDefaultListBytes;
+  const auto& items = std::get<std::vector<std::string>>(v);
+  return ipc::encoded_list_size(std::span<const std::string>(items)) > cap ? WriteStatus::kTooLong : WriteStatus::kOk;
+}
+
+WriteStatus DeviceState::write_locked(Attachment& a, EntityIndex e, Component c, const Stored& v) noexcept {
+  WriteStatus s;
+  if (const auto* value = std::get_if<Value>(&v)) {
+    s = a.writer.set(e, c, *value);
+  } else if (const auto* text = std::get_if<std::string>(&v)) {
+    s = a.writer.set_text(e, c, *text);
+  } else {
+    s = a.writer.set_list(e, c, std::span<const std::string>(std::get<std::vector<std::string>>(v)));
+  }
+  if (s != WriteStatus::kOk) return s;
+  // The tree first (above), then the record: a core that sees the record sees the value. A full
+  // ring leaves the record out and sets the overflow flag, which makes the core rescan.
+  const ipc::ChangeRecord rec{.entity = e, .component = ipc::to_id(c), .reserved = 0, .seq = a.writer.change_seq(e)};
+  if (!a.rx.try_push(ipc::kChangeRecord, std::as_bytes(std::span(&rec, 1)))) ++dropped_changes;
+  return WriteStatus::kOk;
+}
+
+WriteStatus DeviceState::write(EntityIndex e, Component c, Stored v) noexcept {
+  std::size_t pos = 0;
+  if (const WriteStatus s = check(e, c, v, pos); s != WriteStatus::kOk) return s;
+  std::lock_guard lock(mu);
+  WriteStatus s = WriteStatus::kOk;
+  if (att) s = write_locked(*att, e, c, v);
+  if (s == WriteStatus::kOk && ipc::find_component(c)->encoding != ipc::Encoding::kMarker) values[e][pos] = std::move(v);
+  return s;
+}
+
+bool DeviceState::flush_results_locked() noexcept {
+  while (!pending_results.empty()) {
+    if (!att || !att->rx.try_push(ipc::kRequestResult, pending_results.front())) return !att;
+    pending_results.pop_front();
+  }
+  return true;
+}
+
+void DeviceState::answer(std::uint64_t generation, std::uint64_t id, RequestStatus status,
+                         std::string_view message) noexcept {
+  bool queued = false;
+  try {
+    auto bytes = encode_result(id, status, message);
+    std::lock_guard lock(mu);
+    if (!att || att_generation != generation) {
+      spdlog::debug("floe-sdk: device '{}': answer to request {} dropped: its connection is gone", spec.id, id);
+      return;
+    }
+    // Results keep their order: once one waits, the rest queue behind it.
+    if (!pending_results.empty() || !att->rx.try_push(ipc::kRequestResult, bytes)) {
+      pending_results.push_back(std::move(bytes));
+      queued = true;
+    }
+  } catch (const std::exception& e) {
+    spdlog::error("floe-sdk: device '{}': cannot answer request {}: {}", spec.id, id, e.what());
+    return;
+  }
+  if (queued) {
+    if (auto p = provider.lock(); p && p->wake) ipc::eventfd_signal(p->wake.get());
+  }
+}
+
+// ---- ProviderState -------------------------------------------------------------------------------
+
+void ProviderState::init() {
+  auto fail = [this](std::string_view op) { init_error = sys_error(op, "provider initialisation").value(); };
+  epoll = ipc::Fd(::epoll_create1(EPOLL_CLOEXEC));
+  if (!epoll) return fail("epoll_create1");
+  auto w = ipc::make_eventfd(/*nonblocking=*/true);
+  if (!w) {
+    init_error = w.error();
+    return;
+  }
+  wake = std::move(*w);
+  for (ipc::Fd* t : {&timer, &retry_timer, &poll_timer}) {
+    *t = ipc::Fd(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
+    if (!*t) return fail("timerfd_create");
+  }
+  epoll_add(wake.get(), kTagWake);
+  epoll_add(timer.get(), kTagTimer);
+  epoll_add(retry_timer.get(), kTagRetry);
+  epoll_add(poll_timer.get(), kTagPoll);
+  arm(timer.get(), std::chrono::nanoseconds(1));  // the first connection attempt, at once
+}
+
+void ProviderState::epoll_add(int fd, std::uint64_t tag) {
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = tag;
+  if (::epoll_ctl(epoll.get(), EPOLL_CTL_ADD, fd, &ev) != 0) {
+    spdlog::error("floe-sdk: epoll_ctl(ADD) failed: {}", std::strerror(errno));
+  }
+}
+
+void ProviderState::arm(int fd, std::chrono::nanoseconds delay, std::chrono::nanoseconds period) noexcept {
+  itimerspec spec{};
+  spec.it_value.tv_sec = static_cast<time_t>(delay.count() / 1'000'000'000);
+  spec.it_value.tv_nsec = static_cast<long>(delay.count() % 1'000'000'000);
+  spec.it_interval.tv_sec = static_cast<time_t>(period.count() / 1'000'000'000);
+  spec.it_interval.tv_nsec = static_cast<long>(period.count() % 1'000'000'000);
+  ::timerfd_settime(fd, 0, &spec, nullptr);
+}
+
+Status ProviderState::process() {
+  if (init_error) return tl::unexpected(*init_error);
+  epoll_event events[32];
+  int n = ::epoll_wait(epoll.get(), events, 32, 0);
+  if (n < 0) {
+    if (errno == EINTR) return {};
+    return sys_error("epoll_wait", "provider");
+  }
+  for (int i = 0; i < n; ++i) {
+    dispatch(events[i].data.u64);
+    if (broken) disconnect(broken_reason);
+  }
+  if (stop_requested.load(std::memory_order_acquire)) {
+    if (ipc::EventLoop* l = loop.load(std::memory_order_acquire)) l->stop();
+  }
+  return {};
+}
+
+void ProviderState::dispatch(std::uint64_t tag) {
+  std::uint64_t ticks = 0;
+  switch (tag) {
+    case kTagWake:
+      (void)ipc::eventfd_drain(wake.get());
+      flush_all_results();
+      return;
+    case kTagTimer:
+      (void)!::read(timer.get(), &ticks, sizeof ticks);
+      if (conn == Conn::kIdle) {
+        try_connect();
+      } else if (conn == Conn::kHello) {
+        disconnect("floe-core did not answer Hello within 5 s");
+      }
+      return;
+    case kTagRetry:
+      (void)!::read(retry_timer.get(), &ticks, sizeof ticks);
+      flush_all_results();
+      return;
+    case kTagSocket:
+      on_socket_readable();
+      return;
+    case kTagPoll:
+      (void)!::read(poll_timer.get(), &ticks, sizeof ticks);
+      for (auto& d : devices) {
+        if (d->state_->att && d->state_->att->polled) drain(*d->state_);
+      }
+      return;
+    default: {
+      // A device's tx eventfd. The tag is its DeviceState; it may have been detached (and even
+      // re-attached) by an earlier event of this batch, so read only the current attachment's fd,
+      // which is non-blocking.
+      auto* ds = reinterpret_cast<DeviceState*>(tag);
+      if (!ds->att) return;
+      (void)ipc::eventfd_drain(ds->att->tx_eventfd.get());
+      ds->att->tx.finish_sleep();
+      drain(*ds);
+      return;
+    }
+  }
+}
+
+void ProviderState::flush_all_results() {
+  bool waiting = false;
+  for (auto& d : devices) {
+    std::lock_guard lock(d->state_->mu);
+    if (!d->state_->flush_results_locked()) waiting = true;
+  }
+  // The core frees room without telling us: look again shortly.
+  if (waiting) arm(retry_timer.get(), std::chrono::milliseconds(1));
+}
+
+void ProviderState::schedule_reconnect() {
+  const auto delay = backoff.next();
+  arm(timer.get(), delay);
+}
+
+void ProviderState::try_connect() {
+  auto ch = ipc::Channel::connect(socket_path);
+  if (!ch) {
+    const auto delay = backoff.next();
+    arm(timer.get(), delay);
+    // First failure at warn, the retries quieter: a provider started before the core is normal.
+    const auto level = failed_attempts++ == 0 ? spdlog::level::warn : spdlog::level::info;
+    spdlog::log(level, "floe-sdk: provider '{}': floe-core not reachable at {} ({}); retrying in {:.1f} s",
+                options.name, socket_path, std::strerror(ch.error().code), static_cast<double>(delay.count()) / 1000.0);
+    return;
+  }
+  if (auto s = ch->set_nonblocking(true); !s) {
+    spdlog::error("floe-sdk: {}", s.error().to_string());
+    schedule_reconnect();
+    return;
+  }
+  channel = std::move(*ch);
+  broken = false;
+  epoll_add(channel->fd(), kTagSocket);
+  conn = Conn::kHello;
+  proto::Envelope env;
+  env.set_id(next_id++);
+  auto* hello = env.mutable_hello();
+  hello->set_protocol_version(ipc::kProtocolVersion);
+  hello->set_peer_name(options.name);
+  hello->set_role(proto::PEER_ROLE_PROVIDER);
+  send(env);
+  arm(timer.get(), std::chrono::seconds(5));  // handshake timeout
+}
+
+void ProviderState::send(const proto::Envelope& env) {
+  if (!channel || broken) return;
+  if (auto s = channel->send(env); !s) {
+    broken = true;
+    broken_reason = "send to floe-core failed: " + s.error().to_string();
+  }
+}
+
+void ProviderState::announce(DeviceState& ds) {
+  proto::Envelope env;
+  env.set_id(next_id++);
+  auto* add = env.mutable_add_device();
+  add->set_device_id(ds.spec.id);
+  add->set_name(ds.spec.name);
+  for (const auto& g : ds.spec.groups) add->add_groups(g);
+  for (const auto& e : ds.spec.entities) {
+    auto* es = add->add_entities();
+    es->set_id(e.id);
+    es->set_name(e.name);
+    for (const auto& c : e.components) {
+      auto* cs = es->add_components();
+      cs->set_component(ipc::to_id(c.component));
+      cs->set_max_bytes(c.max_bytes);
+    }
+  }
+  pending_adds[env.id()] = &ds;
+  send(env);
+}
+
+void ProviderState::on_socket_readable() {
+  // Bounded: a chatty core must not starve the rings.
+  for (int i = 0; i < 64 && channel && !broken; ++i) {
+    proto::Envelope env;
+    auto fds = channel->receive(env);
+    if (!fds) {
+      if (fds.error().code == EAGAIN || fds.error().code == EWOULDBLOCK) return;
+      disconnect("lost the connection to floe-core: " + fds.error().to_string());
+      return;
+    }
+    handle(env, *fds);
+  }
+}
+
+void ProviderState::handle(proto::Envelope& env, std::vector<ipc::Fd>& fds) {
+  switch (env.body_case()) {
+    case proto::Envelope::kWelcome:
+      if (conn != Conn::kHello) return;
+      conn = Conn::kReady;
+      connected.store(true, std::memory_order_release);
+      backoff.reset();
+      failed_attempts = 0;
+      arm(timer.get(), {});  // handshake done: disarm the timeout
+      spdlog::info("floe-sdk: provider '{}' connected to floe-core '{}' (session {}), declaring {} device(s)",
+                   options.name, env.welcome().core_name(), env.welcome().session_id(), devices.size());
+      for (auto& d : devices) announce(*d->state_);
+      return;
+    case proto::Envelope::kError: {
+      const auto& err = env.error();
+      if (conn == Conn::kHello) {
+        if (err.code() == proto::ERROR_CODE_PROTOCOL_VERSION) {
+          // Retrying cannot help until one side is upgraded, but the core may be replaced by one
+          // that speaks our version: keep trying, at the slowest pace.
+          backoff.saturate();
+          spdlog::error("floe-sdk: provider '{}': floe-core refused protocol version {}: {}; retrying every {:.1f} s",
+                        options.name, ipc::kProtocolVersion, err.message(),
+                        static_cast<double>(backoff.max().count()) / 1000.0);
+        } else {
+          spdlog::error("floe-sdk: provider '{}': floe-core refused the connection: {}", options.name, err.message());
+        }
+        disconnect("refused by floe-core");
+        return;
+      }
+      if (auto it = pending_adds.find(env.id()); it != pending_adds.end()) {
+        spdlog::error("floe-sdk: provider '{}': floe-core refused device '{}': {}", options.name, it->second->spec.id,
+                      err.message());
+        pending_adds.erase(it);
+      } else {
+        spdlog::warn("floe-sdk: provider '{}': floe-core reports: {}", options.name, err.message());
+      }
+      if (err.fatal()) disconnect("floe-core closed the connection: " + err.message());
+      return;
+    }
+    case proto::Envelope::kDeviceGrant: {
+      DeviceState* expected = nullptr;
+      if (auto it = pending_adds.find(env.id()); it != pending_adds.end()) {
+        expected = it->second;
+        pending_adds.erase(it);
+      }
+      handle_grant(env.device_grant(), fds, expected);
+      return;
+    }
+    case proto::Envelope::kDeviceRemoved:
+      if (DeviceState* ds = find_device(env.device_removed().device_id())) {
+        spdlog::warn("floe-sdk: provider '{}': floe-core removed device '{}'", options.name, ds->spec.id);
+        detach(*ds);
+      }
+      return;
+    case proto::Envelope::kHeartbeat: {
+      // Echoed, so a core that pings its providers sees us alive.
+      proto::Envelope reply;
+      reply.set_id(env.id());
+      reply.mutable_heartbeat()->set_sequence(env.heartbeat().sequence());
+      send(reply);
+      return;
+    }
+    default:
+      spdlog::warn("floe-sdk: provider '{}': ignoring unexpected message {} from floe-core", options.name,
+                   static_cast<int>(env.body_case()));
+      return;
+  }
+}
+
+void ProviderState::handle_grant(const proto::DeviceGrant& grant, std::vector<ipc::Fd>& fds, DeviceState* expected) {
+  DeviceState* ds = find_device(grant.device_id());
+  auto refuse = [&](const std::string& why) {
+    spdlog::error("floe-sdk: provider '{}': unusable grant for device '{}': {}", options.name, grant.device_id(), why);
+  };
+  if (ds == nullptr || (expected != nullptr && expected != ds)) return refuse("not the device that was declared");
+  const auto& roles = grant.region().fd_roles();
+  if (static_cast<std::size_t>(roles.size()) != fds.size()) return refuse("fd roles do not match the fds");
+  ipc::Fd region_fd, tx_fd, rx_fd;
+  for (int i = 0; i < roles.size(); ++i) {
+    auto& fd = fds[static_cast<std::size_t>(i)];
+    switch (roles[i]) {
+      case proto::FD_ROLE_REGION: region_fd = std::move(fd); break;
+      case proto::FD_ROLE_TX_EVENTFD: tx_fd = std::move(fd); break;
+      case proto::FD_ROLE_RX_EVENTFD: rx_fd = std::move(fd); break;
+      default: break;
+    }
+  }
+  if (!region_fd || !tx_fd || !rx_fd) return refuse("needs a region, a tx eventfd and an rx eventfd");
+  auto region = ipc::Region::open(std::move(region_fd), {.expected_size = static_cast<std::size_t>(grant.region().size()),
+                                                         .require_kind = true, .kind = ipc::RegionKind::kDevice});
+  if (!region) return refuse(region.error().to_string());
+  auto parts = ipc::device_region_attach(std::span(region->data(), region->size()));
+  if (!parts) return refuse(parts.error().to_string());
+  auto writer = ipc::TreeWriter::attach(parts->tree);
+  if (!writer) return refuse(writer.error().to_string());
+  if (writer->entity_count() != ds->spec.entities.size()) {
+    return refuse("the region holds " + std::to_string(writer->entity_count()) + " entities, the device declares " +
+                  std::to_string(ds->spec.entities.size()));
+  }
+  auto rx = ipc::RingProducer::attach(parts->rx, rx_fd.get());
+  if (!rx) return refuse(rx.error().to_string());
+  auto tx = ipc::RingConsumer::attach(parts->tx, tx_fd.get());
+  if (!tx) return refuse(tx.error().to_string());
+  // Non-blocking, so a stale readiness event never blocks the loop. Only the core writes it.
+  ::fcntl(tx_fd.get(), F_SETFL, ::fcntl(tx_fd.get(), F_GETFL) | O_NONBLOCK);
+
+  detach(*ds);  // a re-grant replaces the old region
+  auto a = std::make_unique<Attachment>(Attachment{std::move(*region), std::move(*writer), std::move(*rx),
+                                                   std::move(*tx), std::move(tx_fd), std::move(rx_fd)});
+  a->polled = a->tx.header().notify_mode != static_cast<std::uint32_t>(ipc::NotifyMode::kEventfd);
+  epoll_add(a->tx_eventfd.get(), reinterpret_cast<std::uint64_t>(ds));
+  std::size_t replayed = 0;
+  {
+    std::lock_guard lock(ds->mu);
+    ds->att = std::move(a);
+    ++ds->att_generation;
+    ds->pending_results.clear();  // answers for the old region's requests mean nothing here
+    // The core may be new (restarted) or may have kept nothing: give it every last known value.
+    for (EntityIndex e = 0; e < ds->values.size(); ++e) {
+      for (std::size_t i = 0; i < ds->values[e].size(); ++i) {
+        if (!ds->values[e][i]) continue;
+        (void)ds->write_locked(*ds->att, e, ds->spec.entities[e].components[i].component, *ds->values[e][i]);
+        ++replayed;
+      }
+    }
+    ds->online.store(true, std::memory_order_release);
+  }
+  if (ds->att->polled && !poll_armed) {
+    arm(poll_timer.get(), std::chrono::milliseconds(1), std::chrono::milliseconds(1));
+    poll_armed = true;
+  }
+  spdlog::info("floe-sdk: provider '{}': device '{}' online (handle {:#x}), {} value(s) written", options.name,
+               ds->spec.id, grant.handle(), replayed);
+  drain(*ds);
+}
+
+void ProviderState::detach(DeviceState& ds) noexcept {
+  if (!ds.att) return;
+  epoll_del(ds.att->tx_eventfd.get());
+  std::unique_ptr<Attachment> old;
+  {
+    std::lock_guard lock(ds.mu);
+    old = std::move(ds.att);
+    ds.pending_results.clear();
+    ds.online.store(false, std::memory_order_release);
+  }
+  // `old` unmaps the region and closes the eventfds here, outside the lock.
+}
+
+void ProviderState::disconnect(const std::string& reason, bool reconnect) {
+  const bool was_connected = connected.exchange(false, std::memory_order_acq_rel);
+  if (channel) {
+    epoll_del(channel->fd());
+    channel.reset();
+  }
+  for (auto& d : devices) detach(*d->state_);
+  pending_adds.clear();
+  conn = Conn::kIdle;
+  broken = false;
+  if (!reconnect) return;
+  const auto delay = backoff.next();
+  arm(timer.get(), delay);
+  spdlog::log(was_connected ? spdlog::level::warn : spdlog::level::info,
+              "floe-sdk: provider '{}': {}; reconnecting in {:.1f} s", options.name, reason,
+              static_cast<double>(delay.count()) / 1000.0);
+}
+
+void ProviderState::drain(DeviceState& ds) {
+  for (;;) {
+    Attachment* a = ds.att.get();
+    if (a == nullptr || a->tx_broken) return;
+    auto n = a->tx.drain([&](const ipc::RecordView& view) { handle_record(ds, view); }, 256);
+    if (ds.att.get() != a) return;  // the handler's actions replaced the attachment
+    if (!n) {
+      a->tx_broken = true;
+      spdlog::error("floe-sdk: provider '{}': device '{}': tx ring corrupt, no longer read: {}", options.name,
+                    ds.spec.id, n.error().to_string());
+      return;
+    }
+    if (*n > 0) continue;
+    if (a->polled) return;
+    // Empty: raise the sleeping flag; if a record raced in meanwhile, drain again.
+    if (a->tx.prepare_sleep()) return;
+  }
+}
+
+void ProviderState::handle_record(DeviceState& ds, const ipc::RecordView& view) {
+  const std::uint64_t gen = ds.att_generation;
+  auto decoded = decode_request(view.type, view.payload);
+  if (!decoded) {
+    const auto& f = decoded.error();
+    if (f.has_id) {
+      ds.answer(gen, f.id, f.status, f.message);
+    } else {
+      spdlog::warn("floe-sdk: device '{}': unreadable tx record: {}", ds.spec.id, f.message);
+    }
+    return;
+  }
+  std::size_t pos = 0;
+  if (decoded->entity >= ds.spec.entities.size()) {
+    ds.answer(gen, decoded->id, RequestStatus::kUnsupported,
+              "device '" + ds.spec.id + "' has no entity #" + std::to_string(decoded->entity));
+    return;
+  }
+  if (ds.find(decoded->entity, decoded->component, pos) == nullptr) {
+    ds.answer(gen, decoded->id, RequestStatus::kUnsupported,
+              "entity '" + ds.spec.entities[decoded->entity].id + "' has no " +
+                  std::string(ipc::component_name(decoded->component)));
+    return;
+  }
+  Request request(ds.self->state_, gen, std::move(*decoded));
+  if (!handler) {
+    request.fail("provider '" + options.name + "' accepts no requests", RequestStatus::kUnsupported);
+    return;
+  }
+  try {
+    handler(request);
+  } catch (const std::exception& e) {
+    if (!request.answered()) request.fail(std::string("provider error: ") + e.what());
+  }
+}
+
+DeviceState* ProviderState::find_device(std::string_view id) noexcept {
+  for (auto& d : devices) {
+    if (d->state_->spec.id == id) return d->state_.get();
+  }
+  return nullptr;
+}
+
+}  // namespace detail
+
+// ---- Device --------------------------------------------------------------------------------------
+
+Device::Device(std::shared_ptr<detail::DeviceState> state) noexcept : state_(std::move(state)) {}
+Device::~Device() = default;
+const std::string& Device::id() const noexcept { return state_->spec.id; }
+const DeviceSpec& Device::spec() const noexcept { return state_->spec; }
+bool Device::online() const noexcept { return state_->online.load(std::memory_order_acquire); }
+
+std::optional<EntityIndex> Device::entity(std::string_view entity_id) const noexcept {
+  // A scan, not entity_index: devices have few entities and this allocates nothing.
+  for (EntityIndex i = 0; i < state_->spec.entities.size(); ++i) {
+    if (state_->spec.entities[i].id == entity_id) return i;
+  }
+  return std::nullopt;
+}
+
+WriteStatus Device::set(EntityIndex e, Component c, const Value& v) noexcept { return state_->write(e, c, v); }
+WriteStatus Device::set(std::string_view id, Component c, const Value& v) noexcept {
+  auto e = entity(id);
+  return e ? set(*e, c, v) : WriteStatus::kNoSuchEntity;
+}
+WriteStatus Device::set_text(EntityIndex e, Component c, std::string_view text) noexcept {
+  try {
+    return state_->write(e, c, std::string(text));
+  } catch (const std::bad_alloc&) {
+    return WriteStatus::kTooLong;
+  }
+}
+WriteStatus Device::set_text(std::string_view id, Component c, std::string_view text) noexcept {
+  auto e = entity(id);
+  return e ? set_text(*e, c, text) : WriteStatus::kNoSuchEntity;
+}
+WriteStatus Device::set_list(EntityIndex e, Component c, std::span<const std::string> items) noexcept {
+  try {
+    return state_->write(e, c, std::vector<std::string>(items.begin(), items.end()));
+  } catch (const std::bad_alloc&) {
+    return WriteStatus::kTooLong;
+  }
+}
+WriteStatus Device::set_list(std::string_view id, Component c, std::span<const std::string> items) noexcept {
+  auto e = entity(id);
+  return e ? set_list(*e, c, items) : WriteStatus::kNoSuchEntity;
+}
+
+std::optional<Value> Device::value(EntityIndex e, Component c) const {
+  std::size_t pos = 0;
+  if (state_->find(e, c, pos) == nullptr) return std::nullopt;
+  std::lock_guard lock(state_->mu);
+  const auto& slot = state_->values[e][pos];
+  if (!slot) return std::nullopt;
+  if (const auto* v = std::get_if<Value>(&*slot)) return *v;
+  return std::nullopt;
+}
+
+// ---- Request -------------------------------------------------------------------------------------
+
+Request::Request(std::shared_ptr<detail::DeviceState> device, std::uint64_t session, DecodedRequest decoded)
+    : device_(std::move(device)), session_(session), id_(decoded.id), entity_(decoded.entity),
+      component_(decoded.component), value_(std::move(decoded.value)), answered_(false) {}
+
+Request::Request(Request&& o) noexcept
+    : device_(std::move(o.device_)), session_(o.session_), id_(o.id_), entity_(o.entity_), component_(o.component_),
+      value_(std::move(o.value_)), answered_(std::exchange(o.answered_, true)) {}
+
+Request& Request::operator=(Request&& o) noexcept {
+  if (this != &o) {
+    if (!answered_) answer(RequestStatus::kFailed, "request dropped unanswered by the provider");
+    device_ = std::move(o.device_);
+    session_ = o.session_;
+    id_ = o.id_;
+    entity_ = o.entity_;
+    component_ = o.component_;
+    value_ = std::move(o.value_);
+    answered_ = std::exchange(o.answered_, true);
+  }
+  return *this;
+}
+
+Request::~Request() {
+  if (!answered_) answer(RequestStatus::kFailed, "request dropped unanswered by the provider");
+}
+
+Device& Request::device() const noexcept { return *device_->self; }
+const std::string& Request::entity_id() const noexcept { return device_->spec.entities[entity_].id; }
+
+void Request::succeed() noexcept { answer(RequestStatus::kOk, {}); }
+void Request::fail(std::string_view reason, RequestStatus status) noexcept {
+  answer(status == RequestStatus::kOk ? RequestStatus::kFailed : status, reason);
+}
+
+void Request::answer(RequestStatus status, std::string_view message) noexcept {
+  if (answered_ || !device_) return;
+  answered_ = true;
+  device_->answer(session_, id_, status, message);
+}
+
+// ---- Provider ------------------------------------------------------------------------------------
+
+Provider::Provider(ProviderOptions options) : state_(std::make_shared<detail::ProviderState>(std::move(options))) {
+  state_->init();
+  if (state_->init_error) spdlog::error("floe-sdk: {}", state_->init_error->to_string());
+}
+
+Provider::~Provider() {
+  state_->disconnect("provider shutting down", /*reconnect=*/false);
+}
+
+Result<std::reference_wrapper<Device>> Provider::try_add_device(DeviceSpec spec) {
+  const std::string op = "sdk.add_device";
+  if (spec.id.empty()) return logic_error(op, "a device needs an id");
+  if (state_->find_device(spec.id) != nullptr) return logic_error(op, "device '" + spec.id + "' is declared twice");
+  // The same checks the core's layout makes, so a bad schema fails here, not at the core.
+  ipc::TreeSchema schema;
+  auto st = std::make_shared<detail::DeviceState>();
+  for (EntityIndex i = 0; i < spec.entities.size(); ++i) {
+    const auto& e = spec.entities[i];
+    if (e.id.empty()) return logic_error(op, "device '" + spec.id + "': entity #" + std::to_string(i) + " has no id");
+    if (!st->entity_index.emplace(e.id, i).second) {
+      return logic_error(op, "device '" + spec.id + "': entity '" + e.id + "' is declared twice");
+    }
+    ipc::EntityDecl decl;
+    for (const auto& c : e.components) decl.components.push_back({.component = c.component, .max_bytes = c.max_bytes});
+    schema.entities.push_back(std::move(decl));
+  }
+  if (auto layout = ipc::TreeLayout::compute(schema); !layout) {
+    return logic_error(op, "device '" + spec.id + "': " + layout.error().message);
+  }
+  st->values.resize(spec.entities.size());
+  for (std::size_t i = 0; i < spec.entities.size(); ++i) st->values[i].resize(spec.entities[i].components.size());
+  st->spec = std::move(spec);
+  st->provider = state_;
+  auto device = std::unique_ptr<Device>(new Device(st));
+  st->self = device.get();
+  state_->devices.push_back(std::move(device));
+  if (state_->conn == detail::ProviderState::Conn::kReady) state_->announce(*st);
+  return std::ref(*state_->devices.back());
+}
+
+Device& Provider::add_device(DeviceSpec spec) {
+  auto d = try_add_device(std::move(spec));
+  if (!d) {
+    spdlog::critical("floe-sdk: {}", d.error().to_string());
+    std::abort();
+  }
+  return d->get();
+}
+
+void Provider::on_request(std::function<void(Request&)> handler) { state_->handler = std::move(handler); }
+
+Status Provider::run() {
+  if (state_->init_error) return tl::unexpected(*state_->init_error);
+  auto loop = ipc::EventLoop::create({.backend = state_->options.backend});
+  if (!loop) return tl::unexpected(std::move(loop).error());
+  std::optional<Error> failure;
+  auto watch = (*loop)->watch_readable(state_->epoll.get(), [&] {
+    if (auto s = state_->process(); !s) {
+      failure = s.error();
+      (*loop)->stop();
+    }
+  });
+  if (!watch) return tl::unexpected(std::move(watch).error());
+  state_->loop.store(loop->get(), std::memory_order_release);
+  // A stop() before this point left its flag: honour it (it also signalled the wake fd, so the
+  // loop's first iteration runs process(), which stops the loop).
+  auto ran = (*loop)->run();
+  state_->loop.store(nullptr, std::memory_order_release);
+  state_->stop_requested.store(false, std::memory_order_relaxed);
+  (*loop)->cancel(*watch);
+  if (failure) return tl::unexpected(*failure);
+  return ran;
+}
+
+void Provider::stop() noexcept {
+  state_->stop_requested.store(true, std::memory_order_release);
+  if (ipc::EventLoop* l = state_->loop.load(std::memory_order_acquire)) l->stop();
+  if (state_->wake) ipc::eventfd_signal(state_->wake.get());
+}
+
+int Provider::fd() const noexcept { return state_->init_error ? -1 : state_->epoll.get(); }
+Status Provider::process() { return state_->process(); }
+bool Provider::connected() const noexcept { return state_->connected.load(std::memory_order_acquire); }
+const std::string& Provider::socket_path() const noexcept { return state_->socket_path; }
+
+}  // namespace floe::sdk
