@@ -1,0 +1,214 @@
+// The client library against a scripted fake core on a real client socket: handshake, error codes
+// mapped to exit codes, timeouts, and watch events that arrive while a request waits.
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <thread>
+
+#include "client.hpp"
+#include "floe/ipc/channel.hpp"
+
+namespace floe::client {
+namespace {
+
+using Handler = std::function<bool(ipc::Channel&, const proto::ClientRequest&)>;  // false: hang up
+
+// Accepts one connection and feeds every request to `handler` until it returns false or the
+// client leaves.
+class FakeCore {
+ public:
+  explicit FakeCore(Handler handler) {
+    char tmpl[] = "/tmp/floectl-test-XXXXXX";
+    dir_ = ::mkdtemp(tmpl);
+    auto l = ipc::Listener::bind(dir_ + "/client.sock");
+    EXPECT_TRUE(l) << l.error().to_string();
+    listener_.emplace(std::move(*l));
+    thread_ = std::thread([this, handler = std::move(handler)] {
+      auto ch = listener_->accept();
+      if (!ch) return;
+      for (;;) {
+        proto::ClientRequest req;
+        if (!ch->receive(req)) return;
+        if (!handler(*ch, req)) return;
+      }
+    });
+  }
+  ~FakeCore() {
+    // Unblock accept() if no client ever came.
+    if (auto c = ipc::Channel::connect(dir_ + "/client.sock")) {}
+    thread_.join();
+    listener_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+  [[nodiscard]] ClientOptions options() const {
+    ClientOptions o;
+    o.socket_dir = dir_;
+    o.timeout = std::chrono::milliseconds(2000);
+    return o;
+  }
+
+ private:
+  std::string dir_;
+  std::optional<ipc::Listener> listener_;
+  std::thread thread_;
+};
+
+bool welcome(ipc::Channel& ch, const proto::ClientRequest& req) {
+  proto::ClientResponse r;
+  r.set_id(req.id());
+  r.mutable_welcome()->set_protocol_version(ipc::kProtocolVersion);
+  r.mutable_welcome()->set_core_name("fake");
+  return static_cast<bool>(ch.send(r));
+}
+
+bool error(ipc::Channel& ch, std::uint64_t id, proto::ErrorCode code, const std::string& msg, bool fatal = false) {
+  proto::ClientResponse r;
+  r.set_id(id);
+  r.mutable_error()->set_code(code);
+  r.mutable_error()->set_message(msg);
+  r.mutable_error()->set_fatal(fatal);
+  return static_cast<bool>(ch.send(r)) && !fatal;
+}
+
+TEST(FloectlClient, HandshakeSendsHelloAsAClientAndKeepsTheWelcome) {
+  FakeCore core([](ipc::Channel& ch, const proto::ClientRequest& req) {
+    if (req.has_hello()) {
+      EXPECT_EQ(req.hello().role(), proto::PEER_ROLE_CLIENT);
+      EXPECT_EQ(req.hello().protocol_version(), ipc::kProtocolVersion);
+      return welcome(ch, req);
+    }
+    return false;
+  });
+  auto c = Client::connect(core.options());
+  ASSERT_TRUE(c) << c.error().message;
+  EXPECT_EQ(c->welcome().core_name(), "fake");
+}
+
+TEST(FloectlClient, ProtocolMismatchIsExitNine) {
+  FakeCore core([](ipc::Channel& ch, const proto::ClientRequest& req) {
+    EXPECT_EQ(req.hello().protocol_version(), 999u);
+    return error(ch, req.id(), proto::ERROR_CODE_PROTOCOL_VERSION, "floe-core speaks protocol 1, not 999", true);
+  });
+  auto options = core.options();
+  options.protocol_version = 999;
+  auto c = Client::connect(options);
+  ASSERT_FALSE(c);
+  EXPECT_EQ(c.error().exit, ExitCode::kUnauthorized);
+  EXPECT_NE(c.error().message.find("999"), std::string::npos);
+}
+
+TEST(FloectlClient, HangupDuringTheHandshakeIsReportedAsUnauthorised) {
+  FakeCore core([](ipc::Channel&, const proto::ClientRequest&) { return false; });
+  auto c = Client::connect(core.options());
+  ASSERT_FALSE(c);
+  EXPECT_EQ(c.error().exit, ExitCode::kUnauthorized);
+}
+
+TEST(FloectlClient, ErrorRepliesMapToDistinctExitCodes) {
+  FakeCore core([](ipc::Channel& ch, const proto::ClientRequest& req) {
+    if (req.has_hello()) return welcome(ch, req);
+    if (req.has_get()) return error(ch, req.id(), proto::ERROR_CODE_NOT_FOUND, "no entity 'nope'");
+    if (req.has_query()) return error(ch, req.id(), proto::ERROR_CODE_BAD_QUERY, "count whre\n      ^^^^ expected");
+    if (req.has_set()) return error(ch, req.id(), proto::ERROR_CODE_OFFLINE, "device lights-a is offline");
+    return error(ch, req.id(), proto::ERROR_CODE_BAD_VALUE, "not a number");
+  });
+  auto c = Client::connect(core.options());
+  ASSERT_TRUE(c) << c.error().message;
+  auto g = c->get("nope", "Dimmer");
+  ASSERT_FALSE(g);
+  EXPECT_EQ(g.error().exit, ExitCode::kNotFound);
+  auto q = c->query("count whre");
+  ASSERT_FALSE(q);
+  EXPECT_EQ(q.error().exit, ExitCode::kBadQuery);
+  EXPECT_NE(q.error().message.find("^^^^"), std::string::npos);
+  auto s = c->set("a", "Dimmer", "0.5");
+  ASSERT_FALSE(s);
+  EXPECT_EQ(s.error().exit, ExitCode::kOffline);
+  auto e = c->edit_group("g", "d", false);
+  ASSERT_FALSE(e);
+  EXPECT_EQ(e.error().exit, ExitCode::kBadValue);
+}
+
+TEST(FloectlClient, NoAnswerIsATimeout) {
+  FakeCore core([](ipc::Channel& ch, const proto::ClientRequest& req) {
+    if (req.has_hello()) return welcome(ch, req);
+    return true;  // never answers
+  });
+  auto options = core.options();
+  options.timeout = std::chrono::milliseconds(50);
+  auto c = Client::connect(options);
+  ASSERT_TRUE(c) << c.error().message;
+  auto d = c->list_devices();
+  ASSERT_FALSE(d);
+  EXPECT_EQ(d.error().exit, ExitCode::kTimeout);
+}
+
+TEST(FloectlClient, ConnectFailureNamesThePathItTried) {
+  ClientOptions o;
+  o.socket_dir = "/nonexistent/floe-dir";
+  auto c = Client::connect(o);
+  ASSERT_FALSE(c);
+  EXPECT_EQ(c.error().exit, ExitCode::kConnect);
+  EXPECT_NE(c.error().message.find("/nonexistent/floe-dir/client.sock"), std::string::npos);
+}
+
+TEST(FloectlClient, WatchEventsArrivingDuringARequestAreQueuedInOrder) {
+  FakeCore core([](ipc::Channel& ch, const proto::ClientRequest& req) {
+    if (req.has_hello()) return welcome(ch, req);
+    proto::ClientResponse r;
+    if (req.has_watch()) {
+      r.set_id(req.id());
+      r.mutable_watch_started()->set_watch_id(42);
+      return static_cast<bool>(ch.send(r));
+    }
+    if (req.has_list_groups()) {
+      for (int i = 1; i <= 2; ++i) {  // two events overtake the answer
+        proto::ClientResponse ev;
+        ev.set_id(1);
+        ev.mutable_watch_event()->set_watch_id(42);
+        ev.mutable_watch_event()->mutable_result()->set_action("count");
+        ev.mutable_watch_event()->mutable_result()->set_count(static_cast<std::uint64_t>(i));
+        if (!ch.send(ev)) return false;
+      }
+      r.set_id(req.id());
+      r.mutable_groups();
+      return static_cast<bool>(ch.send(r));
+    }
+    if (req.has_unwatch()) {
+      EXPECT_EQ(req.unwatch().watch_id(), 42u);
+      r.set_id(req.id());
+      r.mutable_ok();
+      return static_cast<bool>(ch.send(r));
+    }
+    return false;
+  });
+  auto c = Client::connect(core.options());
+  ASSERT_TRUE(c) << c.error().message;
+  auto id = c->watch("count where Light");
+  ASSERT_TRUE(id) << id.error().message;
+  EXPECT_EQ(*id, 42u);
+  ASSERT_TRUE(c->list_groups());
+  for (std::uint64_t want = 1; want <= 2; ++want) {
+    auto ev = c->next_event(-1, std::chrono::milliseconds(2000));
+    ASSERT_TRUE(ev) << ev.error().message;
+    ASSERT_EQ(ev->kind, WaitOutcome::Kind::kEvent);
+    EXPECT_EQ(ev->event.result().count(), want);
+  }
+  // Nothing more: an interrupt ends the wait.
+  const int efd = ::eventfd(1, EFD_CLOEXEC);
+  ASSERT_GE(efd, 0);
+  auto ev = c->next_event(efd, std::chrono::milliseconds(2000));
+  ::close(efd);
+  ASSERT_TRUE(ev) << ev.error().message;
+  EXPECT_EQ(ev->kind, WaitOutcome::Kind::kInterrupted);
+  EXPECT_TRUE(c->unwatch(42));
+}
+
+}  // namespace
+}  // namespace floe::client

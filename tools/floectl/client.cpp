@@ -1,0 +1,254 @@
+#include "client.hpp"
+
+#include <poll.h>
+
+#include <cerrno>
+#include <cstring>
+#include <utility>
+
+namespace floe::client {
+namespace {
+
+tl::unexpected<ClientError> fail(ExitCode code, std::string message) {
+  return tl::unexpected(ClientError{code, std::move(message)});
+}
+
+// The core answers a provider's slow request itself (ERROR_CODE_TIMEOUT) after the timeout the
+// request carries; the client waits a little longer so that verdict, not a silent local timeout,
+// is what the user sees.
+constexpr std::chrono::milliseconds kCoreVerdictGrace{1000};
+
+}  // namespace
+
+ExitCode exit_code_for(proto::ErrorCode code) noexcept {
+  switch (code) {
+    case proto::ERROR_CODE_NOT_FOUND: return ExitCode::kNotFound;
+    case proto::ERROR_CODE_BAD_VALUE: return ExitCode::kBadValue;
+    case proto::ERROR_CODE_BAD_QUERY: return ExitCode::kBadQuery;
+    case proto::ERROR_CODE_OFFLINE: return ExitCode::kOffline;
+    case proto::ERROR_CODE_TIMEOUT: return ExitCode::kTimeout;
+    case proto::ERROR_CODE_UNAUTHORIZED:
+    case proto::ERROR_CODE_PROTOCOL_VERSION: return ExitCode::kUnauthorized;
+    default: return ExitCode::kGeneric;
+  }
+}
+
+ClientResult<Client> Client::connect(const ClientOptions& options) {
+  std::string path = options.socket_dir;
+  if (!path.empty() && path.back() != '/') path += '/';
+  path += ipc::kClientSocketName;
+
+  auto channel = ipc::Channel::connect(path);
+  if (!channel) {
+    const int e = channel.error().code;
+    std::string hint = e == EACCES ? " (permission denied: is your user allowed to use floe?)"
+                                   : " (is floe-core running? choose the directory with --socket-dir or "
+                                     "$FLOE_SOCKET_DIR)";
+    return fail(ExitCode::kConnect, "cannot connect to floe-core at " + path + ": " +
+                                        (e != 0 ? std::string(std::strerror(e)) : channel.error().message) + hint);
+  }
+  Client client(std::move(*channel), path, options.timeout);
+
+  proto::ClientRequest hello;
+  hello.mutable_hello()->set_protocol_version(options.protocol_version);
+  hello.mutable_hello()->set_peer_name(options.peer_name);
+  hello.mutable_hello()->set_role(proto::PEER_ROLE_CLIENT);
+  auto response = client.call(hello, options.timeout);
+  if (!response) {
+    ClientError& err = response.error();
+    if (err.exit == ExitCode::kGeneric && err.message.find("closed the connection") != std::string::npos) {
+      // A core that refuses a peer before Welcome (SO_PEERCRED) may just hang up.
+      err.exit = ExitCode::kUnauthorized;
+      err.message += " during the handshake (is your uid allowed by floe-core?)";
+    }
+    return tl::unexpected(std::move(err));
+  }
+  if (!response->has_welcome()) {
+    return fail(ExitCode::kGeneric, "floe-core did not answer Hello with Welcome");
+  }
+  client.welcome_ = response->welcome();
+  return client;
+}
+
+ClientResult<Client::Ready> Client::wait_readable(int interrupt_fd, std::chrono::steady_clock::time_point deadline,
+                                                  bool forever) {
+  for (;;) {
+    int timeout_ms = -1;
+    if (!forever) {
+      const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0) return Ready::kTimedOut;
+      timeout_ms = static_cast<int>(left.count());
+    }
+    pollfd fds[2] = {{channel_.fd(), POLLIN, 0}, {interrupt_fd, POLLIN, 0}};
+    const int r = ::poll(fds, interrupt_fd >= 0 ? 2 : 1, timeout_ms);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return fail(ExitCode::kGeneric, std::string("poll: ") + std::strerror(errno));
+    }
+    if (r == 0) continue;  // re-check the deadline
+    if (interrupt_fd >= 0 && (fds[1].revents & POLLIN) != 0) return Ready::kInterrupted;
+    if (fds[0].revents != 0) return Ready::kReadable;  // data, hangup or error: receive() says which
+  }
+}
+
+ClientResult<proto::ClientResponse> Client::receive_one() {
+  auto packet = channel_.receive();
+  if (!packet) {
+    if (packet.error().code == ECONNRESET) {
+      return fail(ExitCode::kGeneric, "floe-core closed the connection");
+    }
+    return fail(ExitCode::kGeneric, "receiving from floe-core: " + packet.error().to_string());
+  }
+  proto::ClientResponse response;
+  if (!response.ParseFromArray(packet->bytes.data(), static_cast<int>(packet->bytes.size()))) {
+    return fail(ExitCode::kGeneric, "floe-core sent a packet that is not a ClientResponse");
+  }
+  return response;
+}
+
+ClientResult<proto::ClientResponse> Client::call(proto::ClientRequest& request, std::chrono::milliseconds timeout) {
+  const std::uint64_t id = next_id_++;
+  request.set_id(id);
+  if (auto sent = channel_.send(request); !sent) {
+    return fail(ExitCode::kGeneric, "sending to floe-core: " + sent.error().to_string());
+  }
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    auto ready = wait_readable(-1, deadline, false);
+    if (!ready) return tl::unexpected(std::move(ready.error()));
+    if (*ready == Ready::kTimedOut) {
+      return fail(ExitCode::kTimeout, "no answer from floe-core within " + std::to_string(timeout.count()) + " ms");
+    }
+    auto response = receive_one();
+    if (!response) return response;
+    if (response->has_watch_event()) {
+      pending_events_.push_back(std::move(*response->mutable_watch_event()));
+      continue;
+    }
+    if (response->has_welcome()) return response;  // the handshake's answer, whatever id it echoes
+    if (response->has_error() && (response->id() == id || response->id() == 0 || response->error().fatal())) {
+      const auto& e = response->error();
+      return fail(exit_code_for(e.code()), e.message().empty() ? "floe-core refused the request" : e.message());
+    }
+    if (response->id() != id) continue;  // a late answer to an earlier, timed-out request
+    return response;
+  }
+}
+
+ClientResult<proto::DeviceList> Client::list_devices() {
+  proto::ClientRequest r;
+  r.mutable_list_devices();
+  auto response = call(r, timeout_);
+  if (!response) return tl::unexpected(std::move(response.error()));
+  if (!response->has_devices()) return fail(ExitCode::kGeneric, "unexpected answer to ListDevices");
+  return std::move(*response->mutable_devices());
+}
+
+ClientResult<proto::EntityList> Client::list_entities(std::string_view device) {
+  proto::ClientRequest r;
+  r.mutable_list_entities()->set_device(std::string(device));
+  auto response = call(r, timeout_);
+  if (!response) return tl::unexpected(std::move(response.error()));
+  if (!response->has_entities()) return fail(ExitCode::kGeneric, "unexpected answer to ListEntities");
+  return std::move(*response->mutable_entities());
+}
+
+ClientResult<proto::EntityValue> Client::get(std::string_view entity, std::string_view component) {
+  proto::ClientRequest r;
+  r.mutable_get()->set_entity(std::string(entity));
+  r.mutable_get()->set_component(std::string(component));
+  auto response = call(r, timeout_);
+  if (!response) return tl::unexpected(std::move(response.error()));
+  if (!response->has_value()) return fail(ExitCode::kGeneric, "unexpected answer to GetValue");
+  return std::move(*response->mutable_value());
+}
+
+ClientResult<proto::SetResults> Client::set(std::string_view entity, std::string_view component,
+                                            std::string_view value) {
+  proto::ClientRequest r;
+  auto* s = r.mutable_set();
+  s->set_entity(std::string(entity));
+  s->set_component(std::string(component));
+  s->set_value(std::string(value));
+  s->set_timeout_ms(static_cast<std::uint32_t>(timeout_.count()));
+  auto response = call(r, timeout_ + kCoreVerdictGrace);
+  if (!response) return tl::unexpected(std::move(response.error()));
+  if (response->has_ok()) return proto::SetResults{};
+  if (!response->has_set()) return fail(ExitCode::kGeneric, "unexpected answer to SetValue");
+  return std::move(*response->mutable_set());
+}
+
+ClientResult<proto::QueryResult> Client::query(std::string_view text) {
+  proto::ClientRequest r;
+  r.mutable_query()->set_text(std::string(text));
+  auto response = call(r, timeout_ + kCoreVerdictGrace);
+  if (!response) return tl::unexpected(std::move(response.error()));
+  if (!response->has_query()) return fail(ExitCode::kGeneric, "unexpected answer to RunQuery");
+  return std::move(*response->mutable_query());
+}
+
+ClientResult<proto::GroupList> Client::list_groups() {
+  proto::ClientRequest r;
+  r.mutable_list_groups();
+  auto response = call(r, timeout_);
+  if (!response) return tl::unexpected(std::move(response.error()));
+  if (!response->has_groups()) return fail(ExitCode::kGeneric, "unexpected answer to ListGroups");
+  return std::move(*response->mutable_groups());
+}
+
+ClientResult<void> Client::edit_group(std::string_view group, std::string_view device, bool remove) {
+  proto::ClientRequest r;
+  r.mutable_edit_group()->set_group(std::string(group));
+  r.mutable_edit_group()->set_device(std::string(device));
+  r.mutable_edit_group()->set_remove(remove);
+  auto response = call(r, timeout_);
+  if (!response) return tl::unexpected(std::move(response.error()));
+  return {};
+}
+
+ClientResult<std::uint64_t> Client::watch(std::string_view text) {
+  proto::ClientRequest r;
+  r.mutable_watch()->set_text(std::string(text));
+  auto response = call(r, timeout_);
+  if (!response) return tl::unexpected(std::move(response.error()));
+  if (!response->has_watch_started()) return fail(ExitCode::kGeneric, "unexpected answer to Watch");
+  return response->watch_started().watch_id();
+}
+
+ClientResult<void> Client::unwatch(std::uint64_t watch_id) {
+  proto::ClientRequest r;
+  r.mutable_unwatch()->set_watch_id(watch_id);
+  auto response = call(r, timeout_);
+  if (!response) return tl::unexpected(std::move(response.error()));
+  pending_events_.clear();
+  return {};
+}
+
+ClientResult<WaitOutcome> Client::next_event(int interrupt_fd, std::chrono::milliseconds timeout) {
+  const bool forever = timeout.count() < 0;
+  const auto deadline = std::chrono::steady_clock::now() + (forever ? std::chrono::milliseconds(0) : timeout);
+  for (;;) {
+    if (!pending_events_.empty()) {
+      WaitOutcome out{WaitOutcome::Kind::kEvent, std::move(pending_events_.front())};
+      pending_events_.pop_front();
+      return out;
+    }
+    auto ready = wait_readable(interrupt_fd, deadline, forever);
+    if (!ready) return tl::unexpected(std::move(ready.error()));
+    if (*ready == Ready::kInterrupted) return WaitOutcome{WaitOutcome::Kind::kInterrupted, {}};
+    if (*ready == Ready::kTimedOut) {
+      return fail(ExitCode::kTimeout, "no watch event within " + std::to_string(timeout.count()) + " ms");
+    }
+    auto response = receive_one();
+    if (!response) return tl::unexpected(std::move(response.error()));
+    if (response->has_watch_event()) {
+      pending_events_.push_back(std::move(*response->mutable_watch_event()));
+    } else if (response->has_error() && response->error().fatal()) {
+      const auto& e = response->error();
+      return fail(exit_code_for(e.code()), e.message());
+    }
+    // Anything else is a stray answer to nothing we wait for.
+  }
+}
+
+}  // namespace floe::client
