@@ -1,0 +1,52 @@
+// floe-core's configuration: a TOML file (toml++), every key optional (docs/CORE.md lists them).
+//
+//   auto cfg = load_config("/etc/floe/core.toml");   // or parse_config(text), or Config{} defaults
+//
+// Unknown keys and values of the wrong type are errors naming the key ("rings.tx_capacity").
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstddef>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "floe/ipc/event_loop.hpp"
+#include "floe/ipc/notify.hpp"
+#include "floe/ipc/result.hpp"
+
+namespace floe::core {
+
+struct Config {
+  /// Where provider.sock and client.sock live (created 0700). Default ipc::default_socket_dir().
+  std::string socket_dir;
+  /// Metadata state (devices, entities, groups). Default: <socket_dir>/state.json.
+  std::string state_file;
+  /// io_uring shard loops owning device rings. 0 = std::thread::hardware_concurrency().
+  unsigned worker_threads = 0;
+  /// SO_PEERCRED uids allowed on both sockets. Empty = the daemon's own uid and root.
+  std::vector<uid_t> allowed_uids;
+  /// Default wait for a provider's RequestResult.
+  std::chrono::milliseconds request_timeout{5000};
+  /// Concurrent client sessions (each has its own thread); more are refused with LIMIT.
+  unsigned max_clients = 64;
+  /// "trace" .. "off" (spdlog level names).
+  std::string log_level = "info";
+  ipc::LoopBackend loop_backend = ipc::LoopBackend::kAuto;
+  // [rings]
+  std::size_t tx_capacity = 16 * 1024;
+  std::size_t rx_capacity = 64 * 1024;
+  ipc::NotifyMode notify = ipc::NotifyMode::kEventfd;
+};
+
+/// Parses TOML text; `origin` names the source in errors. Missing keys keep their defaults;
+/// the result is not yet resolved (see resolve_defaults).
+[[nodiscard]] Result<Config> parse_config(std::string_view text, std::string_view origin = "config");
+/// Reads and parses a file.
+[[nodiscard]] Result<Config> load_config(const std::string& path);
+/// Fills what depends on the environment: socket_dir, state_file, worker_threads, allowed_uids.
+void resolve_defaults(Config& config);
+
+}  // namespace floe::core

@@ -1,0 +1,538 @@
+// Client sessions: one thread per connection, speaking client.proto. Reads evaluate on a registry
+// snapshot right here; sets go to the device's shard and wait for the provider's answer.
+#include <poll.h>
+
+#include <chrono>
+#include <cmath>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "daemon_internal.hpp"
+#include "floe/core/engine.hpp"
+#include "floe/core/query_parser.hpp"
+#include "floe/ipc/notify.hpp"
+#include "floe/ipc/protocol.hpp"
+
+namespace floe::core::detail {
+namespace {
+
+constexpr unsigned kMaxMalformedInARow = 8;
+constexpr std::size_t kMaxOutbox = 4096;
+
+void fill_value(ipc::Component c, const ipc::Value& v, proto::Value& out) {
+  std::visit(
+      [&](const auto& x) {
+        using T = std::decay_t<decltype(x)>;
+        if constexpr (std::is_same_v<T, ipc::Marker>) out.set_marker(true);
+        else if constexpr (std::is_same_v<T, bool>) out.set_boolean(x);
+        else if constexpr (std::is_same_v<T, std::int64_t>) out.set_integer(x);
+        else if constexpr (std::is_same_v<T, double>) out.set_real(x);
+        else if constexpr (std::is_same_v<T, ipc::EnumValue>) out.set_enum_value(x.value);
+        else if constexpr (std::is_same_v<T, ipc::Rgb>) out.set_rgb(x.packed());
+        else if constexpr (std::is_same_v<T, ipc::Timestamp>) out.set_timestamp_us(x.time_since_epoch().count());
+      },
+      v);
+  out.set_display(ipc::format_value(c, v));
+}
+
+void fill_list(const std::vector<std::string>& items, proto::Value& out) {
+  std::string display;
+  for (const auto& s : items) {
+    out.mutable_list()->add_items(s);
+    if (!display.empty()) display += ", ";
+    display += s;
+  }
+  out.set_display(display);
+}
+
+bool fill_entity_value(ipc::Component c, const EntityValue& v, proto::Value& out) {
+  if (const auto* small = std::get_if<ipc::Value>(&v)) {
+    fill_value(c, *small, out);
+  } else if (const auto* text = std::get_if<std::string>(&v)) {
+    out.set_text(*text);
+    out.set_display(*text);
+  } else if (const auto* list = std::get_if<std::vector<std::string>>(&v)) {
+    fill_list(*list, out);
+  } else {
+    return false;
+  }
+  return true;
+}
+
+void fill_result(const Query& q, const QueryResult& r, proto::QueryResult& out) {
+  out.set_action(std::string(to_string(r.action)));
+  out.set_count(r.count);
+  if (r.number) out.set_number(*r.number);
+  if (r.truth) out.set_truth(*r.truth);
+  out.set_unreadable(r.unreadable);
+  for (const auto& m : r.matches) {
+    auto* em = out.add_matches();
+    em->set_entity(m.entity_id);
+    em->set_online(m.online);
+    if (q.target) fill_entity_value(*q.target, m.value, *em->mutable_value());
+  }
+}
+
+/// The value a client typed, in the component's encoding (the query language's literal rules).
+Result<std::variant<std::uint64_t, std::string>> parse_set_value(ipc::Component c, const std::string& text) {
+  const ipc::ComponentInfo* info = ipc::find_component(c);
+  if (info->encoding == ipc::Encoding::kText) return std::variant<std::uint64_t, std::string>(text);
+  if (info->encoding == ipc::Encoding::kList) return logic_error("set", fmt::format("{} is a list; lists cannot be set", info->name));
+  if (info->encoding == ipc::Encoding::kMarker) {
+    return logic_error("set", fmt::format("{} is a marker (presence only); it has no value to set", info->name));
+  }
+  if (text.empty() || text.size() > 256 || text.find_first_of("\n\r") != std::string::npos) {
+    return logic_error("set", fmt::format("'{}' is not a value for {}", text, info->name));
+  }
+  const std::string qtext = fmt::format("set {} = {}", info->name, text);
+  auto parsed = parse_query_detailed(qtext);
+  if (auto* err = std::get_if<ParseError>(&parsed)) {
+    const std::size_t offset = std::string_view("set  = ").size() + info->name.size();
+    if (err->position < offset) return logic_error("set", err->message);
+    return logic_error("set", fmt::format("'{}' is not a value for {} ({}): {}", text, info->name,
+                                          ipc::to_string(info->encoding), err->message));
+  }
+  const Query& q = std::get<Query>(parsed);
+  if (!q.set_value || !q.scopes.empty() || q.where.kind != Filter::Kind::kTrue) {
+    return logic_error("set", fmt::format("'{}' is not a single value for {}", text, info->name));
+  }
+  const Literal& lit = *q.set_value;
+  ipc::Value v;
+  switch (info->encoding) {
+    case ipc::Encoding::kBool: v = std::get<bool>(lit); break;
+    case ipc::Encoding::kInt64: v = std::get<std::int64_t>(lit); break;
+    case ipc::Encoding::kReal: v = std::get<double>(lit); break;
+    case ipc::Encoding::kTimestamp:
+      v = ipc::Timestamp{std::chrono::microseconds{std::get<std::int64_t>(lit)}};
+      break;
+    case ipc::Encoding::kEnum: {
+      auto e = ipc::enum_value(c, std::get<std::string>(lit));
+      if (!e) return logic_error("set", fmt::format("'{}' is not a value of {}", text, info->name));
+      v = *e;
+      break;
+    }
+    case ipc::Encoding::kRgb: {
+      const std::string& hex = std::get<std::string>(lit);
+      v = ipc::Rgb::from_packed(static_cast<std::uint32_t>(std::stoul(hex.substr(1), nullptr, 16)));
+      break;
+    }
+    default: return logic_error("set", "unsupported encoding");
+  }
+  auto bits = ipc::encode(c, v);
+  if (!bits) return tl::unexpected(bits.error());
+  return std::variant<std::uint64_t, std::string>(*bits);
+}
+
+}  // namespace
+
+ClientSession::ClientSession(Core& core, ipc::Channel channel, ipc::PeerCredentials peer, int stop_fd)
+    : core_(core), channel_(std::move(channel)), peer_(peer), stop_fd_(stop_fd) {
+  if (auto efd = ipc::make_eventfd(true)) outbox_fd_ = std::move(*efd);
+}
+
+ClientSession::~ClientSession() { join(); }
+
+void ClientSession::start() {
+  thread_ = std::thread([this] {
+    run();
+    watches_.clear();  // unsubscribe before the outbox goes away
+    finished_.store(true, std::memory_order_release);
+  });
+}
+
+void ClientSession::join() {
+  if (thread_.joinable()) thread_.join();
+}
+
+void ClientSession::enqueue(std::string bytes) {
+  {
+    std::lock_guard lock(outbox_mu_);
+    if (outbox_.size() >= kMaxOutbox) {
+      outbox_overflow_ = true;
+    } else {
+      outbox_.push_back(std::move(bytes));
+    }
+  }
+  ipc::eventfd_signal(outbox_fd_.get());
+}
+
+void ClientSession::flush_outbox() {
+  std::vector<std::string> out;
+  bool overflow = false;
+  {
+    std::lock_guard lock(outbox_mu_);
+    out.swap(outbox_);
+    overflow = outbox_overflow_;
+  }
+  for (const auto& b : out) {
+    if (!channel_.send(std::as_bytes(std::span(b.data(), b.size())))) {
+      closing_ = true;
+      return;
+    }
+  }
+  if (overflow) {
+    spdlog::warn("client pid {}: not reading its watch events; disconnecting", peer_.pid);
+    send_error(0, proto::ERROR_CODE_LIMIT, "too many unread watch events", true);
+  }
+}
+
+void ClientSession::send(const proto::ClientResponse& resp) {
+  // Everything this session sends goes through the outbox, so responses and watch events keep
+  // one order and only this thread writes the socket.
+  enqueue(resp.SerializeAsString());
+  flush_outbox();
+}
+
+void ClientSession::send_error(std::uint64_t id, proto::ErrorCode code, const std::string& message, bool fatal) {
+  proto::ClientResponse resp;
+  resp.set_id(id);
+  resp.mutable_error()->set_code(code);
+  resp.mutable_error()->set_message(message);
+  resp.mutable_error()->set_fatal(fatal);
+  if (fatal) closing_ = true;
+  (void)channel_.send(resp);
+}
+
+void ClientSession::run() {
+  while (!closing_) {
+    pollfd fds[3] = {{channel_.fd(), POLLIN, 0}, {outbox_fd_.get(), POLLIN, 0}, {stop_fd_, POLLIN, 0}};
+    const int n = ::poll(fds, 3, -1);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return;
+    }
+    if (fds[2].revents != 0) return;
+    if (fds[1].revents != 0) {
+      (void)ipc::eventfd_drain(outbox_fd_.get());
+      flush_outbox();
+    }
+    if (fds[0].revents == 0) continue;
+    auto packet = channel_.receive();
+    if (!packet) {
+      if (packet.error().code != ECONNRESET) spdlog::debug("client pid {}: {}", peer_.pid, packet.error().to_string());
+      return;
+    }
+    proto::ClientRequest req;
+    if (!packet->fds.empty() ||
+        !req.ParseFromArray(packet->bytes.data(), static_cast<int>(packet->bytes.size())) ||
+        req.body_case() == proto::ClientRequest::BODY_NOT_SET) {
+      ++malformed_in_a_row_;
+      const bool fatal = malformed_in_a_row_ >= kMaxMalformedInARow;
+      send_error(req.id(), proto::ERROR_CODE_MALFORMED,
+                 !packet->fds.empty() ? "clients do not send file descriptors"
+                 : fatal              ? "too many malformed requests in a row; closing"
+                                      : "the packet is not a floe.proto.ClientRequest with a body",
+                 fatal);
+      continue;
+    }
+    malformed_in_a_row_ = 0;
+    handle(req);
+  }
+}
+
+void ClientSession::handle(const proto::ClientRequest& req) {
+  const std::uint64_t id = req.id();
+  if (!welcomed_) {
+    if (!req.has_hello()) return send_error(id, proto::ERROR_CODE_MALFORMED, "the first request must be Hello", true);
+    if (req.hello().protocol_version() != ipc::kProtocolVersion) {
+      return send_error(id, proto::ERROR_CODE_PROTOCOL_VERSION,
+                        fmt::format("client speaks protocol {}, core speaks {}", req.hello().protocol_version(),
+                                    ipc::kProtocolVersion),
+                        true);
+    }
+    welcomed_ = true;
+    proto::ClientResponse resp;
+    resp.set_id(id);
+    resp.mutable_welcome()->set_protocol_version(ipc::kProtocolVersion);
+    resp.mutable_welcome()->set_core_name("floe-core");
+    resp.mutable_welcome()->set_session_id(core_.next_session_id.fetch_add(1, std::memory_order_relaxed));
+    return send(resp);
+  }
+  proto::ClientResponse resp;
+  resp.set_id(id);
+  switch (req.body_case()) {
+    case proto::ClientRequest::kHello:
+      return send_error(id, proto::ERROR_CODE_MALFORMED, "Hello was already sent");
+    case proto::ClientRequest::kListDevices: {
+      std::map<std::string, std::string> names;
+      {
+        std::lock_guard lock(core_.meta_mu);
+        for (const auto& [k, m] : core_.meta) names[k] = m.name;
+      }
+      auto snap = core_.registry.snapshot();
+      auto* list = resp.mutable_devices();
+      for (const auto& d : snap->devices()) {
+        auto* info = list->add_devices();
+        info->set_name(d.name);
+        info->set_id(d.name);
+        info->set_display_name(names.contains(d.name) ? names[d.name] : d.name);
+        info->set_provider(d.data->provider);
+        info->set_online(d.online);
+        info->set_entity_count(d.entity_count());
+        for (GroupId g : d.groups) {
+          if (const GroupRecord* gr = snap->group(g)) info->add_groups(gr->name);
+        }
+      }
+      return send(resp);
+    }
+    case proto::ClientRequest::kListEntities: {
+      auto snap = core_.registry.snapshot();
+      const std::string& only = req.list_entities().device();
+      if (!only.empty() && snap->device(only) == nullptr) {
+        return send_error(id, proto::ERROR_CODE_NOT_FOUND, fmt::format("unknown device '{}'", only));
+      }
+      auto* list = resp.mutable_entities();
+      for (const auto& d : snap->devices()) {
+        if (!only.empty() && d.name != only) continue;
+        for (std::uint32_t e = 0; e < d.entity_count(); ++e) {
+          auto* info = list->add_entities();
+          info->set_id(d.data->entity_ids[e]);
+          info->set_name(d.data->entity_names[e]);
+          info->set_device(d.name);
+          info->set_online(d.online);
+          for (const auto& c : d.reader().components(e)) {
+            const auto name = ipc::component_name(c.component);
+            info->add_components(name.empty() ? fmt::format("#{}", ipc::to_id(c.component)) : std::string(name));
+          }
+        }
+      }
+      return send(resp);
+    }
+    case proto::ClientRequest::kGet: {
+      const auto& g = req.get();
+      auto snap = core_.registry.snapshot();
+      auto ref = snap->entity(g.entity());
+      if (!ref) return send_error(id, proto::ERROR_CODE_NOT_FOUND, fmt::format("unknown entity '{}'", g.entity()));
+      const ipc::ComponentInfo* info = ipc::find_component(g.component());
+      if (info == nullptr) return send_error(id, proto::ERROR_CODE_NOT_FOUND, fmt::format("unknown component '{}'", g.component()));
+      const DeviceRecord* dev = snap->device(ref->device);
+      const ipc::TreeReader& reader = dev->reader();
+      if (!reader.has(ref->entity, info->id)) {
+        return send_error(id, proto::ERROR_CODE_NOT_FOUND,
+                          fmt::format("entity '{}' has no component {}", g.entity(), info->name));
+      }
+      auto* ev = resp.mutable_value();
+      ev->set_entity(g.entity());
+      ev->set_online(dev->online);
+      if (info->encoding == ipc::Encoding::kText) {
+        auto t = reader.read_text(ref->entity, info->id);
+        if (!t) return send_error(id, proto::ERROR_CODE_INTERNAL, t.error().to_string());
+        ev->mutable_value()->set_text(*t);
+        ev->mutable_value()->set_display(*t);
+      } else if (info->encoding == ipc::Encoding::kList) {
+        auto l = reader.read_list(ref->entity, info->id);
+        if (!l) return send_error(id, proto::ERROR_CODE_INTERNAL, l.error().to_string());
+        fill_list(*l, *ev->mutable_value());
+      } else {
+        auto v = reader.get(ref->entity, info->id);
+        if (!v) {
+          return send_error(id, proto::ERROR_CODE_INTERNAL,
+                            fmt::format("entity '{}': the provider stored an invalid {} value", g.entity(), info->name));
+        }
+        fill_value(info->id, *v, *ev->mutable_value());
+      }
+      return send(resp);
+    }
+    case proto::ClientRequest::kSet: return on_set(req);
+    case proto::ClientRequest::kQuery: return on_query(req);
+    case proto::ClientRequest::kWatch: return on_watch(req);
+    case proto::ClientRequest::kUnwatch: {
+      auto it = watches_.find(req.unwatch().watch_id());
+      if (it == watches_.end()) {
+        return send_error(id, proto::ERROR_CODE_NOT_FOUND, fmt::format("no watch {}", req.unwatch().watch_id()));
+      }
+      watches_.erase(it);
+      resp.mutable_ok();
+      return send(resp);
+    }
+    case proto::ClientRequest::kListGroups: {
+      auto snap = core_.registry.snapshot();
+      for (const auto& g : snap->groups()) {
+        auto* gi = resp.mutable_groups()->add_groups();
+        gi->set_name(g.name);
+        for (DeviceId d : g.devices) {
+          if (const DeviceRecord* rec = snap->device(d)) gi->add_devices(rec->name);
+        }
+      }
+      return send(resp);
+    }
+    case proto::ClientRequest::kEditGroup: return on_edit_group(req);
+    default: return send_error(id, proto::ERROR_CODE_MALFORMED, "unknown request");
+  }
+}
+
+std::vector<Outcome> ClientSession::execute(const std::vector<SetTask>& tasks, std::chrono::milliseconds timeout) {
+  std::vector<std::future<Outcome>> futures;
+  futures.reserve(tasks.size());
+  for (const auto& t : tasks) {
+    futures.push_back(core_.pending.add(t.request_id, t.device));
+    core_.shard_of(t.device).submit(t);
+  }
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  std::vector<Outcome> out;
+  for (std::size_t i = 0; i < tasks.size(); ++i) {
+    if (futures[i].wait_until(deadline) == std::future_status::ready) {
+      out.push_back(futures[i].get());
+    } else {
+      core_.pending.forget(tasks[i].request_id);
+      out.push_back({proto::ERROR_CODE_TIMEOUT, fmt::format("the provider did not answer within {} ms", timeout.count())});
+    }
+  }
+  return out;
+}
+
+void ClientSession::on_set(const proto::ClientRequest& req) {
+  const auto& s = req.set();
+  const std::uint64_t id = req.id();
+  auto snap = core_.registry.snapshot();
+  auto ref = snap->entity(s.entity());
+  if (!ref) return send_error(id, proto::ERROR_CODE_NOT_FOUND, fmt::format("unknown entity '{}'", s.entity()));
+  const ipc::ComponentInfo* info = ipc::find_component(s.component());
+  if (info == nullptr) return send_error(id, proto::ERROR_CODE_NOT_FOUND, fmt::format("unknown component '{}'", s.component()));
+  const DeviceRecord* dev = snap->device(ref->device);
+  if (!dev->reader().has(ref->entity, info->id)) {
+    return send_error(id, proto::ERROR_CODE_NOT_FOUND, fmt::format("entity '{}' has no component {}", s.entity(), info->name));
+  }
+  auto value = parse_set_value(info->id, s.value());
+  if (!value) return send_error(id, proto::ERROR_CODE_BAD_VALUE, value.error().message);
+  if (!dev->online) {
+    return send_error(id, proto::ERROR_CODE_OFFLINE, fmt::format("device '{}' of entity '{}' is offline", dev->name, s.entity()));
+  }
+  SetTask t{.device = ref->device, .request_id = core_.next_request_id.fetch_add(1, std::memory_order_relaxed),
+            .entity = ref->entity, .component = info->id, .text = false, .bits = 0, .text_value = {}};
+  if (auto* bits = std::get_if<std::uint64_t>(&*value)) {
+    t.bits = *bits;
+  } else {
+    t.text = true;
+    t.text_value = std::get<std::string>(*value);
+  }
+  const auto timeout = s.timeout_ms() != 0 ? std::chrono::milliseconds(s.timeout_ms()) : core_.config.request_timeout;
+  const Outcome o = execute({t}, timeout).front();
+  if (!o.ok()) return send_error(id, o.code, fmt::format("set {} {}: {}", s.entity(), info->name, o.message));
+  proto::ClientResponse resp;
+  resp.set_id(id);
+  auto* r = resp.mutable_set()->add_results();
+  r->set_entity(s.entity());
+  r->set_ok(true);
+  send(resp);
+}
+
+void ClientSession::on_query(const proto::ClientRequest& req) {
+  const std::uint64_t id = req.id();
+  auto q = parse_query(req.query().text());
+  if (!q) return send_error(id, proto::ERROR_CODE_BAD_QUERY, q.error().message);
+  std::vector<SetTask> tasks;
+  std::vector<std::string> entity_ids;
+  proto::ClientResponse resp;
+  resp.set_id(id);
+  {
+    auto snap = core_.registry.snapshot();
+    auto r = floe::core::run(*q, *snap);
+    if (!r) return send_error(id, proto::ERROR_CODE_BAD_QUERY, r.error().message);
+    if (q->action != Action::kSet) {
+      fill_result(*q, *r, *resp.mutable_query());
+      return send(resp);
+    }
+    if (!r->set_value) return send_error(id, proto::ERROR_CODE_BAD_QUERY, "set without a value");
+    for (const auto& m : r->matches) {
+      SetTask t{.device = m.entity.device, .request_id = core_.next_request_id.fetch_add(1, std::memory_order_relaxed),
+                .entity = m.entity.entity, .component = r->set_value->component, .text = false, .bits = 0,
+                .text_value = {}};
+      if (const auto* bits = std::get_if<std::uint64_t>(&r->set_value->value)) {
+        t.bits = *bits;
+      } else {
+        t.text = true;
+        t.text_value = std::get<std::string>(r->set_value->value);
+      }
+      tasks.push_back(std::move(t));
+      entity_ids.push_back(m.entity_id);
+    }
+  }  // the snapshot guard is released before waiting
+  const auto outcomes = execute(tasks, core_.config.request_timeout);
+  auto* results = resp.mutable_set();
+  for (std::size_t i = 0; i < tasks.size(); ++i) {
+    auto* r = results->add_results();
+    r->set_entity(entity_ids[i]);
+    r->set_ok(outcomes[i].ok());
+    r->set_message(outcomes[i].message);
+  }
+  send(resp);
+}
+
+void ClientSession::on_watch(const proto::ClientRequest& req) {
+  const std::uint64_t id = req.id();
+  auto q = parse_query(req.watch().text());
+  if (!q) return send_error(id, proto::ERROR_CODE_BAD_QUERY, q.error().message);
+  if (q->action == Action::kSet) return send_error(id, proto::ERROR_CODE_BAD_QUERY, "a set query cannot be watched");
+  const std::uint64_t watch_id = next_watch_id_++;
+  proto::ClientResponse started;
+  started.set_id(id);
+  started.mutable_watch_started()->set_watch_id(watch_id);
+  enqueue(started.SerializeAsString());
+  auto handle = core_.hub.subscribe(*q, [this, id, watch_id, query = *q](const Result<QueryResult>& r) {
+    proto::ClientResponse ev;
+    ev.set_id(id);
+    auto* we = ev.mutable_watch_event();
+    we->set_watch_id(watch_id);
+    if (r) {
+      fill_result(query, *r, *we->mutable_result());
+    } else {
+      we->set_error(r.error().message);
+    }
+    enqueue(ev.SerializeAsString());
+  });
+  if (!handle) {
+    {
+      std::lock_guard lock(outbox_mu_);
+      outbox_.clear();  // drop the WatchStarted
+    }
+    return send_error(id, proto::ERROR_CODE_BAD_QUERY, handle.error().message);
+  }
+  watches_.emplace(watch_id, std::move(*handle));
+  flush_outbox();
+}
+
+void ClientSession::on_edit_group(const proto::ClientRequest& req) {
+  const std::uint64_t id = req.id();
+  const auto& e = req.edit_group();
+  std::lock_guard lock(core_.meta_mu);
+  auto snap = core_.registry.snapshot();
+  const DeviceRecord* dev = snap->device(e.device());
+  if (dev == nullptr) return send_error(id, proto::ERROR_CODE_NOT_FOUND, fmt::format("unknown device '{}'", e.device()));
+  const GroupRecord* group = snap->group(e.group());
+  Status r;
+  if (e.remove()) {
+    if (group == nullptr) return send_error(id, proto::ERROR_CODE_NOT_FOUND, fmt::format("unknown group '{}'", e.group()));
+    const bool last = group->devices.size() == 1 && group->devices.front() == dev->id;
+    r = core_.registry.edit([&](Registry::Editor& ed) -> Status {
+      FLOE_TRY(ed.remove_from_group(group->id, dev->id));
+      if (last) FLOE_TRY(ed.delete_group(group->id));  // an empty group is gone
+      return {};
+    });
+  } else {
+    if (e.group().empty() || e.group().size() > 64 || is_query_keyword(e.group())) {
+      return send_error(id, proto::ERROR_CODE_BAD_VALUE, fmt::format("'{}' is not a usable group name", e.group()));
+    }
+    r = core_.registry.edit([&](Registry::Editor& ed) -> Status {
+      GroupId g;
+      if (group != nullptr) {
+        g = group->id;
+      } else {
+        auto created = ed.create_group(e.group());
+        if (!created) return tl::unexpected(created.error());
+        g = *created;
+      }
+      return ed.add_to_group(g, dev->id);
+    });
+  }
+  if (!r) return send_error(id, proto::ERROR_CODE_BAD_VALUE, r.error().message);
+  core_.save_state_locked();
+  core_.hub.flush();
+  proto::ClientResponse resp;
+  resp.set_id(id);
+  resp.mutable_ok();
+  send(resp);
+}
+
+}  // namespace floe::core::detail

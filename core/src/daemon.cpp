@@ -1,0 +1,692 @@
+// floe-core: the main loop (sockets, provider sessions, signals), device lifecycle, persistence.
+#include "floe/core/daemon.hpp"
+
+#include <signal.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <filesystem>
+#include <list>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "daemon_internal.hpp"
+#include "floe/ipc/notify.hpp"
+#include "floe/ipc/protocol.hpp"
+
+namespace floe::core {
+namespace detail {
+namespace {
+
+constexpr std::size_t kMaxDevicesPerProvider = 4096;
+
+bool uid_allowed(const Config& cfg, uid_t uid) {
+  return std::find(cfg.allowed_uids.begin(), cfg.allowed_uids.end(), uid) != cfg.allowed_uids.end();
+}
+
+ipc::TreeSchema schema_from(const proto::AddDevice& add) {
+  ipc::TreeSchema s;
+  for (const auto& e : add.entities()) {
+    ipc::EntityDecl decl;
+    for (const auto& c : e.components()) {
+      decl.components.push_back({static_cast<ipc::Component>(std::min<std::uint32_t>(c.component(), 0xFFFF)),
+                                 c.max_bytes()});
+    }
+    s.entities.push_back(std::move(decl));
+  }
+  return s;
+}
+
+}  // namespace
+
+void Core::save_state_locked() {
+  StoredState st;
+  auto snap = registry.snapshot();
+  for (const auto& [id, stored] : meta) {
+    StoredDevice d = stored;
+    d.groups.clear();
+    if (const DeviceRecord* rec = snap->device(id)) {
+      for (GroupId g : snap->groups_of(rec->id)) {
+        if (const GroupRecord* gr = snap->group(g)) d.groups.push_back(gr->name);
+      }
+    }
+    st.devices.push_back(std::move(d));
+  }
+  for (const auto& g : snap->groups()) st.groups.push_back(g.name);
+  if (auto r = save_state(config.state_file, st); !r) {
+    spdlog::error("saving state: {}", r.error().to_string());
+  }
+}
+
+/// A device the core knows: declared now or in an earlier run. Main thread only.
+struct Device {
+  std::string id;
+  ipc::TreeSchema schema;
+  ipc::DeviceRegionLayout layout;
+  std::shared_ptr<ipc::Region> region;
+  std::shared_ptr<const ipc::TreeReader> reader;
+  DeviceId reg;
+  std::uint64_t owner = 0;  // provider session id; 0 = offline
+  bool ever_attached = false;
+};
+
+struct ProviderSession {
+  explicit ProviderSession(ipc::Channel c) : channel(std::move(c)) {}
+  std::uint64_t id = 0;
+  ipc::Channel channel;
+  ipc::PeerCredentials peer;
+  std::string name;
+  bool welcomed = false;
+  ipc::WatchId watch = 0;
+  std::vector<std::string> devices;
+};
+
+/// The daemon proper, living on the main thread.
+class Daemon {
+ public:
+  explicit Daemon(Core& core) : core_(core) {}
+  ~Daemon();
+  int run();
+
+ private:
+  Status setup();
+  Status restore_state();
+  Result<std::shared_ptr<Device>> make_device(const std::string& id, const ipc::TreeSchema& schema);
+  void accept_provider();
+  void accept_client();
+  void on_provider_readable(std::uint64_t sid);
+  void handle_provider(ProviderSession& s, const proto::Envelope& env, std::vector<ipc::Fd>& fds);
+  void add_device(ProviderSession& s, std::uint64_t msg_id, const proto::AddDevice& add);
+  void remove_device(ProviderSession& s, std::uint64_t msg_id, const std::string& device_id);
+  void provider_error(ProviderSession& s, std::uint64_t id, proto::ErrorCode code, const std::string& msg, bool fatal);
+  void close_provider(std::uint64_t sid, const std::string& why);
+  void offline_device(Device& d);
+  void reap_clients();
+  void shutdown();
+
+  Core& core_;
+  std::optional<ipc::Listener> provider_listener_;
+  std::optional<ipc::Listener> client_listener_;
+  ipc::Fd signal_fd_;
+  ipc::Fd stop_clients_;  // readable once shutdown begins: client threads exit
+  std::map<std::uint64_t, std::unique_ptr<ProviderSession>> providers_;
+  std::map<std::string, std::shared_ptr<Device>, std::less<>> devices_;
+  std::list<std::unique_ptr<ClientSession>> clients_;
+  unsigned next_shard_ = 0;
+};
+
+Daemon::~Daemon() { shutdown(); }
+
+Status Daemon::setup() {
+  const Config& cfg = core_.config;
+  std::error_code ec;
+  if (!std::filesystem::exists(cfg.socket_dir, ec)) {
+    std::filesystem::create_directories(std::filesystem::path(cfg.socket_dir).parent_path(), ec);
+    if (::mkdir(cfg.socket_dir.c_str(), 0700) != 0 && errno != EEXIST) {
+      return sys_error("floe-core", fmt::format("cannot create socket directory {}", cfg.socket_dir));
+    }
+  } else if (!std::filesystem::is_directory(cfg.socket_dir, ec)) {
+    return logic_error("floe-core", fmt::format("socket directory {} is not a directory", cfg.socket_dir));
+  }
+  const std::string provider_path = cfg.socket_dir + "/" + std::string(ipc::kProviderSocketName);
+  const std::string client_path = cfg.socket_dir + "/" + std::string(ipc::kClientSocketName);
+  // Listener::bind replaces a stale socket file; make sure it is stale, not another live core's.
+  if (auto other = ipc::Channel::connect(provider_path); other) {
+    return logic_error("floe-core", fmt::format("another floe-core is already listening on {}", provider_path));
+  }
+
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  const int sfd = ::signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+  if (sfd < 0) return sys_error("signalfd");
+  signal_fd_.reset(sfd);
+  auto stop = ipc::make_eventfd(true);
+  if (!stop) return tl::unexpected(stop.error());
+  stop_clients_ = std::move(*stop);
+
+  FLOE_TRY(core_.main.init(cfg.loop_backend));
+  spdlog::info("main loop backend: {}", ipc::to_string(core_.main.loop().backend()));
+  for (unsigned i = 0; i < cfg.worker_threads; ++i) {
+    core_.shards.push_back(std::make_unique<Shard>(core_, i));
+    FLOE_TRY(core_.shards.back()->start(cfg.loop_backend));
+  }
+  core_.on_corrupt = [this](DeviceId dev, std::string why) {
+    core_.main.post([this, dev, why = std::move(why)] {
+      for (auto& [id, d] : devices_) {
+        if (d->reg == dev && d->owner != 0) {
+          close_provider(d->owner, fmt::format("corrupt ring of device '{}': {}", id, why));
+          return;
+        }
+      }
+    });
+  };
+
+  FLOE_TRY(restore_state());
+
+  auto pl = ipc::Listener::bind(provider_path, 0660);
+  if (!pl) return tl::unexpected(pl.error());
+  provider_listener_.emplace(std::move(*pl));
+  auto cl = ipc::Listener::bind(client_path, 0660);
+  if (!cl) return tl::unexpected(cl.error());
+  client_listener_.emplace(std::move(*cl));
+
+  auto& loop = core_.main.loop();
+  if (auto w = loop.watch_readable(provider_listener_->fd(), [this] { accept_provider(); }); !w) return tl::unexpected(w.error());
+  if (auto w = loop.watch_readable(client_listener_->fd(), [this] { accept_client(); }); !w) return tl::unexpected(w.error());
+  if (auto w = loop.watch_readable(signal_fd_.get(),
+                                   [this] {
+                                     signalfd_siginfo info{};
+                                     while (::read(signal_fd_.get(), &info, sizeof info) == sizeof info) {
+                                       spdlog::info("signal {}: shutting down", info.ssi_signo);
+                                     }
+                                     core_.main.loop().stop();
+                                   });
+      !w) {
+    return tl::unexpected(w.error());
+  }
+  // Finished client threads are joined now and then.
+  if (auto w = loop.add_timer(std::chrono::seconds(1), true, [this] { reap_clients(); }); !w) return tl::unexpected(w.error());
+  spdlog::info("floe-core listening in {} ({} worker threads, state {})", cfg.socket_dir, cfg.worker_threads,
+               cfg.state_file);
+  return {};
+}
+
+Result<std::shared_ptr<Device>> Daemon::make_device(const std::string& id, const ipc::TreeSchema& schema) {
+  auto d = std::make_shared<Device>();
+  d->id = id;
+  d->schema = schema;
+  auto layout = ipc::DeviceRegionLayout::compute(
+      schema, {.tx_capacity = core_.config.tx_capacity, .rx_capacity = core_.config.rx_capacity,
+               .notify = core_.config.notify});
+  if (!layout) return tl::unexpected(layout.error());
+  d->layout = std::move(*layout);
+  auto region = ipc::Region::create({.name = "floe-dev-" + id, .size = d->layout.region_size,
+                                     .kind = ipc::RegionKind::kDevice});
+  if (!region) return tl::unexpected(region.error());
+  d->region = std::make_shared<ipc::Region>(std::move(*region));
+  FLOE_TRY(ipc::device_region_init({d->region->data(), d->region->size()}, d->layout));
+  auto parts = ipc::device_region_attach({d->region->data(), d->region->size()});
+  if (!parts) return tl::unexpected(parts.error());
+  auto reader = ipc::TreeReader::attach(parts->tree);
+  if (!reader) return tl::unexpected(reader.error());
+  d->reader = std::make_shared<const ipc::TreeReader>(std::move(*reader));
+  return d;
+}
+
+Status Daemon::restore_state() {
+  auto st = load_state(core_.config.state_file);
+  if (!st) return tl::unexpected(st.error());
+  std::lock_guard lock(core_.meta_mu);
+  auto r = core_.registry.edit([&](Registry::Editor& ed) -> Status {
+    std::map<std::string, GroupId> groups;
+    for (const auto& g : st->groups) {
+      auto id = ed.create_group(g);
+      if (!id) return tl::unexpected(id.error());
+      groups[g] = *id;
+    }
+    for (const auto& sd : st->devices) {
+      auto d = make_device(sd.id, schema_of(sd));
+      if (!d) return logic_error("state_file", fmt::format("device '{}': {}", sd.id, d.error().message));
+      DeviceSpec spec{.name = sd.id, .provider = sd.provider, .entity_ids = {}, .entity_names = {},
+                      .reader = (*d)->reader, .keepalive = (*d)->region, .online = false};
+      for (const auto& e : sd.entities) {
+        spec.entity_ids.push_back(e.id);
+        spec.entity_names.push_back(e.name);
+      }
+      auto reg = ed.add_device(std::move(spec));
+      if (!reg) return logic_error("state_file", fmt::format("device '{}': {}", sd.id, reg.error().message));
+      (*d)->reg = *reg;
+      for (const auto& g : sd.groups) {
+        auto it = groups.find(g);
+        if (it == groups.end()) {
+          auto id = ed.create_group(g);
+          if (!id) return tl::unexpected(id.error());
+          it = groups.emplace(g, *id).first;
+        }
+        FLOE_TRY(ed.add_to_group(it->second, *reg));
+      }
+      devices_[sd.id] = *d;
+      core_.meta[sd.id] = sd;
+    }
+    return {};
+  });
+  if (!r) return logic_error("state_file", fmt::format("{}: {}", core_.config.state_file, r.error().message));
+  if (!st->devices.empty()) spdlog::info("restored {} devices (offline until their providers return)", st->devices.size());
+  return {};
+}
+
+void Daemon::accept_provider() {
+  auto ch = provider_listener_->accept();
+  if (!ch) {
+    spdlog::warn("provider accept: {}", ch.error().to_string());
+    return;
+  }
+  auto cred = ch->peer_credentials();
+  if (!cred || !uid_allowed(core_.config, cred->uid)) {
+    const std::string msg = cred ? fmt::format("uid {} is not allowed to connect to floe-core", cred->uid)
+                                 : "cannot read the peer's credentials";
+    spdlog::warn("provider refused: {}", msg);
+    proto::Envelope env;
+    env.mutable_error()->set_code(proto::ERROR_CODE_UNAUTHORIZED);
+    env.mutable_error()->set_message(msg);
+    env.mutable_error()->set_fatal(true);
+    (void)ch->send(env);
+    return;
+  }
+  if (auto r = ch->set_nonblocking(true); !r) return;
+  auto s = std::make_unique<ProviderSession>(std::move(*ch));
+  s->id = core_.next_session_id.fetch_add(1, std::memory_order_relaxed);
+  s->peer = *cred;
+  const std::uint64_t sid = s->id;
+  auto w = core_.main.loop().watch_readable(s->channel.fd(), [this, sid] { on_provider_readable(sid); });
+  if (!w) {
+    spdlog::error("provider watch: {}", w.error().to_string());
+    return;
+  }
+  s->watch = *w;
+  spdlog::debug("provider session {} from pid {} uid {}", sid, cred->pid, cred->uid);
+  providers_[sid] = std::move(s);
+}
+
+void Daemon::accept_client() {
+  auto ch = client_listener_->accept();
+  if (!ch) {
+    spdlog::warn("client accept: {}", ch.error().to_string());
+    return;
+  }
+  auto refuse = [&](proto::ErrorCode code, const std::string& msg) {
+    spdlog::warn("client refused: {}", msg);
+    proto::ClientResponse resp;
+    resp.mutable_error()->set_code(code);
+    resp.mutable_error()->set_message(msg);
+    resp.mutable_error()->set_fatal(true);
+    (void)ch->send(resp);
+  };
+  auto cred = ch->peer_credentials();
+  if (!cred || !uid_allowed(core_.config, cred->uid)) {
+    refuse(proto::ERROR_CODE_UNAUTHORIZED, cred ? fmt::format("uid {} is not allowed to connect to floe-core", cred->uid)
+                                                : "cannot read the peer's credentials");
+    return;
+  }
+  reap_clients();
+  if (clients_.size() >= core_.config.max_clients) {
+    refuse(proto::ERROR_CODE_LIMIT, fmt::format("too many clients ({} connected)", clients_.size()));
+    return;
+  }
+  clients_.push_back(std::make_unique<ClientSession>(core_, std::move(*ch), *cred, stop_clients_.get()));
+  clients_.back()->start();
+}
+
+void Daemon::reap_clients() {
+  for (auto it = clients_.begin(); it != clients_.end();) {
+    if ((*it)->finished()) {
+      (*it)->join();
+      it = clients_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+void Daemon::on_provider_readable(std::uint64_t sid) {
+  for (int budget = 0; budget < 64; ++budget) {
+    auto it = providers_.find(sid);
+    if (it == providers_.end()) return;
+    ProviderSession& s = *it->second;
+    auto packet = s.channel.receive();
+    if (!packet) {
+      if (packet.error().code == EAGAIN || packet.error().code == EWOULDBLOCK) return;
+      close_provider(sid, packet.error().code == ECONNRESET ? "disconnected" : packet.error().to_string());
+      return;
+    }
+    proto::Envelope env;
+    if (!env.ParseFromArray(packet->bytes.data(), static_cast<int>(packet->bytes.size()))) {
+      provider_error(s, 0, proto::ERROR_CODE_MALFORMED, "packet is not a floe.proto.Envelope", true);
+      return;
+    }
+    handle_provider(s, env, packet->fds);
+  }
+}
+
+void Daemon::provider_error(ProviderSession& s, std::uint64_t id, proto::ErrorCode code, const std::string& msg,
+                            bool fatal) {
+  proto::Envelope env;
+  env.set_id(id);
+  env.mutable_error()->set_code(code);
+  env.mutable_error()->set_message(msg);
+  env.mutable_error()->set_fatal(fatal);
+  (void)s.channel.send(env);
+  if (fatal) {
+    close_provider(s.id, msg);
+  } else {
+    spdlog::warn("provider '{}': {}", s.name, msg);
+  }
+}
+
+void Daemon::handle_provider(ProviderSession& s, const proto::Envelope& env, std::vector<ipc::Fd>& fds) {
+  if (!fds.empty()) {
+    provider_error(s, env.id(), proto::ERROR_CODE_MALFORMED, "providers do not send file descriptors", true);
+    return;
+  }
+  if (!s.welcomed) {
+    if (!env.has_hello()) {
+      provider_error(s, env.id(), proto::ERROR_CODE_MALFORMED, "the first message must be Hello", true);
+      return;
+    }
+    const auto& h = env.hello();
+    if (h.protocol_version() != ipc::kProtocolVersion) {
+      provider_error(s, env.id(), proto::ERROR_CODE_PROTOCOL_VERSION,
+                     fmt::format("provider speaks protocol {}, core speaks {}", h.protocol_version(),
+                                 ipc::kProtocolVersion),
+                     true);
+      return;
+    }
+    if (h.role() != proto::PEER_ROLE_PROVIDER && h.role() != proto::PEER_ROLE_UNSPECIFIED) {
+      provider_error(s, env.id(), proto::ERROR_CODE_MALFORMED, "this is the provider socket; clients use client.sock", true);
+      return;
+    }
+    if (h.peer_name().empty() || h.peer_name().size() > 64) {
+      provider_error(s, env.id(), proto::ERROR_CODE_MALFORMED, "Hello.peer_name must be 1..64 bytes", true);
+      return;
+    }
+    s.name = h.peer_name();
+    s.welcomed = true;
+    proto::Envelope w;
+    w.set_id(env.id());
+    w.mutable_welcome()->set_protocol_version(ipc::kProtocolVersion);
+    w.mutable_welcome()->set_core_name("floe-core");
+    w.mutable_welcome()->set_session_id(s.id);
+    (void)s.channel.send(w);
+    spdlog::info("provider '{}' connected (pid {})", s.name, s.peer.pid);
+    return;
+  }
+  switch (env.body_case()) {
+    case proto::Envelope::kAddDevice: add_device(s, env.id(), env.add_device()); break;
+    case proto::Envelope::kRemoveDevice: remove_device(s, env.id(), env.remove_device().device_id()); break;
+    case proto::Envelope::kHeartbeat: {
+      proto::Envelope hb;
+      hb.set_id(env.id());
+      hb.mutable_heartbeat()->set_sequence(env.heartbeat().sequence());
+      (void)s.channel.send(hb);
+      break;
+    }
+    default:
+      provider_error(s, env.id(), proto::ERROR_CODE_MALFORMED, "unexpected message on the provider socket", false);
+  }
+}
+
+void Daemon::add_device(ProviderSession& s, std::uint64_t msg_id, const proto::AddDevice& add) {
+  const std::string& id = add.device_id();
+  auto fail = [&](proto::ErrorCode code, const std::string& msg) { provider_error(s, msg_id, code, msg, false); };
+  if (!Registry::valid_entity_id(id)) {
+    return fail(proto::ERROR_CODE_MALFORMED,
+                fmt::format("device id '{}' must be 1..64 characters of [a-z0-9_.-]", id));
+  }
+  if (add.entities_size() == 0) return fail(proto::ERROR_CODE_MALFORMED, fmt::format("device '{}' declares no entities", id));
+  for (const auto& e : add.entities()) {
+    if (!Registry::valid_entity_id(e.id())) {
+      return fail(proto::ERROR_CODE_MALFORMED,
+                  fmt::format("device '{}': entity id '{}' must be 1..64 characters of [a-z0-9_.-]", id, e.id()));
+    }
+    for (const auto& c : e.components()) {
+      if (ipc::find_component(static_cast<ipc::Component>(std::min<std::uint32_t>(c.component(), 0xFFFF))) == nullptr) {
+        return fail(proto::ERROR_CODE_MALFORMED,
+                    fmt::format("device '{}': entity '{}': unknown component id {} (a newer catalogue?)", id, e.id(),
+                                c.component()));
+      }
+    }
+  }
+  if (s.devices.size() >= kMaxDevicesPerProvider && std::find(s.devices.begin(), s.devices.end(), id) == s.devices.end()) {
+    return fail(proto::ERROR_CODE_LIMIT, fmt::format("provider '{}' already has {} devices", s.name, s.devices.size()));
+  }
+  const ipc::TreeSchema schema = schema_from(add);
+  StoredDevice meta{.id = id, .name = add.name().empty() ? id : add.name(), .provider = s.name, .entities = {}, .groups = {}};
+  for (const auto& e : add.entities()) {
+    StoredEntity se{.id = e.id(), .name = e.name().empty() ? e.id() : e.name(), .components = {}};
+    for (const auto& c : e.components()) {
+      se.components.push_back({static_cast<ipc::Component>(c.component()), c.max_bytes()});
+    }
+    meta.entities.push_back(std::move(se));
+  }
+
+  std::lock_guard lock(core_.meta_mu);
+  std::shared_ptr<Device> dev;
+  std::vector<std::string> keep_groups;
+  bool reuse = false;
+  if (auto it = devices_.find(id); it != devices_.end()) {
+    Device& old = *it->second;
+    if (old.owner != 0) {
+      auto owner = providers_.find(old.owner);
+      const std::string who = owner != providers_.end() ? owner->second->name : "another provider";
+      return fail(proto::ERROR_CODE_CONFLICT,
+                  old.owner == s.id ? fmt::format("device '{}' is already declared on this connection", id)
+                                    : fmt::format("device '{}' belongs to connected provider '{}'", id, who));
+    }
+    const auto& old_meta = core_.meta[id];
+    bool same_ids = old_meta.entities.size() == meta.entities.size();
+    for (std::size_t i = 0; same_ids && i < meta.entities.size(); ++i) {
+      same_ids = old_meta.entities[i].id == meta.entities[i].id && old_meta.entities[i].name == meta.entities[i].name;
+    }
+    if (old.schema == schema && same_ids && old_meta.provider == s.name) {
+      reuse = true;
+      dev = it->second;
+    } else {
+      // A new schema (or new entity ids, or a new owner): a new region; the groups stay.
+      auto snap = core_.registry.snapshot();
+      for (GroupId g : snap->groups_of(old.reg)) {
+        if (const GroupRecord* gr = snap->group(g)) keep_groups.push_back(gr->name);
+      }
+      if (auto r = core_.registry.remove_device(old.reg); !r) spdlog::warn("remove {}: {}", id, r.error().to_string());
+      core_.shard_of(old.reg).detach(old.reg);
+      devices_.erase(it);
+      core_.meta.erase(id);
+      spdlog::info("device '{}' re-declared with a different schema: new region", id);
+    }
+  } else {
+    for (const auto& g : add.groups()) keep_groups.push_back(g);
+  }
+
+  if (!reuse) {
+    auto made = make_device(id, schema);
+    if (!made) return fail(proto::ERROR_CODE_MALFORMED, fmt::format("device '{}': {}", id, made.error().message));
+    dev = *made;
+    DeviceSpec spec{.name = id, .provider = s.name, .entity_ids = {}, .entity_names = {}, .reader = dev->reader,
+                    .keepalive = dev->region, .online = true};
+    for (const auto& e : meta.entities) {
+      spec.entity_ids.push_back(e.id);
+      spec.entity_names.push_back(e.name);
+    }
+    auto reg = core_.registry.edit([&](Registry::Editor& ed) -> Result<DeviceId> {
+      auto r = ed.add_device(std::move(spec));
+      if (!r) return r;
+      for (const auto& g : keep_groups) {
+        if (!Registry::valid_entity_id(g)) continue;
+        auto snap = core_.registry.snapshot();
+        const GroupRecord* gr = snap->group(g);
+        GroupId gid;
+        if (gr != nullptr) {
+          gid = gr->id;
+        } else {
+          auto created = ed.create_group(g);
+          if (!created) continue;  // created earlier in this edit: not yet in a snapshot
+          gid = *created;
+        }
+        (void)ed.add_to_group(gid, *r);
+      }
+      return r;
+    });
+    if (!reg) return fail(proto::ERROR_CODE_CONFLICT, fmt::format("device '{}': {}", id, reg.error().message));
+    dev->reg = *reg;
+  } else if (auto r = core_.registry.set_online(dev->reg, true); !r) {
+    return fail(proto::ERROR_CODE_INTERNAL, r.error().to_string());
+  }
+
+  auto tx = ipc::make_eventfd(true);
+  auto rx = ipc::make_eventfd(true);
+  auto share = dev->region->share(ipc::RegionAccess::kReadWrite);
+  if (!tx || !rx || !share) {
+    (void)core_.registry.set_online(dev->reg, false);
+    return fail(proto::ERROR_CODE_INTERNAL, "out of file descriptors");
+  }
+  const int tx_raw = tx->get();
+  const int rx_raw = rx->get();
+  auto attached = core_.shard_of(dev->reg).attach({.device = dev->reg, .region = dev->region,
+                                                   .options = dev->layout.options,
+                                                   .reinit_rings = dev->ever_attached, .tx_eventfd = std::move(*tx),
+                                                   .rx_eventfd = std::move(*rx)});
+  if (!attached) {
+    (void)core_.registry.set_online(dev->reg, false);
+    return fail(proto::ERROR_CODE_INTERNAL, fmt::format("device '{}': {}", id, attached.error().to_string()));
+  }
+  dev->ever_attached = true;
+  dev->owner = s.id;
+  devices_[id] = dev;
+  core_.meta[id] = std::move(meta);
+  if (std::find(s.devices.begin(), s.devices.end(), id) == s.devices.end()) s.devices.push_back(id);
+
+  proto::Envelope env;
+  env.set_id(msg_id);
+  auto* g = env.mutable_device_grant();
+  g->set_device_id(id);
+  g->set_handle(key_of(dev->reg));
+  g->set_tree_offset(dev->layout.header.tree_offset);
+  g->set_tree_size(dev->layout.header.tree_size);
+  auto* rg = g->mutable_region();
+  rg->set_name(dev->region->header().name);
+  rg->set_size(dev->region->size());
+  rg->add_fd_roles(proto::FD_ROLE_REGION);
+  rg->add_fd_roles(proto::FD_ROLE_TX_EVENTFD);
+  rg->add_fd_roles(proto::FD_ROLE_RX_EVENTFD);
+  rg->mutable_tx()->set_offset(dev->layout.header.tx_offset);
+  rg->mutable_tx()->set_capacity(dev->layout.options.tx_capacity);
+  rg->mutable_tx()->set_notify_mode(static_cast<std::uint32_t>(dev->layout.options.notify));
+  rg->mutable_rx()->set_offset(dev->layout.header.rx_offset);
+  rg->mutable_rx()->set_capacity(dev->layout.options.rx_capacity);
+  rg->mutable_rx()->set_notify_mode(static_cast<std::uint32_t>(dev->layout.options.notify));
+  // The shard owns the eventfds until a detach, which only this thread requests, so they are open.
+  const int fds[] = {share->get(), tx_raw, rx_raw};
+  if (auto r = s.channel.send(env, fds); !r) {
+    spdlog::warn("provider '{}': sending the grant of '{}': {}", s.name, id, r.error().to_string());
+  }
+  spdlog::info("device '{}' online ({} entities, provider '{}'{})", id, add.entities_size(), s.name,
+               reuse ? ", state kept" : "");
+  core_.save_state_locked();
+  core_.hub.flush();
+}
+
+void Daemon::remove_device(ProviderSession& s, std::uint64_t msg_id, const std::string& device_id) {
+  std::lock_guard lock(core_.meta_mu);
+  auto it = devices_.find(device_id);
+  if (it == devices_.end() || it->second->owner != s.id) {
+    provider_error(s, msg_id, proto::ERROR_CODE_NOT_FOUND,
+                   fmt::format("device '{}' is not declared on this connection", device_id), false);
+    return;
+  }
+  Device& d = *it->second;
+  core_.shard_of(d.reg).detach(d.reg);
+  core_.pending.fail_device(d.reg, {proto::ERROR_CODE_OFFLINE, "the device was removed"});
+  if (auto r = core_.registry.remove_device(d.reg); !r) spdlog::warn("remove {}: {}", device_id, r.error().to_string());
+  devices_.erase(it);
+  core_.meta.erase(device_id);
+  std::erase(s.devices, device_id);
+  proto::Envelope env;
+  env.set_id(msg_id);
+  env.mutable_device_removed()->set_device_id(device_id);
+  (void)s.channel.send(env);
+  spdlog::info("device '{}' removed by provider '{}'", device_id, s.name);
+  core_.save_state_locked();
+  core_.hub.flush();
+}
+
+void Daemon::offline_device(Device& d) {
+  core_.shard_of(d.reg).detach(d.reg);
+  if (auto r = core_.registry.set_online(d.reg, false); !r) spdlog::warn("offline {}: {}", d.id, r.error().to_string());
+  core_.pending.fail_device(d.reg, {proto::ERROR_CODE_OFFLINE, fmt::format("device '{}' went offline", d.id)});
+  d.owner = 0;
+}
+
+void Daemon::close_provider(std::uint64_t sid, const std::string& why) {
+  auto it = providers_.find(sid);
+  if (it == providers_.end()) return;
+  std::unique_ptr<ProviderSession> s = std::move(it->second);
+  providers_.erase(it);
+  core_.main.loop().cancel(s->watch);
+  {
+    std::lock_guard lock(core_.meta_mu);
+    for (const auto& id : s->devices) {
+      if (auto d = devices_.find(id); d != devices_.end() && d->second->owner == sid) offline_device(*d->second);
+    }
+  }
+  if (s->welcomed) {
+    spdlog::info("provider '{}' gone ({}): {} devices offline", s->name, why, s->devices.size());
+  } else {
+    spdlog::info("provider connection closed before Hello: {}", why);
+  }
+  core_.hub.flush();
+  // Not destroyed inside its own watch callback: the loop may still hold that callback.
+  core_.main.post([dead = std::shared_ptr<ProviderSession>(std::move(s))] {});
+}
+
+int Daemon::run() {
+  if (auto r = setup(); !r) {
+    spdlog::critical("floe-core cannot start: {}", r.error().to_string());
+    return 1;
+  }
+  auto r = core_.main.loop().run();
+  if (!r) spdlog::error("main loop failed: {}", r.error().to_string());
+  shutdown();
+  return r ? 0 : 1;
+}
+
+void Daemon::shutdown() {
+  if (!signal_fd_) return;
+  signal_fd_.reset();
+  provider_listener_.reset();  // unlinks provider.sock
+  client_listener_.reset();    // unlinks client.sock
+  core_.pending.fail_all({proto::ERROR_CODE_OFFLINE, "floe-core is shutting down"});
+  ipc::eventfd_signal(stop_clients_.get());
+  for (auto& c : clients_) c->join();
+  clients_.clear();
+  std::vector<std::uint64_t> ids;
+  for (auto& [id, s] : providers_) ids.push_back(id);
+  for (auto id : ids) close_provider(id, "floe-core is shutting down");
+  for (auto& shard : core_.shards) shard->stop_and_join();
+  core_.main.run_tasks();
+  {
+    std::lock_guard lock(core_.meta_mu);
+    core_.save_state_locked();
+  }
+  spdlog::info("floe-core stopped");
+}
+
+}  // namespace detail
+
+App::App(Config config) : config_(std::move(config)) {}
+App::~App() = default;
+
+int App::run() {
+  resolve_defaults(config_);
+  // Before any thread exists, so every thread inherits the mask and only the signalfd sees them.
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  ::pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  ::signal(SIGPIPE, SIG_IGN);
+  core_ = std::make_unique<detail::Core>(config_);
+  int code = 0;
+  {
+    detail::Daemon daemon(*core_);
+    code = daemon.run();
+  }
+  core_.reset();
+  return code;
+}
+
+}  // namespace floe::core

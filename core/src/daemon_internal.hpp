@@ -1,0 +1,218 @@
+// floe-core internals shared by daemon.cpp, shard.cpp and client_session.cpp.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <future>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include <boost/lockfree/queue.hpp>
+
+#include "client.pb.h"
+#include "floe/core/config.hpp"
+#include "floe/core/registry.hpp"
+#include "floe/core/state_file.hpp"
+#include "floe/core/watch.hpp"
+#include "floe/ipc/channel.hpp"
+#include "floe/ipc/device_region.hpp"
+#include "floe/ipc/event_loop.hpp"
+#include "floe/ipc/fd.hpp"
+#include "floe/ipc/region.hpp"
+#include "management.pb.h"
+
+namespace floe::core::detail {
+
+[[nodiscard]] inline std::uint64_t key_of(DeviceId id) noexcept {
+  return (std::uint64_t{id.index} << 32) | id.generation;
+}
+
+/// An event loop plus a multi-producer task queue woken through an eventfd: the only way work
+/// crosses from one thread to a loop's thread.
+class TaskLoop {
+ public:
+  [[nodiscard]] Status init(ipc::LoopBackend backend);
+  /// Any thread. Runs `task` on the loop's thread, in order with other posts from the same thread.
+  void post(std::function<void()> task);
+  /// Any thread: post and wait for the result.
+  template <typename R>
+  R call(std::function<R()> fn) {
+    std::promise<R> p;
+    auto f = p.get_future();
+    post([&] {
+      if constexpr (std::is_void_v<R>) {
+        fn();
+        p.set_value();
+      } else {
+        p.set_value(fn());
+      }
+    });
+    return f.get();
+  }
+  [[nodiscard]] ipc::EventLoop& loop() noexcept { return *loop_; }
+  /// Runs every queued task (loop thread; also used at teardown after run() returned).
+  void run_tasks();
+  ~TaskLoop();
+
+ private:
+  std::unique_ptr<ipc::EventLoop> loop_;
+  boost::lockfree::queue<std::function<void()>*> queue_{256};
+  ipc::Fd wake_;
+};
+
+/// How a request ended, as the client sees it.
+struct Outcome {
+  proto::ErrorCode code = proto::ERROR_CODE_UNSPECIFIED;  // UNSPECIFIED: success
+  std::string message;
+  [[nodiscard]] bool ok() const noexcept { return code == proto::ERROR_CODE_UNSPECIFIED; }
+};
+
+/// Requests waiting for a provider's RequestResult. Any thread.
+class PendingTable {
+ public:
+  struct Entry {
+    DeviceId device;
+    std::promise<Outcome> promise;
+  };
+  /// Registers a request for `device`; the future completes exactly once.
+  std::future<Outcome> add(std::uint64_t request_id, DeviceId device);
+  /// Completes `request_id` if it is pending for `from` (a provider cannot answer another
+  /// device's requests). Returns false for unknown ids.
+  bool complete(std::uint64_t request_id, DeviceId from, Outcome outcome);
+  /// Completes every request of `device`.
+  void fail_device(DeviceId device, const Outcome& outcome);
+  void fail_all(const Outcome& outcome);
+  void forget(std::uint64_t request_id);
+
+ private:
+  std::mutex mu_;
+  std::unordered_map<std::uint64_t, Entry> entries_;
+};
+
+struct Core;
+
+/// What a shard needs to take over a device's rings.
+struct AttachArgs {
+  DeviceId device;
+  std::shared_ptr<ipc::Region> region;
+  ipc::DeviceRegionOptions options;
+  bool reinit_rings = false;  // a reconnect: the old provider is gone, start both rings afresh
+  ipc::Fd tx_eventfd;
+  ipc::Fd rx_eventfd;
+};
+
+/// One SetRequest for a shard to push onto a device's tx ring.
+struct SetTask {
+  DeviceId device;
+  std::uint64_t request_id = 0;
+  std::uint32_t entity = 0;
+  ipc::Component component{};
+  bool text = false;
+  std::uint64_t bits = 0;
+  std::string text_value;
+};
+
+/// One worker thread: an io_uring loop owning the rings of its devices.
+class Shard {
+ public:
+  Shard(Core& core, unsigned index);
+  ~Shard();
+  [[nodiscard]] Status start(ipc::LoopBackend backend);
+  void stop_and_join();
+
+  /// Any thread; waits for the shard. Attaches rings, starts draining rx.
+  [[nodiscard]] Status attach(AttachArgs args);
+  /// Any thread; asynchronous. Stops draining, closes the eventfds (the region stays mapped in
+  /// the registry while the device is known).
+  void detach(DeviceId device);
+  /// Any thread; asynchronous. Completes the pending request if the device is not attached or
+  /// its tx ring is full.
+  void submit(SetTask task);
+
+ private:
+  struct Attached;
+  Status attach_here(AttachArgs& args);
+  void detach_here(std::uint64_t key);
+  void submit_here(SetTask& task);
+  void on_rx(Attached& d);
+
+  Core& core_;
+  unsigned index_;
+  TaskLoop tasks_;
+  std::thread thread_;
+  std::unordered_map<std::uint64_t, std::unique_ptr<Attached>> devices_;
+  std::vector<ChangeRecord> changes_;  // scratch
+};
+
+class ClientSession;
+
+/// Everything the daemon's threads share.
+struct Core {
+  explicit Core(Config c) : config(std::move(c)) {}
+  Config config;
+  Registry registry;
+  WatchHub hub{registry};
+  PendingTable pending;
+  std::vector<std::unique_ptr<Shard>> shards;
+  std::atomic<std::uint64_t> next_request_id{1};
+  std::atomic<std::uint64_t> next_session_id{1};
+  TaskLoop main;  // the main thread's loop: sockets, provider sessions, signals
+
+  /// Serialises metadata edits (device lifecycle, groups) and state file writes.
+  std::mutex meta_mu;
+  std::map<std::string, StoredDevice, std::less<>> meta;  // by device id; groups filled at save
+
+  [[nodiscard]] Shard& shard_of(DeviceId id) { return *shards[id.index % shards.size()]; }
+  /// Builds the state from `meta` and the registry's groups and writes it. meta_mu held.
+  void save_state_locked();
+  /// A shard found a device's ring corrupt: disconnect its provider (posted to the main loop).
+  std::function<void(DeviceId, std::string)> on_corrupt;
+};
+
+/// A client connection, served by a thread of its own (blocking sends never stall a loop).
+class ClientSession {
+ public:
+  ClientSession(Core& core, ipc::Channel channel, ipc::PeerCredentials peer, int stop_fd);
+  ~ClientSession();
+  void start();
+  [[nodiscard]] bool finished() const noexcept { return finished_.load(std::memory_order_acquire); }
+  void join();
+
+ private:
+  void run();
+  void handle(const proto::ClientRequest& req);
+  void send(const proto::ClientResponse& resp);
+  void send_error(std::uint64_t id, proto::ErrorCode code, const std::string& message, bool fatal = false);
+  void enqueue(std::string bytes);
+  void flush_outbox();
+  void on_set(const proto::ClientRequest& req);
+  void on_query(const proto::ClientRequest& req);
+  void on_watch(const proto::ClientRequest& req);
+  void on_edit_group(const proto::ClientRequest& req);
+  /// Pushes the requests, waits for their outcomes until `timeout`.
+  std::vector<Outcome> execute(const std::vector<SetTask>& tasks, std::chrono::milliseconds timeout);
+
+  Core& core_;
+  ipc::Channel channel_;
+  ipc::PeerCredentials peer_;
+  int stop_fd_;
+  ipc::Fd outbox_fd_;
+  std::mutex outbox_mu_;
+  std::vector<std::string> outbox_;
+  bool outbox_overflow_ = false;
+  bool welcomed_ = false;
+  bool closing_ = false;
+  unsigned malformed_in_a_row_ = 0;
+  std::uint64_t next_watch_id_ = 1;
+  std::map<std::uint64_t, WatchHandle> watches_;
+  std::thread thread_;
+  std::atomic<bool> finished_{false};
+};
+
+}  // namespace floe::core::detail

@@ -1,0 +1,257 @@
+// Shards: one io_uring loop per worker thread, owning the rings of the devices assigned to it.
+#include <spdlog/spdlog.h>
+
+#include "daemon_internal.hpp"
+#include "floe/ipc/notify.hpp"
+#include "floe/ipc/ring.hpp"
+
+namespace floe::core::detail {
+
+// ---- TaskLoop -----------------------------------------------------------------------------------
+
+Status TaskLoop::init(ipc::LoopBackend backend) {
+  auto loop = ipc::EventLoop::create({.backend = backend});
+  if (!loop) return tl::unexpected(loop.error());
+  loop_ = std::move(*loop);
+  auto efd = ipc::make_eventfd(/*nonblocking=*/true);
+  if (!efd) return tl::unexpected(efd.error());
+  wake_ = std::move(*efd);
+  auto w = loop_->watch_eventfd(wake_.get(), [this](std::uint64_t) { run_tasks(); });
+  if (!w) return tl::unexpected(w.error());
+  return {};
+}
+
+void TaskLoop::post(std::function<void()> task) {
+  auto* t = new std::function<void()>(std::move(task));
+  // SYNC(task-queue): the queue's push (release) pairs with pop (acquire) in run_tasks: the task's
+  // captures are visible to the loop thread.
+  while (!queue_.push(t)) std::this_thread::yield();
+  ipc::eventfd_signal(wake_.get());
+}
+
+void TaskLoop::run_tasks() {
+  std::function<void()>* t = nullptr;
+  while (queue_.pop(t)) {
+    std::unique_ptr<std::function<void()>> owned(t);
+    (*owned)();
+  }
+}
+
+TaskLoop::~TaskLoop() {
+  std::function<void()>* t = nullptr;
+  while (queue_.pop(t)) delete t;
+}
+
+// ---- PendingTable -------------------------------------------------------------------------------
+
+std::future<Outcome> PendingTable::add(std::uint64_t request_id, DeviceId device) {
+  std::lock_guard lock(mu_);
+  auto& e = entries_[request_id];
+  e.device = device;
+  return e.promise.get_future();
+}
+
+bool PendingTable::complete(std::uint64_t request_id, DeviceId from, Outcome outcome) {
+  std::lock_guard lock(mu_);
+  auto it = entries_.find(request_id);
+  if (it == entries_.end() || !(it->second.device == from)) return false;
+  it->second.promise.set_value(std::move(outcome));
+  entries_.erase(it);
+  return true;
+}
+
+void PendingTable::fail_device(DeviceId device, const Outcome& outcome) {
+  std::lock_guard lock(mu_);
+  for (auto it = entries_.begin(); it != entries_.end();) {
+    if (it->second.device == device) {
+      it->second.promise.set_value(outcome);
+      it = entries_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+void PendingTable::fail_all(const Outcome& outcome) {
+  std::lock_guard lock(mu_);
+  for (auto& [id, e] : entries_) e.promise.set_value(outcome);
+  entries_.clear();
+}
+
+void PendingTable::forget(std::uint64_t request_id) {
+  std::lock_guard lock(mu_);
+  entries_.erase(request_id);
+}
+
+// ---- Shard --------------------------------------------------------------------------------------
+
+struct Shard::Attached {
+  DeviceId device;
+  std::shared_ptr<ipc::Region> region;
+  ipc::Fd tx_eventfd;
+  ipc::Fd rx_eventfd;
+  std::optional<ipc::RingProducer> tx;
+  std::optional<ipc::RingConsumer> rx;
+  std::optional<WatchFeed> feed;
+  ipc::WatchId watch = 0;
+  bool dead = false;  // corrupt: waiting for the posted detach
+};
+
+namespace {
+constexpr std::size_t kDrainBudget = 1024;  // records per wakeup: a flooding provider cannot starve the loop
+}
+
+Shard::Shard(Core& core, unsigned index) : core_(core), index_(index) {}
+Shard::~Shard() { stop_and_join(); }
+
+Status Shard::start(ipc::LoopBackend backend) {
+  FLOE_TRY(tasks_.init(backend));
+  thread_ = std::thread([this] {
+    auto r = tasks_.loop().run();
+    if (!r) spdlog::error("shard {}: event loop failed: {}", index_, r.error().to_string());
+    // Teardown on the loop's own thread: cancel every watch before its eventfd closes.
+    tasks_.run_tasks();
+    for (auto& [key, d] : devices_) tasks_.loop().cancel(d->watch);
+    devices_.clear();
+  });
+  return {};
+}
+
+void Shard::stop_and_join() {
+  if (!thread_.joinable()) return;
+  tasks_.loop().stop();
+  thread_.join();
+}
+
+Status Shard::attach(AttachArgs args) {
+  return tasks_.call<Status>([this, &args] { return attach_here(args); });
+}
+
+void Shard::detach(DeviceId device) {
+  tasks_.post([this, key = key_of(device)] { detach_here(key); });
+}
+
+void Shard::submit(SetTask task) {
+  tasks_.post([this, t = std::move(task)]() mutable { submit_here(t); });
+}
+
+Status Shard::attach_here(AttachArgs& args) {
+  const std::uint64_t key = key_of(args.device);
+  detach_here(key);  // a stale attachment of the same device (should not happen; be safe)
+  auto d = std::make_unique<Attached>();
+  d->device = args.device;
+  d->region = args.region;
+  auto parts = ipc::device_region_attach({args.region->data(), args.region->size()});
+  if (!parts) return tl::unexpected(parts.error());
+  if (args.reinit_rings) {
+    // The previous provider is gone; whatever it left in the rings is meaningless to the new one.
+    const ipc::RingOptions tx{.capacity = args.options.tx_capacity, .notify = args.options.notify};
+    const ipc::RingOptions rx{.capacity = args.options.rx_capacity, .notify = args.options.notify};
+    FLOE_TRY(ipc::ring_init(parts->tx, tx));
+    FLOE_TRY(ipc::ring_init(parts->rx, rx));
+    args.region->header_mut().generation.fetch_add(1, std::memory_order_relaxed);
+  }
+  auto tx = ipc::RingProducer::attach(parts->tx, args.tx_eventfd.get());
+  if (!tx) return tl::unexpected(tx.error());
+  auto rx = ipc::RingConsumer::attach(parts->rx, args.rx_eventfd.get());
+  if (!rx) return tl::unexpected(rx.error());
+  auto feed = core_.hub.attach(args.device);
+  if (!feed) return tl::unexpected(feed.error());
+  d->tx.emplace(std::move(*tx));
+  d->rx.emplace(std::move(*rx));
+  d->feed.emplace(std::move(*feed));
+  d->tx_eventfd = std::move(args.tx_eventfd);
+  d->rx_eventfd = std::move(args.rx_eventfd);
+  Attached* raw = d.get();
+  auto w = tasks_.loop().watch_eventfd(raw->rx_eventfd.get(), [this, raw](std::uint64_t) { on_rx(*raw); });
+  if (!w) return tl::unexpected(w.error());
+  d->watch = *w;
+  devices_[key] = std::move(d);
+  // The provider signals only a sleeping consumer: announce that we sleep (or drain what came).
+  if (!raw->rx->prepare_sleep()) ipc::eventfd_signal(raw->rx_eventfd.get());
+  return {};
+}
+
+void Shard::detach_here(std::uint64_t key) {
+  auto it = devices_.find(key);
+  if (it == devices_.end()) return;
+  tasks_.loop().cancel(it->second->watch);
+  devices_.erase(it);
+}
+
+void Shard::submit_here(SetTask& task) {
+  auto it = devices_.find(key_of(task.device));
+  if (it == devices_.end() || it->second->dead) {
+    core_.pending.complete(task.request_id, task.device, {proto::ERROR_CODE_OFFLINE, "the device is offline"});
+    return;
+  }
+  ipc::RingProducer& tx = *it->second->tx;
+  ipc::SetRequest req{};
+  req.request_id = task.request_id;
+  req.entity = task.entity;
+  req.component = ipc::to_id(task.component);
+  req.value_bits = task.text ? task.text_value.size() : task.bits;
+  const std::size_t length = sizeof req + (task.text ? task.text_value.size() : 0);
+  std::byte* dst = length <= tx.max_payload()
+                       ? tx.try_reserve(task.text ? ipc::kSetTextRequest : ipc::kSetRequest,
+                                        static_cast<std::uint32_t>(length))
+                       : nullptr;
+  if (dst == nullptr) {
+    core_.pending.complete(task.request_id, task.device,
+                           {proto::ERROR_CODE_LIMIT, length > tx.max_payload()
+                                                         ? "the value is too large for the device's request ring"
+                                                         : "the device's request ring is full (provider not keeping up)"});
+    return;
+  }
+  std::memcpy(dst, &req, sizeof req);
+  if (task.text) std::memcpy(dst + sizeof req, task.text_value.data(), task.text_value.size());
+  tx.publish();
+}
+
+void Shard::on_rx(Attached& d) {
+  if (d.dead) return;
+  ipc::RingConsumer& rx = *d.rx;
+  rx.finish_sleep();
+  changes_.clear();
+  auto drained = rx.drain(
+      [&](const ipc::RecordView& v) {
+        if (v.type == ipc::kChangeRecord) {
+          if (auto rec = decode_change_record(v.payload)) changes_.push_back(*rec);
+        } else if (v.type == ipc::kRequestResult) {
+          auto res = ipc::read_record<ipc::RequestResult>(v.payload);
+          if (!res) return;
+          const std::size_t avail = v.payload.size() - sizeof(ipc::RequestResult);
+          const std::size_t n = std::min<std::size_t>({res->message_length, avail, 1024});
+          std::string msg(reinterpret_cast<const char*>(v.payload.data()) + sizeof(ipc::RequestResult), n);
+          Outcome out;
+          switch (static_cast<ipc::RequestStatus>(res->status)) {
+            case ipc::RequestStatus::kOk: break;
+            case ipc::RequestStatus::kUnreachable:
+              out = {proto::ERROR_CODE_OFFLINE, msg.empty() ? "the physical device is unreachable" : msg};
+              break;
+            default: out = {proto::ERROR_CODE_PROVIDER, msg.empty() ? "the provider reported a failure" : msg}; break;
+          }
+          core_.pending.complete(res->request_id, d.device, std::move(out));
+        }
+        // Unknown record types are ignored: a newer provider may send kinds this core predates.
+      },
+      kDrainBudget);
+  if (!changes_.empty()) d.feed->on_change(changes_);
+  // SYNC(overflow): acquire pairs with the producer's release store of the flag: the tree writes
+  // the lost records announced are visible to the rescan.
+  if (rx.header().overflow.exchange(0, std::memory_order_acq_rel) != 0) d.feed->on_overflow();
+  if (!drained) {
+    d.dead = true;
+    spdlog::error("device ring corrupt (rx of device {}:{}): {}; disconnecting its provider", d.device.index,
+                  d.device.generation, drained.error().to_string());
+    const std::uint64_t key = key_of(d.device);
+    tasks_.post([this, key] { detach_here(key); });
+    if (core_.on_corrupt) core_.on_corrupt(d.device, drained.error().message);
+  } else if (*drained == kDrainBudget || !rx.prepare_sleep()) {
+    // More to do: come back after the loop has served everything else that is ready.
+    ipc::eventfd_signal(d.rx_eventfd.get());
+  }
+  core_.hub.flush();
+}
+
+}  // namespace floe::core::detail

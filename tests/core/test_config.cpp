@@ -1,0 +1,101 @@
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <cstdlib>
+
+#include "floe/core/config.hpp"
+
+namespace floe::core {
+namespace {
+
+TEST(Config, EmptyTextKeepsEveryDefault) {
+  auto c = parse_config("");
+  ASSERT_TRUE(c) << c.error().to_string();
+  EXPECT_TRUE(c->socket_dir.empty());
+  EXPECT_EQ(c->worker_threads, 0U);
+  EXPECT_EQ(c->request_timeout, std::chrono::milliseconds(5000));
+  EXPECT_EQ(c->tx_capacity, 16U * 1024);
+  EXPECT_EQ(c->rx_capacity, 64U * 1024);
+  EXPECT_EQ(c->notify, ipc::NotifyMode::kEventfd);
+  EXPECT_EQ(c->log_level, "info");
+}
+
+TEST(Config, ResolveDefaultsFillsSocketDirStateFileThreadsAndUids) {
+  ::setenv("FLOE_SOCKET_DIR", "/tmp/floe-config-test", 1);
+  Config c;
+  resolve_defaults(c);
+  ::unsetenv("FLOE_SOCKET_DIR");
+  EXPECT_EQ(c.socket_dir, "/tmp/floe-config-test");
+  EXPECT_EQ(c.state_file, "/tmp/floe-config-test/state.json");
+  EXPECT_GE(c.worker_threads, 1U);
+  ASSERT_FALSE(c.allowed_uids.empty());
+  EXPECT_EQ(c.allowed_uids.front(), ::geteuid());
+}
+
+TEST(Config, EveryKeyIsRead) {
+  auto c = parse_config(R"(
+socket_dir = "/run/x"
+state_file = "/var/lib/x.json"
+worker_threads = 3
+allowed_uids = [1000, 0]
+request_timeout_ms = 250
+max_clients = 9
+log_level = "debug"
+loop_backend = "epoll"
+[rings]
+tx_capacity = 4096
+rx_capacity = 131072
+notify = "eventfd"
+)");
+  ASSERT_TRUE(c) << c.error().to_string();
+  EXPECT_EQ(c->socket_dir, "/run/x");
+  EXPECT_EQ(c->state_file, "/var/lib/x.json");
+  EXPECT_EQ(c->worker_threads, 3U);
+  EXPECT_EQ(c->allowed_uids, (std::vector<uid_t>{1000, 0}));
+  EXPECT_EQ(c->request_timeout, std::chrono::milliseconds(250));
+  EXPECT_EQ(c->max_clients, 9U);
+  EXPECT_EQ(c->log_level, "debug");
+  EXPECT_EQ(c->loop_backend, ipc::LoopBackend::kEpoll);
+  EXPECT_EQ(c->tx_capacity, 4096U);
+  EXPECT_EQ(c->rx_capacity, 131072U);
+  Config r = *c;
+  resolve_defaults(r);
+  EXPECT_EQ(r.socket_dir, "/run/x");
+  EXPECT_EQ(r.worker_threads, 3U);
+  EXPECT_EQ(r.allowed_uids.size(), 2U);
+}
+
+void expect_error(const char* text, const char* needle) {
+  auto c = parse_config(text, "core.toml");
+  ASSERT_FALSE(c) << "accepted: " << text;
+  EXPECT_NE(c.error().message.find(needle), std::string::npos) << c.error().message;
+}
+
+TEST(Config, UnknownKeysAreNamed) {
+  expect_error("sokcet_dir = \"/x\"", "key 'sokcet_dir': unknown key");
+  expect_error("[rings]\ntx_capacty = 1024", "key 'rings.tx_capacty': unknown key");
+}
+
+TEST(Config, WrongTypesAndRangesAreNamed) {
+  expect_error("worker_threads = \"two\"", "key 'worker_threads': expected an integer");
+  expect_error("worker_threads = -1", "key 'worker_threads'");
+  expect_error("request_timeout_ms = 0", "out of range");
+  expect_error("allowed_uids = 5", "key 'allowed_uids'");
+  expect_error("[rings]\ntx_capacity = 1000", "not a power of two");
+  expect_error("[rings]\nnotify = \"spin\"", "rings.notify");
+  expect_error("log_level = \"loud\"", "key 'log_level'");
+  expect_error("loop_backend = \"kqueue\"", "key 'loop_backend'");
+  expect_error("rings = 3", "key 'rings': expected a table");
+}
+
+TEST(Config, SyntaxErrorsCarryThePosition) { expect_error("socket_dir = ", "core.toml:1:"); }
+
+TEST(Config, MissingFileIsAnError) {
+  auto c = load_config("/nonexistent/floe.toml");
+  ASSERT_FALSE(c);
+  EXPECT_NE(c.error().message.find("/nonexistent/floe.toml"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace floe::core
