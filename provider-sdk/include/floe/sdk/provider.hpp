@@ -57,21 +57,21 @@ struct ComponentSpec {
 };
 
 struct EntitySpec {
-  std::string id;    // home-wide entity id ([a-z0-9_.-]+)
-  std::string name;  // display name
-  std::vector<ComponentSpec> components;
+  std::string id{};    // home-wide entity id ([a-z0-9_.-]+)
+  std::string name{};  // display name
+  std::vector<ComponentSpec> components{};
 };
 
 struct DeviceSpec {
-  std::string id;                   // stable per provider
-  std::string name;
-  std::vector<std::string> groups;  // joined on first registration (the core persists groups)
-  std::vector<EntitySpec> entities;
+  std::string id{};                   // stable per provider
+  std::string name{};
+  std::vector<std::string> groups{};  // joined on first registration (the core persists groups)
+  std::vector<EntitySpec> entities{};
 };
 
 struct ProviderOptions {
-  std::string name;                                      // stable across restarts
-  std::string socket_dir;                                // empty: ipc::default_socket_dir()
+  std::string name{};                                    // stable across restarts
+  std::string socket_dir{};                              // empty: ipc::default_socket_dir()
   std::chrono::milliseconds reconnect_min{100};          // first retry delay
   std::chrono::milliseconds reconnect_max{5000};         // the delay stops doubling here
   ipc::LoopBackend backend = ipc::LoopBackend::kAuto;    // run()'s loop
