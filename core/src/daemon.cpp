@@ -116,7 +116,7 @@ class Daemon {
   std::map<std::uint64_t, std::unique_ptr<ProviderSession>> providers_;
   std::map<std::string, std::shared_ptr<Device>, std::less<>> devices_;
   std::list<std::unique_ptr<ClientSession>> clients_;
-  unsigned next_shard_ = 0;
+  bool state_loaded_ = false;  // never overwrite a state file we could not read
 };
 
 Daemon::~Daemon() { shutdown(); }
@@ -257,6 +257,7 @@ Status Daemon::restore_state() {
     return {};
   });
   if (!r) return logic_error("state_file", fmt::format("{}: {}", core_.config.state_file, r.error().message));
+  state_loaded_ = true;
   if (!st->devices.empty()) spdlog::info("restored {} devices (offline until their providers return)", st->devices.size());
   return {};
 }
@@ -658,7 +659,7 @@ void Daemon::shutdown() {
   for (auto id : ids) close_provider(id, "floe-core is shutting down");
   for (auto& shard : core_.shards) shard->stop_and_join();
   core_.main.run_tasks();
-  {
+  if (state_loaded_) {
     std::lock_guard lock(core_.meta_mu);
     core_.save_state_locked();
   }
