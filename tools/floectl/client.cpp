@@ -110,7 +110,17 @@ ClientResult<proto::ClientResponse> Client::call(proto::ClientRequest& request, 
   const std::uint64_t id = next_id_++;
   request.set_id(id);
   if (auto sent = channel_.send(request); !sent) {
-    return fail(ExitCode::kGeneric, "sending to floe-core: " + sent.error().to_string());
+    if (sent.error().code != EPIPE && sent.error().code != ECONNRESET) {
+      return fail(ExitCode::kGeneric, "sending to floe-core: " + sent.error().to_string());
+    }
+    // The core hung up (e.g. it refused our uid at accept); it may have said why first.
+    if (auto ready = wait_readable(-1, std::chrono::steady_clock::now() + kCoreVerdictGrace, false);
+        ready && *ready == Ready::kReadable) {
+      if (auto last = receive_one(); last && last->has_error()) {
+        return fail(exit_code_for(last->error().code()), last->error().message());
+      }
+    }
+    return fail(ExitCode::kGeneric, "floe-core closed the connection");
   }
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   for (;;) {

@@ -89,7 +89,7 @@ int run_watch(Client& client, const Invocation& inv, std::ostream& out, std::ost
     sigset_t mask;
     ~RestoreMask() { ::sigprocmask(SIG_SETMASK, &mask, nullptr); }
   } restore{old_mask};
-  ipc::Fd sigfd(::signalfd(-1, &mask, SFD_CLOEXEC));
+  ipc::Fd sigfd(::signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK));
   if (!sigfd) return report(err, {ExitCode::kGeneric, std::string("signalfd: ") + std::strerror(errno)});
 
   auto id = client.watch(inv.query);
@@ -98,7 +98,13 @@ int run_watch(Client& client, const Invocation& inv, std::ostream& out, std::ost
   for (;;) {
     auto next = client.next_event(sigfd.get());
     if (!next) return report(err, next.error());
-    if (next->kind == WaitOutcome::Kind::kInterrupted) break;
+    if (next->kind == WaitOutcome::Kind::kInterrupted) {
+      // Consume the pending signals, or restoring the mask would deliver them and kill us.
+      signalfd_siginfo info;
+      while (::read(sigfd.get(), &info, sizeof info) == static_cast<ssize_t>(sizeof info)) {
+      }
+      break;
+    }
     if (inv.json) {
       out << to_json(next->event).dump() << std::endl;
     } else {
