@@ -27,12 +27,6 @@ static_assert(offsetof(RingHeader, consumer_sleeping) == 3 * kCacheLine);
 static_assert(offsetof(RingHeader, records_pushed) == 4 * kCacheLine);
 static_assert(offsetof(RingHeader, records_popped) == 5 * kCacheLine);
 static_assert(offsetof(RingHeader, overflow) < 6 * kCacheLine);
-static_assert(kHeaderBytes == kRecordAlign);
-
-/// Header plus payload rounded up to kRecordAlign.
-constexpr std::uint64_t record_bytes(std::uint64_t length) noexcept {
-  return kHeaderBytes + ((length + kRecordAlign - 1) & ~(std::uint64_t{kRecordAlign} - 1));
-}
 
 /// Bytes a record of `size` bytes costs when written at `tail`: itself, plus a padding record over
 /// the rest of the data area when it does not fit before the end.
@@ -54,18 +48,8 @@ T read_once(const T& field) noexcept {
   return *static_cast<const volatile T*>(&field);
 }
 
-/// The 8-byte record header at `p` (8-aligned) in a single load, for the same reason.
-RecordHeader read_record_header(const std::byte* p) noexcept {
-  const std::uint64_t raw = *reinterpret_cast<const volatile std::uint64_t*>(p);
-  RecordHeader h;
-  std::memcpy(&h, &raw, sizeof h);
-  return h;
-}
-
-void write_record_header(std::byte* p, std::uint32_t length, std::uint16_t type, std::uint16_t flags) noexcept {
-  const RecordHeader h{length, type, flags};
-  std::memcpy(p, &h, sizeof h);
-}
+using detail::read_record_header;
+using detail::write_record_header;
 
 /// Single-writer counter in shared memory: a plain load and store, no locked instruction.
 void bump(std::atomic<std::uint64_t>& counter) noexcept {
@@ -204,7 +188,7 @@ Result<RingProducer> RingProducer::attach(std::span<std::byte> memory, int notif
   return p;
 }
 
-std::byte* RingProducer::reserve(std::uint16_t type, std::uint32_t length, std::uint16_t flags) noexcept {
+std::byte* RingProducer::reserve_slow(std::uint16_t type, std::uint32_t length, std::uint16_t flags) noexcept {
   const std::uint64_t size = record_bytes(length);
   const std::uint64_t need = bytes_needed(tail_, capacity_, size);
   if (tail_ - head_cache_ + need > capacity_) {
@@ -324,7 +308,7 @@ bool RingConsumer::refresh_tail() noexcept {
   return true;
 }
 
-PopStatus RingConsumer::peek(RecordView& out) noexcept {
+PopStatus RingConsumer::peek_slow(RecordView& out) noexcept {
   for (;;) {
     if (error_) return PopStatus::kCorrupt;
     if (head_ == tail_cache_ && !has_data()) return PopStatus::kEmpty;

@@ -41,6 +41,29 @@ struct RecordHeader {
   std::uint16_t flags;   // user-defined
 };
 static_assert(sizeof(RecordHeader) == 8);
+static_assert(sizeof(RecordHeader) == kRecordAlign);
+
+/// Bytes a record with `length` payload bytes takes in the ring: its header plus the payload
+/// rounded up to kRecordAlign.
+[[nodiscard]] constexpr std::uint64_t record_bytes(std::uint64_t length) noexcept {
+  return sizeof(RecordHeader) + ((length + kRecordAlign - 1) & ~(std::uint64_t{kRecordAlign} - 1));
+}
+
+namespace detail {
+/// The 8-byte record header at `p` (8-aligned) in a single load: a hostile producer may be
+/// rewriting it, and the value checked must be the value used.
+inline RecordHeader read_record_header(const std::byte* p) noexcept {
+  const std::uint64_t raw = *reinterpret_cast<const volatile std::uint64_t*>(p);
+  RecordHeader h;
+  std::memcpy(&h, &raw, sizeof h);
+  return h;
+}
+inline void write_record_header(std::byte* p, std::uint32_t length, std::uint16_t type,
+                                std::uint16_t flags) noexcept {
+  const RecordHeader h{length, type, flags};
+  std::memcpy(p, &h, sizeof h);
+}
+}  // namespace detail
 
 /// The shared part of a ring. Standard layout, offsets only, every cache line explicit.
 ///
@@ -172,7 +195,21 @@ class RingProducer {
 
  private:
   /// try_reserve after its argument checks (type is not kPadRecord, length <= max_payload()).
-  std::byte* reserve(std::uint16_t type, std::uint32_t length, std::uint16_t flags) noexcept;
+  std::byte* reserve(std::uint16_t type, std::uint32_t length, std::uint16_t flags) noexcept {
+    const std::uint64_t size = record_bytes(length);
+    const std::uint64_t pos = tail_ & (capacity_ - 1);
+    // Fits before the end of the data area and in the space the cached head leaves: no padding,
+    // no look at the consumer's line.
+    if (size <= capacity_ - pos && tail_ - head_cache_ + size <= capacity_) [[likely]] {
+      detail::write_record_header(data_ + pos, length, type, flags);
+      tail_ += size;
+      ++pushed_;
+      return data_ + pos + sizeof(RecordHeader);
+    }
+    return reserve_slow(type, length, flags);
+  }
+  /// reserve() when the record needs padding first or the ring looks full.
+  std::byte* reserve_slow(std::uint16_t type, std::uint32_t length, std::uint16_t flags) noexcept;
   /// publish()'s handshake with a consumer that may sleep (kEventfd, kFutex).
   void wake_consumer() noexcept;
 
@@ -198,7 +235,26 @@ class RingConsumer {
   [[nodiscard]] static Result<RingConsumer> attach(std::span<std::byte> memory, int notify_fd = -1);
 
   /// Looks at the next record without consuming it. kCorrupt is sticky; error() says why.
-  [[nodiscard]] PopStatus peek(RecordView& out) noexcept;
+  [[nodiscard]] PopStatus peek(RecordView& out) noexcept {
+    if (head_ == tail_cache_ && !has_data()) return PopStatus::kEmpty;
+    if (!error_) [[likely]] {
+      // head_ and tail_cache_ are 8-aligned with 0 < tail_cache_ - head_ <= capacity_ (has_data
+      // checked the tail), so the header at pos lies inside the data area.
+      const std::uint64_t pos = head_ & (capacity_ - 1);
+      const RecordHeader rec = detail::read_record_header(data_ + pos);
+      const std::uint64_t size = record_bytes(rec.length);
+      // An ordinary record inside what was published and before the end of the area; anything
+      // else (padding, or a bad length) is sorted out by peek_slow, which reads it afresh.
+      if (rec.type != kPadRecord && size <= tail_cache_ - head_ && size <= capacity_ - pos) [[likely]] {
+        out.type = rec.type;
+        out.flags = rec.flags;
+        out.payload = {data_ + pos + sizeof(RecordHeader), rec.length};
+        peeked_next_ = head_ + size;
+        return PopStatus::kRecord;
+      }
+    }
+    return peek_slow(out);
+  }
   /// Consumes the record returned by the last successful peek (locally; see release()).
   void pop() noexcept {
     // Without a successful peek since the last pop there is nothing to consume.
@@ -267,6 +323,8 @@ class RingConsumer {
   PopStatus fail(const char* what) noexcept;
   /// has_data() once the cached tail is used up: reads and validates the shared tail.
   bool refresh_tail() noexcept;
+  /// peek() for padding, corruption and the sticky error: validates everything again.
+  PopStatus peek_slow(RecordView& out) noexcept;
 
   RingHeader* header_ = nullptr;
   const std::byte* data_ = nullptr;
