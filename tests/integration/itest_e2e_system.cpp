@@ -350,12 +350,13 @@ TEST_F(E2e, KilledProviderGoesOfflineWithoutLeaksAndComesBackConsistent) {
   // The other provider is untouched and the core keeps serving.
   EXPECT_EQ(online_devices("living"), 2);
   EXPECT_EQ(floectl({"set", "living_light_1", "Dimmer", "0.3"}).exit, 0);
-  EXPECT_LE(count_fds(core_->pid()), fds_before);
+  EXPECT_TRUE(poll_until([&] { return count_fds(core_->pid()) <= fds_before; }));
 
   // The provider comes back: same devices, online, state consistent with what it writes.
   start_provider("kitchen", 3);
   wait_online(5);
-  EXPECT_TRUE(poll_until([&] { return count_fds(core_->pid()) == fds_before; }))
+  // At most as many as before: the baseline may still count a just-finished floectl session.
+  EXPECT_TRUE(poll_until([&] { return count_fds(core_->pid()) <= fds_before; }))
       << "core fds: " << fds_before << " before, " << count_fds(core_->pid()) << " after the provider came back";
   const double got = get_real("kitchen_light_1", "Dimmer");
   auto listed = floectl_json({"query", "list Dimmer in entity kitchen_light_1"});

@@ -41,7 +41,7 @@ ClientResult<Client> Client::connect(const ClientOptions& options) {
   auto channel = ipc::Channel::connect(path);
   if (!channel) {
     const int e = channel.error().code;
-    std::string hint = e == EACCES ? " (permission denied: is your user allowed to use floe?)"
+    std::string hint = e == EACCES ? " (is your user allowed to use floe-core's socket directory?)"
                                    : " (is floe-core running? choose the directory with --socket-dir or "
                                      "$FLOE_SOCKET_DIR)";
     return fail(ExitCode::kConnect, "cannot connect to floe-core at " + path + ": " +
