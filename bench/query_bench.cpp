@@ -3,10 +3,12 @@
 
 #include <pthread.h>
 #include <sched.h>
+#include <sys/prctl.h>
+#include <time.h>
 
 #include <algorithm>
 #include <atomic>
-#include <chrono>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -203,6 +205,10 @@ std::unique_ptr<Home> make_home(std::size_t n_devices, std::uint64_t seed) {
 
 // ---- Timing -------------------------------------------------------------------------------------
 
+/// Makes the optimiser treat `v` as used. Keep scalars (the engine's `number.value_or(0)`, the
+/// baseline's double): copying a whole std::optional<double> as one 16-byte load right after the
+/// engine stored its value and its flag separately stalls on store forwarding (~10 cycles a call
+/// here), a cost of this harness, not of the query.
 template <typename T>
 inline void keep(const T& v) noexcept {
   asm volatile("" : : "r,m"(v) : "memory");
@@ -240,7 +246,11 @@ bool pin_to(int cpu) {
 }
 
 /// Writes Dimmer values round-robin over the home's dimmers, paced at `rate` per second (0: flat
-/// out), until stopped.
+/// out), until stopped. Pacing: batches of kBatch writes on an absolute schedule
+/// (clock_nanosleep TIMER_ABSTIME on CLOCK_MONOTONIC, timer slack 1 ns), so oversleeping one batch
+/// is made up by the next sleep, not accumulated. A writer that falls more than kMaxLag behind (it
+/// was descheduled) restarts the schedule from now instead of catching up in a flat-out burst: the
+/// reader sees at most the paced rate, and the achieved rate says how much was lost.
 class Writer {
  public:
   Writer(Home& home, double rate, int cpu) : home_(home), rate_(rate), cpu_(cpu) {
@@ -256,13 +266,19 @@ class Writer {
   [[nodiscard]] double achieved_rate() const {
     return static_cast<double>(written_) / (static_cast<double>(end_ns_ - start_ns_) / 1e9);
   }
+  /// Times the paced schedule was restarted because the writer had fallen behind.
+  [[nodiscard]] std::uint64_t resyncs() const { return resyncs_; }
 
  private:
+  static constexpr std::uint64_t kBatch = 250;             // 250 µs of schedule at 1M/s
+  static constexpr std::int64_t kMaxLag = 2'000'000;       // ns
+
   void run() {
     if (cpu_ >= 0) pin_to(cpu_);
+    ::prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);  // the default 50 µs would stretch every sleep
     std::size_t k = 0;
     double x = 0.0;
-    constexpr std::uint64_t kBatch = 1000;
+    const auto period = rate_ > 0 ? static_cast<std::int64_t>(1e9 * static_cast<double>(kBatch) / rate_) : 0;
     start_ns_ = now_ns();
     started_.store(true, std::memory_order_release);
     std::int64_t next = start_ns_;
@@ -274,10 +290,18 @@ class Writer {
         (void)home_.devices[d].writer->set(e, C::Dimmer, ipc::Value{x});
       }
       written_ += kBatch;
-      if (rate_ > 0) {
-        next += static_cast<std::int64_t>(1e9 * static_cast<double>(kBatch) / rate_);
-        const std::int64_t wait = next - now_ns();
-        if (wait > 0) std::this_thread::sleep_for(std::chrono::nanoseconds(wait));
+      if (period == 0) continue;
+      next += period;
+      const std::int64_t now = now_ns();
+      if (now - next > kMaxLag) {
+        next = now;
+        ++resyncs_;
+        continue;
+      }
+      if (next > now) {
+        const timespec ts{.tv_sec = static_cast<time_t>(next / 1'000'000'000), .tv_nsec = static_cast<long>(next % 1'000'000'000)};
+        while (::clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, nullptr) == EINTR) {
+        }
       }
     }
     end_ns_ = now_ns();
@@ -287,7 +311,7 @@ class Writer {
   double rate_;
   int cpu_;
   std::atomic<bool> started_{false}, stop_{false};
-  std::uint64_t written_ = 0;
+  std::uint64_t written_ = 0, resyncs_ = 0;
   std::int64_t start_ns_ = 0, end_ns_ = 0;
   std::thread thread_;
 };
@@ -305,17 +329,21 @@ Query avg_dimmer_of_lights(std::vector<Scope> scopes) {
 
 struct Row {
   std::string name;
-  std::size_t devices = 0, entities = 0, chunks = 0;
+  std::size_t devices = 0, entities = 0, chunks = 0, words = 0;
   double ns = 0;
   std::optional<double> baseline_ns;
+  /// The devices' tree slots the query covers (64 per chunk, every device at least one chunk).
   [[nodiscard]] double slots_per_s() const { return static_cast<double>(chunks) * 64 / (ns * 1e-9); }
+  /// The packed home slots the engine scans (64 per HomeSlots word).
+  [[nodiscard]] double home_slots_per_s() const { return static_cast<double>(words) * 64 / (ns * 1e-9); }
   [[nodiscard]] double entities_per_s() const { return static_cast<double>(entities) / (ns * 1e-9); }
 };
 
 struct Target {
   std::string what;
   double measured, target;
-  [[nodiscard]] bool pass() const { return measured >= target; }
+  std::string invalid;  // why the run cannot decide this target ("" if it can)
+  [[nodiscard]] bool pass() const { return invalid.empty() && measured >= target; }
 };
 
 }  // namespace
@@ -328,6 +356,9 @@ CLI::App* add_query_subcommand(CLI::App& app, QueryBenchConfig& cfg) {
   cmd->add_option("--writer-rate", cfg.writer_rate, "paced writer: Dimmer updates per second")->capture_default_str();
   cmd->add_option("--json", cfg.json_path, "also write the results as JSON to this file");
   cmd->add_flag("--quick", cfg.quick, "few, short repetitions: a smoke run");
+  cmd->add_option("--only", cfg.only, "run only these queries (group_avg_dimmer_lights, device_avg_dimmer_lights, "
+                                      "global_avg_dimmer_lights; the writer runs belong to the global one)")
+      ->delimiter(',');
   cmd->add_flag("!--no-pin", cfg.pin, "do not pin the query thread and the writer to CPUs");
   return cmd;
 }
@@ -343,14 +374,14 @@ int run_query_bench(const QueryBenchConfig& cfg_in) {
   const int writer_cpu = pinned ? 1 : -1;
   std::printf("floe-bench query: %d repetitions of ~%.0f ms per figure, median; query thread %s\n", cfg.repetitions,
               cfg.repetition_ms, pinned ? "on CPU 0, writer on CPU 1" : "not pinned");
-  std::printf("%-28s %8s %8s %7s %12s %12s %12s %12s %8s\n", "query", "devices", "entities", "chunks", "ns/query",
-              "slots/s", "entities/s", "baseline ns", "speedup");
+  std::printf("%-28s %8s %8s %7s %6s %12s %12s %12s %12s %12s %8s\n", "query", "devices", "entities", "chunks", "words",
+              "ns/query", "slots/s", "home slots/s", "entities/s", "baseline ns", "speedup");
 
   std::vector<Row> rows;
   std::vector<Target> targets;
   const auto print = [](const Row& r) {
-    std::printf("%-28s %8zu %8zu %7zu %12.1f %12.3g %12.3g %12s %8s\n", r.name.c_str(), r.devices, r.entities, r.chunks,
-                r.ns, r.slots_per_s(), r.entities_per_s(),
+    std::printf("%-28s %8zu %8zu %7zu %6zu %12.1f %12.3g %12.3g %12.3g %12s %8s\n", r.name.c_str(), r.devices, r.entities,
+                r.chunks, r.words, r.ns, r.slots_per_s(), r.home_slots_per_s(), r.entities_per_s(),
                 r.baseline_ns ? fmt::format("{:.1f}", *r.baseline_ns).c_str() : "-",
                 r.baseline_ns ? fmt::format("{:.2f}x", *r.baseline_ns / r.ns).c_str() : "-");
     std::fflush(stdout);
@@ -400,30 +431,35 @@ int run_query_bench(const QueryBenchConfig& cfg_in) {
     }
     for (std::size_t ci = 0; ci < cases.size(); ++ci) {
       const Case& c = cases[ci];
+      if (!cfg.only.empty() && std::find(cfg.only.begin(), cfg.only.end(), c.name) == cfg.only.end()) continue;
       const core::BoundQuery* const bq = &bound[ci];
-      Row r{.name = c.name, .devices = n, .entities = c.entities, .chunks = c.chunks, .ns = 0, .baseline_ns = {}};
-      r.ns = ns_per_call([&] { keep(core::evaluate(*bq, *snap).number); }, cfg.repetitions, cfg.repetition_ms);
+      const std::size_t words = bq->whole_home ? snap->home().slots.word_count : bq->scope_words.size();
+      Row r{.name = c.name, .devices = n, .entities = c.entities, .chunks = c.chunks, .words = words, .ns = 0, .baseline_ns = {}};
+      r.ns = ns_per_call([&] { keep(core::evaluate(*bq, *snap).number.value_or(0.0)); }, cfg.repetitions, cfg.repetition_ms);
       r.baseline_ns = ns_per_call([&] { keep(c.baseline()); }, cfg.repetitions, cfg.repetition_ms);
       print(r);
       rows.push_back(r);
       if (c.name == "global_avg_dimmer_lights") {
-        if (n == 100) targets.push_back({"global avg speed-up over the old layout, 100 devices", *r.baseline_ns / r.ns, 6.0});
-        if (n == 10'000) targets.push_back({"entity slots/s on one thread, 10,000 devices", r.slots_per_s(), 5e9});
+        if (n == 100) targets.push_back({"global avg speed-up over the old layout, 100 devices", *r.baseline_ns / r.ns, 6.0, ""});
+        if (n == 10'000) targets.push_back({"entity slots/s on one thread, 10,000 devices", r.slots_per_s(), 5e9, ""});
         // With a concurrent writer (paced, then unthrottled).
         for (const bool paced : {true, false}) {
           Writer w(*home, paced ? cfg.writer_rate : 0, writer_cpu);
           Row wr = r;
           wr.name = paced ? "global_avg_with_writer_paced" : "global_avg_with_writer_flat_out";
           wr.baseline_ns.reset();
-          wr.ns = ns_per_call([&] { keep(core::evaluate(*bq, *snap).number); }, cfg.repetitions, cfg.repetition_ms);
+          wr.ns = ns_per_call([&] { keep(core::evaluate(*bq, *snap).number.value_or(0.0)); }, cfg.repetitions, cfg.repetition_ms);
           w.stop();
           print(wr);
-          std::printf("%-28s writer achieved %.3g updates/s; throughput %.2fx of the writer-free run\n", "",
-                      w.achieved_rate(), r.ns / wr.ns);
+          std::printf("%-28s writer achieved %.3g updates/s (%llu schedule restarts); throughput %.2fx of the writer-free run\n", "",
+                      w.achieved_rate(), static_cast<unsigned long long>(w.resyncs()), r.ns / wr.ns);
           rows.push_back(wr);
           if (paced && n == 10'000) {
+            // A starved writer (CPU 1 busy with other work) makes the ratio meaningless: say so.
+            const double got = w.achieved_rate();
             targets.push_back({fmt::format("throughput with a {:.3g}/s writer vs without, 10,000 devices", cfg.writer_rate),
-                               r.ns / wr.ns, 0.85});
+                               r.ns / wr.ns, 0.85,
+                               got < 0.9 * cfg.writer_rate ? fmt::format("writer reached only {:.3g}/s", got) : ""});
           }
         }
       }
@@ -433,7 +469,7 @@ int run_query_bench(const QueryBenchConfig& cfg_in) {
   std::printf("\ntargets (DESIGN.md, ratios from this run):\n");
   for (const Target& t : targets) {
     std::printf("  %-70s measured %-10.3g target >= %-8.3g %s\n", t.what.c_str(), t.measured, t.target,
-                t.pass() ? "PASS" : "MISS");
+                !t.invalid.empty() ? fmt::format("NOT MEASURED ({})", t.invalid).c_str() : t.pass() ? "PASS" : "MISS");
   }
 
   if (!cfg.json_path.empty()) {
@@ -445,8 +481,10 @@ int run_query_bench(const QueryBenchConfig& cfg_in) {
                        {"devices", r.devices},
                        {"entities", r.entities},
                        {"chunks", r.chunks},
+                       {"words", r.words},
                        {"ns_per_query", r.ns},
                        {"slots_per_s", r.slots_per_s()},
+                       {"home_slots_per_s", r.home_slots_per_s()},
                        {"entities_per_s", r.entities_per_s()}};
       o["baseline_ns_per_query"] = r.baseline_ns ? nlohmann::json(*r.baseline_ns) : nlohmann::json(nullptr);
       o["speedup"] = r.baseline_ns ? nlohmann::json(*r.baseline_ns / r.ns) : nlohmann::json(nullptr);
@@ -454,7 +492,7 @@ int run_query_bench(const QueryBenchConfig& cfg_in) {
     }
     j["targets"] = nlohmann::json::array();
     for (const Target& t : targets) {
-      j["targets"].push_back({{"what", t.what}, {"measured", t.measured}, {"target", t.target}, {"pass", t.pass()}});
+      j["targets"].push_back({{"what", t.what}, {"measured", t.measured}, {"target", t.target}, {"pass", t.pass()}, {"invalid", t.invalid}});
     }
     std::ofstream(cfg.json_path) << j.dump(2) << "\n";
   }

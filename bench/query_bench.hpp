@@ -15,6 +15,7 @@ struct QueryBenchConfig {
   double repetition_ms = 20;       // target length of one repetition
   double writer_rate = 1e6;        // paced writer: Dimmer updates per second
   std::string json_path;
+  std::vector<std::string> only;   // query names to run (empty: all)
   bool quick = false;
   bool pin = true;
   std::string command;

@@ -258,24 +258,43 @@ void flatten_and(const Filter& f, std::vector<const Filter*>& out) {
   }
 }
 
-// A scope as sorted (global chunk, mask) pairs.
-struct ScopeSet {
-  std::vector<std::uint32_t> chunks;
+// Sorted (index, mask) pairs: global chunks or HomeSlots words.
+struct MaskSet {
+  std::vector<std::uint32_t> at;
   std::vector<std::uint64_t> masks;
+
+  /// ORs `m` into word `i`; `i` must not be below the last word added.
+  void add(std::uint32_t i, std::uint64_t m) {
+    if (!at.empty() && at.back() == i) {
+      masks.back() |= m;
+    } else {
+      at.push_back(i);
+      masks.push_back(m);
+    }
+  }
+  /// Adds the slots first..first+count-1 (ascending, like add).
+  void add_range(std::uint64_t first, std::uint64_t count) {
+    for (std::uint64_t s = first; s < first + count;) {
+      const std::uint64_t bit = s % 64;
+      const std::uint64_t n = std::min<std::uint64_t>(64 - bit, first + count - s);
+      add(static_cast<std::uint32_t>(s / 64), (n == 64 ? ~std::uint64_t{0} : ((std::uint64_t{1} << n) - 1)) << bit);
+      s += n;
+    }
+  }
 };
 
-ScopeSet intersect(const ScopeSet& a, const ScopeSet& b) {
-  ScopeSet r;
+MaskSet intersect(const MaskSet& a, const MaskSet& b) {
+  MaskSet r;
   std::size_t i = 0, j = 0;
-  while (i < a.chunks.size() && j < b.chunks.size()) {
-    if (a.chunks[i] < b.chunks[j]) {
+  while (i < a.at.size() && j < b.at.size()) {
+    if (a.at[i] < b.at[j]) {
       ++i;
-    } else if (b.chunks[j] < a.chunks[i]) {
+    } else if (b.at[j] < a.at[i]) {
       ++j;
     } else {
       const std::uint64_t m = a.masks[i] & b.masks[j];
       if (m != 0) {
-        r.chunks.push_back(a.chunks[i]);
+        r.at.push_back(a.at[i]);
         r.masks.push_back(m);
       }
       ++i;
@@ -285,7 +304,20 @@ ScopeSet intersect(const ScopeSet& a, const ScopeSet& b) {
   return r;
 }
 
+// A scope over the devices' chunks and over the packed home slots.
+struct ScopeSet {
+  MaskSet chunks;
+  MaskSet words;
+};
+
+ScopeSet intersect(const ScopeSet& a, const ScopeSet& b) { return {intersect(a.chunks, b.chunks), intersect(a.words, b.words)}; }
+
 bool has_wildcard(std::string_view s) noexcept { return s.find_first_of("*?") != std::string_view::npos; }
+
+void add_device(ScopeSet& s, const DeviceRecord& d) {
+  for (std::uint32_t c = 0; c < d.chunk_count; ++c) s.chunks.add(d.first_chunk + c, ~std::uint64_t{0});
+  s.words.add_range(d.first_slot, d.entity_count());
+}
 
 Result<ScopeSet> resolve_scope(const Scope& scope, const Snapshot& snap) {
   ScopeSet s;
@@ -293,25 +325,26 @@ Result<ScopeSet> resolve_scope(const Scope& scope, const Snapshot& snap) {
     case Scope::Kind::kDevice: {
       const DeviceRecord* d = snap.device(scope.name);
       if (d == nullptr) return bind_error(fmt::format("no device named '{}'", scope.name));
-      for (std::uint32_t c = 0; c < d->chunk_count; ++c) {
-        s.chunks.push_back(d->first_chunk + c);
-        s.masks.push_back(~std::uint64_t{0});
-      }
+      add_device(s, *d);
       return s;
     }
     case Scope::Kind::kGroup: {
       const GroupRecord* g = snap.group(scope.name);
       if (g == nullptr) return bind_error(fmt::format("no group named '{}'", scope.name));
-      s.chunks = g->chunks;
-      s.masks.assign(g->chunks.size(), ~std::uint64_t{0});
+      // Members are sorted by slot index, which is the order of chunks and home slots.
+      for (DeviceId id : g->devices) {
+        if (const DeviceRecord* d = snap.device(id)) add_device(s, *d);
+      }
       return s;
     }
     case Scope::Kind::kEntityGlob: {
-      std::vector<std::pair<std::uint32_t, std::uint64_t>> bits;
+      std::vector<std::pair<std::uint32_t, std::uint64_t>> chunk_bits;
+      std::vector<std::uint32_t> slots;
       const auto add = [&](const EntityRef& e) {
         const DeviceRecord* d = snap.device(e.device);
         if (d == nullptr) return;
-        bits.emplace_back(d->first_chunk + e.entity / ipc::kTreeChunkSlots, std::uint64_t{1} << (e.entity % 64));
+        chunk_bits.emplace_back(d->first_chunk + e.entity / ipc::kTreeChunkSlots, std::uint64_t{1} << (e.entity % 64));
+        slots.push_back(d->first_slot + e.entity);
       };
       if (!has_wildcard(scope.name)) {
         const auto e = snap.entity(scope.name);
@@ -324,15 +357,10 @@ Result<ScopeSet> resolve_scope(const Scope& scope, const Snapshot& snap) {
           }
         }
       }
-      std::sort(bits.begin(), bits.end());
-      for (const auto& [g, m] : bits) {
-        if (!s.chunks.empty() && s.chunks.back() == g) {
-          s.masks.back() |= m;
-        } else {
-          s.chunks.push_back(g);
-          s.masks.push_back(m);
-        }
-      }
+      std::sort(chunk_bits.begin(), chunk_bits.end());
+      for (const auto& [g, m] : chunk_bits) s.chunks.add(g, m);
+      std::sort(slots.begin(), slots.end());
+      for (std::uint32_t slot : slots) s.words.add(slot / 64, std::uint64_t{1} << (slot % 64));
       return s;
     }
   }
@@ -519,8 +547,10 @@ Result<BoundQuery> bind(const Query& q, const Snapshot& snap, const BindOptions&
       if (!s) return tl::unexpected(std::move(s).error());
       acc = acc ? intersect(*acc, *s) : std::move(*s);
     }
-    b.scope_chunks = std::move(acc->chunks);
-    b.scope_masks = std::move(acc->masks);
+    b.scope_chunks = std::move(acc->chunks.at);
+    b.scope_masks = std::move(acc->chunks.masks);
+    b.scope_words = std::move(acc->words.at);
+    b.scope_word_masks = std::move(acc->words.masks);
   }
   return b;
 }

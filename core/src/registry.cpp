@@ -243,6 +243,62 @@ std::size_t Registry::collect_locked() {
   return retired_.size();
 }
 
+namespace {
+
+/// ORs `bits` (64 slots starting at home slot `slot`) into the packed words `words`.
+void splice(std::vector<std::uint64_t>& words, std::uint64_t slot, std::uint64_t bits) noexcept {
+  const std::size_t w = slot / 64;
+  const unsigned shift = static_cast<unsigned>(slot % 64);
+  words[w] |= bits << shift;
+  // The high part is non-zero only for real entities (the reader checked occupied against the
+  // entity count, and presence against occupied), whose slots exist; the bound check is defence.
+  if (shift != 0 && (bits >> (64 - shift)) != 0 && w + 1 < words.size()) words[w + 1] |= bits >> (64 - shift);
+}
+
+/// The packed slot index (HomeSlots) from the devices' validated local indexes.
+void build_slots(Snapshot& s, HomeIndex& h, const std::array<bool, ipc::kMaxComponentId + 1>& used,
+                 const std::array<bool, ipc::kMaxComponentId + 1>& valued, std::uint32_t slot_count) {
+  HomeSlots& hs = h.slots;
+  hs.slot_count = slot_count;
+  hs.word_count = (slot_count + 63) / 64;
+  const std::size_t padded = std::size_t{hs.word_count} * 64;
+  hs.occupied.assign(hs.word_count, 0);
+  hs.online.assign(hs.word_count, 0);
+  hs.slot_device.assign(slot_count, 0);
+  hs.slot_entity.assign(slot_count, 0);
+  for (std::size_t id = 0; id < used.size(); ++id) {
+    if (!used[id]) continue;
+    hs.columns[id].presence.assign(hs.word_count, 0);
+    if (valued[id]) hs.columns[id].values.assign(padded, nullptr);
+  }
+  for (std::uint32_t pos = 0; pos < s.devices().size(); ++pos) {
+    const DeviceRecord& d = s.devices()[pos];
+    for (std::uint32_t e = 0; e < d.entity_count(); ++e) {
+      hs.slot_device[d.first_slot + e] = pos;
+      hs.slot_entity[d.first_slot + e] = e;
+    }
+    const auto views = d.reader().chunks();
+    for (std::uint32_t local = 0; local < views.size(); ++local) {
+      const std::uint64_t base = std::uint64_t{d.first_slot} + std::uint64_t{local} * ipc::kTreeChunkSlots;
+      splice(hs.occupied, base, views[local].occupied);
+      if (d.online) splice(hs.online, base, views[local].occupied);
+      for (const ipc::TreeColumnView& col : views[local].columns) {
+        if (ipc::find_component(col.component) == nullptr) continue;
+        SlotColumn& sc = hs.columns[ipc::to_id(col.component)];
+        splice(sc.presence, base, col.presence);
+        if (sc.values.empty() || col.values == nullptr) continue;
+        for (std::uint64_t m = col.presence; m != 0; m &= m - 1) {
+          const int bit = std::countr_zero(m);
+          const std::uint64_t at = base + static_cast<std::uint64_t>(bit);
+          if (at < sc.values.size()) sc.values[at] = &col.values[bit];
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
 std::unique_ptr<Snapshot> Registry::build() const {
   std::unique_ptr<Snapshot> s(new Snapshot());
   s->version_ = version_;
@@ -250,6 +306,7 @@ std::unique_ptr<Snapshot> Registry::build() const {
   // Devices, in slot order, and their place in the home index.
   s->device_pos_.assign(devices_.size(), -1);
   std::uint32_t chunks = 0;
+  std::uint32_t slots = 0;
   for (std::uint32_t i = 0; i < devices_.size(); ++i) {
     const DeviceSlot& slot = devices_[i];
     if (!slot.live) continue;
@@ -260,8 +317,10 @@ std::unique_ptr<Snapshot> Registry::build() const {
     for (std::uint32_t g : slot.groups) d.groups.push_back({g, groups_[g].generation});
     d.first_chunk = chunks;
     d.chunk_count = static_cast<std::uint32_t>(slot.data->reader->chunks().size());
+    d.first_slot = slots;
     d.data = slot.data;
     chunks += d.chunk_count;
+    slots += d.entity_count();  // <= 4096 per device; a home of 2^32 entities is out of reach
     s->device_pos_[i] = static_cast<std::int32_t>(s->devices_.size());
     s->device_by_name_.emplace(d.name, static_cast<std::uint32_t>(s->devices_.size()));
     s->devices_.push_back(std::move(d));
@@ -310,6 +369,8 @@ std::unique_ptr<Snapshot> Registry::build() const {
       }
     }
   }
+
+  build_slots(*s, h, used, valued, slots);
 
   // Groups.
   s->group_pos_.assign(groups_.size(), -1);

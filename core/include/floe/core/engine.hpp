@@ -8,12 +8,14 @@
 //   required components   presence words AND-ed (the target, `Light`, every compared component)
 //   excluded components   presence words AND-NOT-ed (`without Light`, `not Light`)
 //   a residual program    per-chunk bitset algebra for value comparisons, `or` and complex `not`
-// and the scopes into a list of (global chunk, mask word) pairs (or "the whole home").
+// and the scopes into a list of (slot word, mask) pairs (or "the whole home").
 //
-// evaluate() walks the home index's dense arrays: per chunk, the sparsest required presence word
-// first (a zero word skips the chunk), then the others, the live word (see below), the scope mask
-// and the residual; then iterates the set bits (countr_zero, m &= m - 1) and loads each value word
-// relaxed (providers write concurrently; one slot is one atomic word, so reads are never torn).
+// evaluate() walks the packed home (HomeSlots: every entity of the home numbered consecutively,
+// 64 home slots per word, devices sharing words): per word, the sparsest required presence word
+// first (a zero word skips 64 slots), then the others, the live word (see below), the scope mask
+// and the residual; then iterates the set bits (countr_zero, m &= m - 1) and loads each slot's
+// value word through its pointer, relaxed (providers write concurrently; one slot is one atomic
+// word, so reads are never torn).
 //
 // Offline devices: excluded from every action by default (an offline device's values are stale,
 // so they would bias aggregates and a `set` could not reach them). BindOptions::include_offline
@@ -86,8 +88,12 @@ struct BoundQuery {
   std::uint32_t residual_depth = 0;  // stack depth the program needs
 
   bool whole_home = true;
-  std::vector<std::uint32_t> scope_chunks;  // ascending global chunk indices (if !whole_home)
+  // The scope (if !whole_home) twice: over the home's chunks (what watchers index by) and over its
+  // packed slot words (what evaluate() scans).
+  std::vector<std::uint32_t> scope_chunks;  // ascending global chunk indices
   std::vector<std::uint64_t> scope_masks;   // the slots of each scoped chunk
+  std::vector<std::uint32_t> scope_words;   // ascending HomeSlots word indices
+  std::vector<std::uint64_t> scope_word_masks;  // the home slots of each scoped word
 
   std::optional<SetValue> set_value;
 };

@@ -94,6 +94,7 @@ struct DeviceRecord {
   std::vector<GroupId> groups;      // sorted by index
   std::uint32_t first_chunk = 0;    // its chunk 0 in this snapshot's HomeIndex
   std::uint32_t chunk_count = 0;
+  std::uint32_t first_slot = 0;     // its entity 0 in this snapshot's HomeSlots (entity e: first_slot + e)
   std::shared_ptr<const DeviceData> data;
 
   [[nodiscard]] const ipc::TreeReader& reader() const noexcept { return *data->reader; }
@@ -119,8 +120,35 @@ struct HomeColumn {
   std::uint64_t population = 0;  // set bits over the whole home
 };
 
-/// The flattened home: dense arrays over every chunk of every device, in device slot order. A
-/// global query is a loop over these arrays; no per-device indirection.
+/// One component kind over every home slot (see HomeSlots).
+struct SlotColumn {
+  /// presence[w]: which of home slots 64w..64w+63 have the kind. Empty when no entity has it.
+  std::vector<std::uint64_t> presence;
+  /// values[s]: home slot s's value word in its device's tree, or nullptr (absent). word_count x 64
+  /// entries; empty for marker and big kinds.
+  std::vector<const std::atomic<std::uint64_t>*> values;
+};
+
+/// The packed home the query engine scans: every entity of the home has a home slot, device after
+/// device in device slot order with no gaps (device d's entity e is slot d.first_slot + e), so
+/// consecutive devices share 64-slot words — at 1.5 entities per device, 100 devices fill 3 words
+/// where the per-device chunks fill 100. Values stay where the providers write them; a slot's value
+/// word is reached through `values[s]` (one pointer load per match).
+struct HomeSlots {
+  std::uint32_t slot_count = 0;  // entities in the home
+  std::uint32_t word_count = 0;  // ceil(slot_count / 64)
+  std::vector<std::uint64_t> occupied;      // [w] slots that hold an entity
+  std::vector<std::uint64_t> online;        // [w] the occupied slots of online devices
+  std::vector<std::uint32_t> slot_device;   // [s] position of the entity's device in Snapshot::devices()
+  std::vector<ipc::EntityIndex> slot_entity;  // [s] the entity's index in its device's tree
+  std::array<SlotColumn, ipc::kMaxComponentId + 1> columns;  // by component id (known kinds)
+
+  [[nodiscard]] const SlotColumn& column(ipc::Component c) const noexcept { return columns[ipc::to_id(c)]; }
+};
+
+/// The flattened home: dense arrays over every chunk of every device, in device slot order (the
+/// devices' own 64-slot chunks, one chunk at least per device; watchers index by chunk), plus the
+/// packed slot numbering the query engine scans (`slots`).
 struct HomeIndex {
   std::uint32_t chunk_count = 0;
   std::vector<std::uint64_t> occupied;      // [g] slots that hold an entity
@@ -128,6 +156,7 @@ struct HomeIndex {
   std::vector<std::uint32_t> chunk_device;  // [g] position of the device in Snapshot::devices()
   std::vector<std::uint32_t> chunk_local;   // [g] the chunk's number within its device
   std::array<HomeColumn, ipc::kMaxComponentId + 1> columns;  // by component id (known kinds)
+  HomeSlots slots;
 
   [[nodiscard]] const HomeColumn& column(ipc::Component c) const noexcept { return columns[ipc::to_id(c)]; }
 };
