@@ -17,35 +17,6 @@ constexpr std::string_view kOp = "query.bind";
 
 tl::unexpected<Error> bind_error(std::string message) { return logic_error(kOp, message); }
 
-// Local names (to_string(Action) lives with the parser; the engine must not depend on it).
-std::string_view action_name(Action a) noexcept {
-  switch (a) {
-    case Action::kGet: return "get";
-    case Action::kList: return "list";
-    case Action::kCount: return "count";
-    case Action::kSum: return "sum";
-    case Action::kAvg: return "avg";
-    case Action::kMin: return "min";
-    case Action::kMax: return "max";
-    case Action::kAny: return "any";
-    case Action::kAll: return "all";
-    case Action::kSet: return "set";
-  }
-  return "?";
-}
-
-std::string_view op_name(CompareOp op) noexcept {
-  switch (op) {
-    case CompareOp::kEq: return "==";
-    case CompareOp::kNe: return "!=";
-    case CompareOp::kLt: return "<";
-    case CompareOp::kLe: return "<=";
-    case CompareOp::kGt: return ">";
-    case CompareOp::kGe: return ">=";
-  }
-  return "?";
-}
-
 std::string literal_text(const Literal& l) {
   return std::visit(
       [](const auto& v) -> std::string {
@@ -142,7 +113,7 @@ Result<FilterStep> compile_compare(const Filter& f) {
   switch (info.encoding) {
     case ipc::Encoding::kMarker:
       return bind_error(fmt::format("{} is a marker with no value: test its presence (`where {}`), not {} {}",
-                                    info.name, info.name, op_name(f.op), literal_text(f.value)));
+                                    info.name, info.name, to_string(f.op), literal_text(f.value)));
     case ipc::Encoding::kList:
       return bind_error(fmt::format("{} is a list: lists cannot be compared", info.name));
     case ipc::Encoding::kText:
@@ -182,7 +153,7 @@ Result<FilterStep> compile_compare(const Filter& f) {
     case ipc::Encoding::kRgb: {
       if (!equality) {
         return bind_error(fmt::format("{} holds {}: only == and != apply, not {}", info.name,
-                                      ipc::to_string(info.encoding), op_name(f.op)));
+                                      ipc::to_string(info.encoding), to_string(f.op)));
       }
       auto w = literal_word(info, f.value);
       if (!w) return tl::unexpected(std::move(w).error());
@@ -368,7 +339,7 @@ Result<ScopeSet> resolve_scope(const Scope& scope, const Snapshot& snap) {
 }
 
 Status check_target(const Query& q, const ipc::ComponentInfo* target) {
-  const std::string_view act = action_name(q.action);
+  const std::string_view act = to_string(q.action);
   switch (q.action) {
     case Action::kGet:
     case Action::kSum:
