@@ -9,7 +9,9 @@
 #include <algorithm>
 #include <cerrno>
 #include <filesystem>
+#include <chrono>
 #include <list>
+#include <thread>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -135,7 +137,14 @@ Status Daemon::setup() {
   const std::string provider_path = cfg.socket_dir + "/" + std::string(ipc::kProviderSocketName);
   const std::string client_path = cfg.socket_dir + "/" + std::string(ipc::kClientSocketName);
   // Listener::bind replaces a stale socket file; make sure it is stale, not another live core's.
-  if (auto other = ipc::Channel::connect(provider_path); other) {
+  // A core that was just SIGKILLed can still accept for a few milliseconds while the kernel tears
+  // it down, so only a socket that keeps accepting for a second counts as a live core.
+  bool live = true;
+  for (int attempt = 0; attempt < 10 && live; ++attempt) {
+    if (attempt > 0) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    live = ipc::Channel::connect(provider_path).has_value();
+  }
+  if (live) {
     return logic_error("floe-core", fmt::format("another floe-core is already listening on {}", provider_path));
   }
 

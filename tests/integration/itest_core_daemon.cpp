@@ -403,6 +403,25 @@ TEST_F(CoreDaemon, ProviderGrantGetSetCrashReconnectAndShutdown) {
   EXPECT_EQ(stop_core(), 0);
 }
 
+TEST_F(CoreDaemon, ASecondCoreRefusesALiveOneAndReplacesAKilledOneAtOnce) {
+  start_core();
+  // A second core on the same directory must not steal the sockets of a live one.
+  auto second = test::spawn_child("core", {sock_dir_}, {});
+  ASSERT_TRUE(second) << second.error().to_string();
+  EXPECT_NE(second->wait(30s), 0);
+  ASSERT_TRUE(static_cast<bool>(ipc::Channel::connect(sock_dir_ + "/client.sock")));
+
+  // After SIGKILL the old sockets are stale: a new core starts at once, with no waiting by the
+  // caller, even while the kernel may still be tearing the old listener down.
+  core_->kill(SIGKILL);
+  EXPECT_EQ(core_->wait(30s), 128 + SIGKILL);
+  core_.reset();
+  start_core();
+  Client c(sock_dir_);
+  EXPECT_TRUE(c.hello());
+  EXPECT_EQ(stop_core(), 0);
+}
+
 }  // namespace
 }  // namespace floe::core
 
