@@ -1,6 +1,7 @@
 // floe-core: the main loop (sockets, provider sessions, signals), device lifecycle, persistence.
 #include "floe/core/daemon.hpp"
 
+#include <poll.h>
 #include <signal.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
@@ -123,6 +124,27 @@ class Daemon {
 
 Daemon::~Daemon() { shutdown(); }
 
+namespace {
+
+// True if a floe-core answers a client Hello on `client_path` within two seconds (any answer,
+// even a refusal, proves a live core; a reset, EOF or silence proves a stale socket).
+bool core_answers(const std::string& client_path) {
+  auto channel = ipc::Channel::connect(client_path);
+  if (!channel) return false;
+  proto::ClientRequest hello;
+  hello.set_id(1);
+  hello.mutable_hello()->set_protocol_version(ipc::kProtocolVersion);
+  hello.mutable_hello()->set_peer_name("floe-core-probe");
+  hello.mutable_hello()->set_role(proto::PEER_ROLE_CLIENT);
+  if (!channel->send(hello)) return false;
+  pollfd pfd{channel->fd(), POLLIN, 0};
+  if (::poll(&pfd, 1, 2000) <= 0) return false;
+  proto::ClientResponse answer;
+  return channel->receive(answer).has_value();
+}
+
+}  // namespace
+
 Status Daemon::setup() {
   const Config& cfg = core_.config;
   std::error_code ec;
@@ -137,15 +159,18 @@ Status Daemon::setup() {
   const std::string provider_path = cfg.socket_dir + "/" + std::string(ipc::kProviderSocketName);
   const std::string client_path = cfg.socket_dir + "/" + std::string(ipc::kClientSocketName);
   // Listener::bind replaces a stale socket file; make sure it is stale, not another live core's.
-  // A core that was just SIGKILLed can still accept for a few milliseconds while the kernel tears
-  // it down, so only a socket that keeps accepting for a second counts as a live core.
-  bool live = true;
-  for (int attempt = 0; attempt < 10 && live; ++attempt) {
-    if (attempt > 0) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    live = ipc::Channel::connect(provider_path).has_value();
-  }
+  // Connecting is not proof of life: a SIGKILLed core's listener can keep accepting into its
+  // backlog until the kernel finishes tearing down its io_uring, which takes longer under load.
+  // Only a core that answers a Hello is live.
+  const bool live = core_answers(client_path);
   if (live) {
     return logic_error("floe-core", fmt::format("another floe-core is already listening on {}", provider_path));
+  }
+  // Stale: remove the old socket files ourselves, since a dying listener may still accept and
+  // Listener::bind would take that for a live process.
+  for (const std::string& path : {provider_path, client_path}) {
+    struct stat st {};
+    if (::lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) ::unlink(path.c_str());
   }
 
   sigset_t set;
