@@ -109,7 +109,10 @@ TEST(RegistryStress, ReadersSeeOnlyWholeSnapshotsWhileAWriterChurnsAndMemoryIsRe
     const auto reader = [&](std::size_t idx) {
       std::mt19937_64 rng(idx);
       std::uint64_t last_version = 0;
-      while (!stop.load(std::memory_order_relaxed)) {
+      // One more pass after `stop`, so every reader checks at least one snapshot however the
+      // scheduler treated it.
+      for (bool last = false; !last;) {
+        last = stop.load(std::memory_order_acquire);
         auto s = reg.snapshot();
         if (s->version() < last_version) {
           failures[idx] = "snapshot versions went backwards";

@@ -39,12 +39,13 @@ TEST(SeqlockStress, ReadersNeverObserveATornValue) {
   const std::uint64_t writes = test::scaled(2'000'000, 20'000);
   std::atomic<bool> done{false};
   std::atomic<std::uint64_t> torn{0}, reads{0}, stuck{0};
+  std::atomic<int> running{0};
 
   std::vector<std::thread> readers;
   for (int r = 0; r < 2; ++r) {
     readers.emplace_back([&] {
       Wide out{};
-      while (!done.load(std::memory_order_acquire)) {
+      auto read_once = [&] {
         const SeqlockRead res = lock.load(out);
         if (res == SeqlockRead::kOk) {
           reads.fetch_add(1, std::memory_order_relaxed);
@@ -52,9 +53,13 @@ TEST(SeqlockStress, ReadersNeverObserveATornValue) {
         } else if (res == SeqlockRead::kWriterStuck) {
           stuck.fetch_add(1, std::memory_order_relaxed);
         }
-      }
+      };
+      running.fetch_add(1, std::memory_order_release);
+      while (!done.load(std::memory_order_acquire)) read_once();
+      read_once();  // the writer is quiet now; on a loaded machine it may have finished before us
     });
   }
+  while (running.load(std::memory_order_acquire) < 2) std::this_thread::yield();
   for (std::uint64_t i = 1; i <= writes; ++i) lock.store(Wide::from(i));
   done.store(true, std::memory_order_release);
   for (auto& t : readers) t.join();
@@ -79,12 +84,12 @@ TEST(SeqlockStress, SharedMappingBlobNeverTears) {
   auto* blob = static_cast<std::byte*>(mem) + 64;
 
   const std::uint64_t writes = test::scaled(500'000, 5'000);
-  std::atomic<bool> done{false};
+  std::atomic<bool> started{false}, done{false};
   std::atomic<std::uint64_t> torn{0}, ok{0};
+  std::uint64_t final_value = 0;
   std::thread reader([&] {
     alignas(8) std::array<std::uint64_t, kBlob / 8> copy{};
-    while (!done.load(std::memory_order_acquire)) {
-      if (word->read([&] { seqlock_copy_out(copy.data(), blob, kBlob); }) != SeqlockRead::kOk) continue;
+    auto check = [&] {
       ok.fetch_add(1, std::memory_order_relaxed);
       for (auto v : copy) {
         if (v != copy[0]) {
@@ -92,8 +97,19 @@ TEST(SeqlockStress, SharedMappingBlobNeverTears) {
           break;
         }
       }
+    };
+    started.store(true, std::memory_order_release);
+    while (!done.load(std::memory_order_acquire)) {
+      if (word->read([&] { seqlock_copy_out(copy.data(), blob, kBlob); }) == SeqlockRead::kOk) check();
+    }
+    // The writer has finished: a read must now succeed and see the last value. (On a loaded
+    // machine the writer can finish before this thread is scheduled, so concurrent reads may be few.)
+    if (word->read([&] { seqlock_copy_out(copy.data(), blob, kBlob); }) == SeqlockRead::kOk) {
+      check();
+      final_value = copy[0];
     }
   });
+  while (!started.load(std::memory_order_acquire)) std::this_thread::yield();
   alignas(8) std::array<std::uint64_t, kBlob / 8> value{};
   for (std::uint64_t i = 1; i <= writes; ++i) {
     value.fill(i);
@@ -105,6 +121,7 @@ TEST(SeqlockStress, SharedMappingBlobNeverTears) {
   reader.join();
   EXPECT_EQ(torn.load(), 0U);
   EXPECT_GT(ok.load(), 0U);
+  EXPECT_EQ(final_value, writes);
   ::munmap(mem, 4096);
 }
 
