@@ -22,6 +22,7 @@
 #include "floe/ipc/ring.hpp"
 #include "support/child_process.hpp"
 #include "support/environment.hpp"
+#include "support/watchdog.hpp"
 
 namespace floe::ipc {
 namespace {
@@ -181,36 +182,6 @@ FLOE_CHILD_ROLE(ring_peer) {
 // Parent
 
 /// Kills `pid` and aborts unless destroyed within `limit` (a lost wakeup hangs a wait()).
-class Watchdog {
- public:
-  Watchdog(std::chrono::seconds limit, pid_t pid, std::function<std::string()> describe)
-      : thread_([this, limit, pid, describe = std::move(describe)] {
-          std::unique_lock lock(mutex_);
-          if (!cv_.wait_for(lock, limit, [this] { return done_; })) {
-            std::fprintf(stderr, "watchdog: no progress within %lld s: %s\n", static_cast<long long>(limit.count()),
-                         describe().c_str());
-            if (pid > 0) ::kill(pid, SIGKILL);
-            std::abort();
-          }
-        }) {}
-  ~Watchdog() {
-    {
-      std::lock_guard lock(mutex_);
-      done_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
-  }
-  Watchdog(const Watchdog&) = delete;
-  Watchdog& operator=(const Watchdog&) = delete;
-
- private:
-  std::mutex mutex_;
-  std::condition_variable cv_;
-  bool done_ = false;
-  std::thread thread_;
-};
-
 std::string describe(const RingHeader& h) {
   return "tail " + std::to_string(h.tail.load()) + " head " + std::to_string(h.head.load()) + " sleeping " +
          std::to_string(h.consumer_sleeping.load()) + " signals " + std::to_string(h.notifications_sent.load());
@@ -254,10 +225,10 @@ TEST_P(RingStreamAcrossProcesses, StreamsBothWaysAndPingPongsIntact) {
   const int fds[] = {share->get(), efd_a->get(), efd_b->get()};
   ASSERT_TRUE(channel.send(std::as_bytes(std::span(&params, 1)), fds));
 
-  Watchdog watchdog(120s, child->pid(), [&] {
+  test::Watchdog watchdog(120s, [&] {
     return std::string(to_string(mode)) + ": ring A " + describe(producer->header()) + "; ring B " +
            describe(consumer->header());
-  });
+  }, child->pid());
 
   send_stream(*producer, records, 0xA);
   EXPECT_EQ(receive_stream(*consumer, records, 0xB), "");

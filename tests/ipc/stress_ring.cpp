@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "support/environment.hpp"
+#include "support/watchdog.hpp"
 
 namespace floe::ipc {
 namespace {
@@ -27,35 +28,6 @@ namespace {
 using namespace std::chrono_literals;
 
 /// Aborts the process (with `describe()` on stderr) unless destroyed within `limit`.
-class Watchdog {
- public:
-  Watchdog(std::chrono::seconds limit, std::function<std::string()> describe)
-      : thread_([this, limit, describe = std::move(describe)] {
-          std::unique_lock lock(mutex_);
-          if (!cv_.wait_for(lock, limit, [this] { return done_; })) {
-            std::fprintf(stderr, "watchdog: no progress within %lld s (lost wakeup or hang): %s\n",
-                         static_cast<long long>(limit.count()), describe().c_str());
-            std::abort();
-          }
-        }) {}
-  ~Watchdog() {
-    {
-      std::lock_guard lock(mutex_);
-      done_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
-  }
-  Watchdog(const Watchdog&) = delete;
-  Watchdog& operator=(const Watchdog&) = delete;
-
- private:
-  std::mutex mutex_;
-  std::condition_variable cv_;
-  bool done_ = false;
-  std::thread thread_;
-};
-
 class RingMemory {
  public:
   explicit RingMemory(std::size_t capacity)
@@ -198,7 +170,7 @@ TEST_P(RingStress, RandomSizesBatchesAndPausesArriveInOrderAndIntact) {
   auto consumer = RingConsumer::attach(memory.span(), efd->get());
   ASSERT_TRUE(producer.has_value() && consumer.has_value());
 
-  Watchdog watchdog(120s, [&] { return std::string(to_string(mode)) + ": " + describe(memory.header()); });
+  test::Watchdog watchdog(120s, [&] { return std::string(to_string(mode)) + ": " + describe(memory.header()); });
   std::atomic<bool> stop{false};
   std::thread producer_thread([&] { produce(*producer, total, 1, stop); });
   const StreamResult r = consume(*consumer, total, 2, stop);
@@ -243,7 +215,7 @@ TEST_P(RingHandoff, SingleRecordsHandedOverOneAtATimeNeverLoseAWakeup) {
   auto producer = RingProducer::attach(memory.span(), efd->get());
   auto consumer = RingConsumer::attach(memory.span(), efd->get());
   ASSERT_TRUE(producer.has_value() && consumer.has_value());
-  Watchdog watchdog(120s, [&] { return std::string(to_string(mode)) + ": " + describe(memory.header()); });
+  test::Watchdog watchdog(120s, [&] { return std::string(to_string(mode)) + ": " + describe(memory.header()); });
 
   std::thread producer_thread([&] {
     std::mt19937_64 rng(7);
@@ -287,7 +259,7 @@ std::uint64_t stream_to_busy_consumer(NotifyMode mode, std::uint64_t total, cons
   auto consumer = RingConsumer::attach(memory.span(), efd);
   EXPECT_TRUE(producer.has_value() && consumer.has_value());
   header_out = &memory.header();
-  Watchdog watchdog(120s, [&] { return describe(memory.header()); });
+  test::Watchdog watchdog(120s, [&] { return describe(memory.header()); });
   std::thread producer_thread([&] {
     std::array<std::byte, 64> payload{};
     for (std::uint64_t seq = 0; seq < total; ++seq) {
@@ -351,7 +323,7 @@ TEST(RingStressWakeup, EventLoopStyleConsumerGetsExactlyOneEventfdCountPerSignal
   auto producer = RingProducer::attach(memory.span(), efd->get());
   auto consumer = RingConsumer::attach(memory.span(), efd->get());
   ASSERT_TRUE(producer.has_value() && consumer.has_value());
-  Watchdog watchdog(120s, [&] { return describe(memory.header()); });
+  test::Watchdog watchdog(120s, [&] { return describe(memory.header()); });
 
   std::thread producer_thread([&] {
     std::mt19937_64 rng(3);
