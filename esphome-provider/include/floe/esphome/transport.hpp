@@ -47,7 +47,11 @@ class Transport {
 
   virtual ~Transport();
 
-  static std::unique_ptr<Transport> plaintext();
+  /// Which end of the connection; only changes the wording of errors and what a plaintext server
+  /// sends a Noise client before closing (firmware's "\x00Bad indicator byte").
+  enum class Side { kClient, kServer };
+
+  static std::unique_ptr<Transport> plaintext(Side side = Side::kClient);
   /// `psk`: the 32 bytes of the device's base64 `api: encryption: key:` (see decode_psk).
   static std::unique_ptr<Transport> noise_client(Psk psk);
   /// `node_name` and `mac` (12 lowercase hex digits, as firmware sends it) go into the server hello.
