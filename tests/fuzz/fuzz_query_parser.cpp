@@ -1,10 +1,5 @@
-// libFuzzer entry point for the query parser and printer. Not built by the default CMake build
-// (tests/CMakeLists.txt only globs test_/stress_/itest_ files); build by hand with clang:
-//
-//   clang++ -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined \
-//     -Icore/include -Iipc/include tests/fuzz/fuzz_query_parser.cpp \
-//     core/src/query.cpp core/src/query_parser.cpp -o fuzz_query_parser
-//   ./fuzz_query_parser -max_len=512 -dict=tests/fuzz/query_parser.dict tests/fuzz/corpus/query_parser
+// libFuzzer entry point for the query parser and printer. Built in the fuzzer build and run by
+// `scripts/fuzz query_parser` (seeds: tests/fuzz/corpus/query_parser, dictionary query_parser.dict).
 //
 // The same invariants as tests/core/test_query_fuzz.cpp: errors point inside the input and say
 // something; a success prints canonical text that parses back to the same query and prints the same.
