@@ -2,6 +2,7 @@
 // snapshot right here; sets go to the device's shard and wait for the provider's answer.
 #include <poll.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 
@@ -129,6 +130,7 @@ Result<std::variant<std::uint64_t, std::string>> parse_set_value(ipc::Component 
 ClientSession::ClientSession(Core& core, ipc::Channel channel, ipc::PeerCredentials peer, int stop_fd)
     : core_(core), channel_(std::move(channel)), peer_(peer), stop_fd_(stop_fd) {
   if (auto efd = ipc::make_eventfd(true)) outbox_fd_ = std::move(*efd);
+  if (auto efd = ipc::make_eventfd(true)) answers_fd_ = std::move(*efd);
 }
 
 ClientSession::~ClientSession() { join(); }
@@ -366,17 +368,42 @@ std::vector<Outcome> ClientSession::execute(const std::vector<SetTask>& tasks, s
   std::vector<std::future<Outcome>> futures;
   futures.reserve(tasks.size());
   for (const auto& t : tasks) {
-    futures.push_back(core_.pending.add(t.request_id, t.device));
+    futures.push_back(core_.pending.add(t.request_id, t.device, answers_fd_.get()));
     core_.shard_of(t.device).submit(t);
   }
+  // Wait for the answers while still sending this client's watch events (the outbox), so a
+  // watcher sees changes that happen while its own set is pending.
   const auto deadline = std::chrono::steady_clock::now() + timeout;
+  auto all_ready = [&] {
+    return std::all_of(futures.begin(), futures.end(), [](const std::future<Outcome>& f) {
+      return f.wait_for(std::chrono::seconds(0)) == std::future_status::ready;
+    });
+  };
+  while (!closing_ && !all_ready()) {
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) break;
+    pollfd fds[3] = {{answers_fd_.get(), POLLIN, 0}, {outbox_fd_.get(), POLLIN, 0}, {stop_fd_, POLLIN, 0}};
+    const int n = ::poll(fds, 3, static_cast<int>(std::min<std::int64_t>(left.count(), 60'000)));
+    if (n < 0 && errno != EINTR) break;
+    if (fds[2].revents != 0) break;  // shutting down: fail_all completes the futures
+    if (fds[0].revents != 0) (void)ipc::eventfd_drain(answers_fd_.get());
+    if (fds[1].revents != 0) {
+      (void)ipc::eventfd_drain(outbox_fd_.get());
+      flush_outbox();
+    }
+  }
   std::vector<Outcome> out;
   for (std::size_t i = 0; i < tasks.size(); ++i) {
-    if (futures[i].wait_until(deadline) == std::future_status::ready) {
+    if (futures[i].wait_for(std::chrono::seconds(0)) == std::future_status::ready) {
       out.push_back(futures[i].get());
     } else {
       core_.pending.forget(tasks[i].request_id);
-      out.push_back({proto::ERROR_CODE_TIMEOUT, fmt::format("the provider did not answer within {} ms", timeout.count())});
+      // It may have completed between the check and forget(); then its answer is the truth.
+      if (futures[i].wait_for(std::chrono::seconds(0)) == std::future_status::ready) {
+        out.push_back(futures[i].get());
+      } else {
+        out.push_back({proto::ERROR_CODE_TIMEOUT, fmt::format("the provider did not answer within {} ms", timeout.count())});
+      }
     }
   }
   return out;

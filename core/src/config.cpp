@@ -76,6 +76,10 @@ Result<Config> parse_config(std::string_view text, std::string_view origin) {
       auto v = get_int<std::int64_t>(node, origin, key, 1, 3'600'000);
       if (!v) return tl::unexpected(v.error());
       cfg.request_timeout = std::chrono::milliseconds(*v);
+    } else if (key == "provider_timeout_ms") {
+      auto v = get_int<std::int64_t>(node, origin, key, 50, 3'600'000);
+      if (!v) return tl::unexpected(v.error());
+      cfg.provider_timeout = std::chrono::milliseconds(*v);
     } else if (key == "allowed_uids") {
       const toml::array* arr = node.as_array();
       if (arr == nullptr) return key_error(origin, key, "expected an array of uids");
@@ -117,12 +121,12 @@ Result<Config> parse_config(std::string_view text, std::string_view origin) {
           auto v = get_string(rn, origin, full);
           if (!v) return tl::unexpected(v.error());
           auto m = ipc::parse_notify_mode(*v);
-          // The core's shard loops block on the rx eventfd; futex/spin/poll consumers would need a
-          // thread of their own per ring, which the shard design does not have.
-          if (!m || *m != ipc::NotifyMode::kEventfd) {
-            return key_error(origin, full, fmt::format("'{}' is not supported (only \"eventfd\")", *v));
-          }
+          if (!m) return key_error(origin, full, fmt::format("'{}' is not one of eventfd, futex, spin, poll", *v));
           cfg.notify = *m;
+        } else if (rk.str() == "poll_interval_us") {
+          auto v = get_int<std::int64_t>(rn, origin, full, 10, 1'000'000);
+          if (!v) return tl::unexpected(v.error());
+          cfg.poll_interval = std::chrono::microseconds(*v);
         } else {
           return key_error(origin, full, "unknown key");
         }

@@ -26,6 +26,8 @@ namespace detail {
 namespace {
 
 constexpr std::size_t kMaxDevicesPerProvider = 4096;
+// Envelope ids of the core's own Heartbeats have this bit set; an echo of one is not echoed back.
+constexpr std::uint64_t kProbeIdBit = std::uint64_t{1} << 63;
 
 bool uid_allowed(const Config& cfg, uid_t uid) {
   return std::find(cfg.allowed_uids.begin(), cfg.allowed_uids.end(), uid) != cfg.allowed_uids.end();
@@ -75,6 +77,7 @@ struct Device {
   DeviceId reg;
   std::uint64_t owner = 0;  // provider session id; 0 = offline
   bool ever_attached = false;
+  bool available = true;  // DeviceAvailability: reachable by its provider (reset by each grant)
 };
 
 struct ProviderSession {
@@ -86,6 +89,8 @@ struct ProviderSession {
   bool welcomed = false;
   ipc::WatchId watch = 0;
   std::vector<std::string> devices;
+  std::chrono::steady_clock::time_point last_heard = std::chrono::steady_clock::now();
+  bool probed = false;  // a Heartbeat was sent since the provider was last heard
 };
 
 /// The daemon proper, living on the main thread.
@@ -105,6 +110,8 @@ class Daemon {
   void handle_provider(ProviderSession& s, const proto::Envelope& env, std::vector<ipc::Fd>& fds);
   void add_device(ProviderSession& s, std::uint64_t msg_id, const proto::AddDevice& add);
   void remove_device(ProviderSession& s, std::uint64_t msg_id, const std::string& device_id);
+  void set_availability(ProviderSession& s, std::uint64_t msg_id, const proto::DeviceAvailability& a);
+  void check_provider_liveness();
   void provider_error(ProviderSession& s, std::uint64_t id, proto::ErrorCode code, const std::string& msg, bool fatal);
   void close_provider(std::uint64_t sid, const std::string& why);
   void offline_device(Device& d);
@@ -120,6 +127,7 @@ class Daemon {
   std::map<std::string, std::shared_ptr<Device>, std::less<>> devices_;
   std::list<std::unique_ptr<ClientSession>> clients_;
   bool state_loaded_ = false;  // never overwrite a state file we could not read
+  std::uint64_t next_probe_id_ = kProbeIdBit;
 };
 
 Daemon::~Daemon() { shutdown(); }
@@ -226,6 +234,11 @@ Status Daemon::setup() {
   }
   // Finished client threads are joined now and then.
   if (auto w = loop.add_timer(std::chrono::seconds(1), true, [this] { reap_clients(); }); !w) return tl::unexpected(w.error());
+  // Silent providers are probed at half the timeout and dropped at the timeout; checking four
+  // times per timeout bounds how late that happens.
+  const auto check = std::clamp<std::chrono::milliseconds>(cfg.provider_timeout / 4, std::chrono::milliseconds(10),
+                                                           std::chrono::seconds(1));
+  if (auto w = loop.add_timer(check, true, [this] { check_provider_liveness(); }); !w) return tl::unexpected(w.error());
   spdlog::info("floe-core listening in {} ({} worker threads, state {})", cfg.socket_dir, cfg.worker_threads,
                cfg.state_file);
   return {};
@@ -380,6 +393,8 @@ void Daemon::on_provider_readable(std::uint64_t sid) {
       close_provider(sid, packet.error().code == ECONNRESET ? "disconnected" : packet.error().to_string());
       return;
     }
+    s.last_heard = std::chrono::steady_clock::now();
+    s.probed = false;
     proto::Envelope env;
     if (!env.ParseFromArray(packet->bytes.data(), static_cast<int>(packet->bytes.size()))) {
       provider_error(s, 0, proto::ERROR_CODE_MALFORMED, "packet is not a floe.proto.Envelope", true);
@@ -444,7 +459,9 @@ void Daemon::handle_provider(ProviderSession& s, const proto::Envelope& env, std
   switch (env.body_case()) {
     case proto::Envelope::kAddDevice: add_device(s, env.id(), env.add_device()); break;
     case proto::Envelope::kRemoveDevice: remove_device(s, env.id(), env.remove_device().device_id()); break;
+    case proto::Envelope::kDeviceAvailability: set_availability(s, env.id(), env.device_availability()); break;
     case proto::Envelope::kHeartbeat: {
+      if ((env.id() & kProbeIdBit) != 0) break;  // an answer to one of our probes: not echoed
       proto::Envelope hb;
       hb.set_id(env.id());
       hb.mutable_heartbeat()->set_sequence(env.heartbeat().sequence());
@@ -523,9 +540,27 @@ void Daemon::add_device(ProviderSession& s, std::uint64_t msg_id, const proto::A
       core_.meta.erase(id);
       spdlog::info("device '{}' re-declared with a different schema: new region", id);
     }
-  } else {
-    for (const auto& g : add.groups()) keep_groups.push_back(g);
   }
+  // Declared groups are joined on every registration (docs/CORE.md, "Groups").
+  for (const auto& g : add.groups()) keep_groups.push_back(g);
+  auto join_groups = [&](Registry::Editor& ed, DeviceId reg) {
+    auto snap = core_.registry.snapshot();
+    std::map<std::string, GroupId, std::less<>> made;  // created in this edit: not yet in a snapshot
+    for (const auto& g : keep_groups) {
+      if (!Registry::valid_entity_id(g)) continue;
+      GroupId gid;
+      if (const GroupRecord* gr = snap->group(g)) {
+        gid = gr->id;
+      } else if (auto m = made.find(g); m != made.end()) {
+        gid = m->second;
+      } else {
+        auto created = ed.create_group(g);
+        if (!created) continue;
+        gid = made.emplace(g, *created).first->second;
+      }
+      (void)ed.add_to_group(gid, reg);
+    }
+  };
 
   if (!reuse) {
     auto made = make_device(id, schema);
@@ -539,26 +574,17 @@ void Daemon::add_device(ProviderSession& s, std::uint64_t msg_id, const proto::A
     }
     auto reg = core_.registry.edit([&](Registry::Editor& ed) -> Result<DeviceId> {
       auto r = ed.add_device(std::move(spec));
-      if (!r) return r;
-      for (const auto& g : keep_groups) {
-        if (!Registry::valid_entity_id(g)) continue;
-        auto snap = core_.registry.snapshot();
-        const GroupRecord* gr = snap->group(g);
-        GroupId gid;
-        if (gr != nullptr) {
-          gid = gr->id;
-        } else {
-          auto created = ed.create_group(g);
-          if (!created) continue;  // created earlier in this edit: not yet in a snapshot
-          gid = *created;
-        }
-        (void)ed.add_to_group(gid, *r);
-      }
+      if (r) join_groups(ed, *r);
       return r;
     });
     if (!reg) return fail(proto::ERROR_CODE_CONFLICT, fmt::format("device '{}': {}", id, reg.error().message));
     dev->reg = *reg;
-  } else if (auto r = core_.registry.set_online(dev->reg, true); !r) {
+  } else if (auto r = core_.registry.edit([&](Registry::Editor& ed) -> Status {
+               FLOE_TRY(ed.set_online(dev->reg, true));
+               join_groups(ed, dev->reg);
+               return {};
+             });
+             !r) {
     return fail(proto::ERROR_CODE_INTERNAL, r.error().to_string());
   }
 
@@ -581,6 +607,7 @@ void Daemon::add_device(ProviderSession& s, std::uint64_t msg_id, const proto::A
   }
   dev->ever_attached = true;
   dev->owner = s.id;
+  dev->available = true;
   devices_[id] = dev;
   core_.meta[id] = std::move(meta);
   if (std::find(s.devices.begin(), s.devices.end(), id) == s.devices.end()) s.devices.push_back(id);
@@ -618,9 +645,15 @@ void Daemon::add_device(ProviderSession& s, std::uint64_t msg_id, const proto::A
 void Daemon::remove_device(ProviderSession& s, std::uint64_t msg_id, const std::string& device_id) {
   std::lock_guard lock(core_.meta_mu);
   auto it = devices_.find(device_id);
-  if (it == devices_.end() || it->second->owner != s.id) {
+  // The provider that declares it, or (offline) the provider of that name that declared it last:
+  // an SDK tells the core on reconnect about removals made while it was away.
+  const auto m = core_.meta.find(device_id);
+  const bool mine = it != devices_.end() &&
+                    (it->second->owner == s.id ||
+                     (it->second->owner == 0 && m != core_.meta.end() && m->second.provider == s.name));
+  if (!mine) {
     provider_error(s, msg_id, proto::ERROR_CODE_NOT_FOUND,
-                   fmt::format("device '{}' is not declared on this connection", device_id), false);
+                   fmt::format("device '{}' is not declared by provider '{}'", device_id, s.name), false);
     return;
   }
   Device& d = *it->second;
@@ -637,6 +670,54 @@ void Daemon::remove_device(ProviderSession& s, std::uint64_t msg_id, const std::
   spdlog::info("device '{}' removed by provider '{}'", device_id, s.name);
   core_.save_state_locked();
   core_.hub.flush();
+}
+
+void Daemon::set_availability(ProviderSession& s, std::uint64_t msg_id, const proto::DeviceAvailability& a) {
+  auto it = devices_.find(a.device_id());
+  if (it == devices_.end() || it->second->owner != s.id) {
+    provider_error(s, msg_id, proto::ERROR_CODE_NOT_FOUND,
+                   fmt::format("device '{}' is not declared on this connection", a.device_id()), false);
+    return;
+  }
+  Device& d = *it->second;
+  if (d.available == a.available()) return;
+  d.available = a.available();
+  // Offline in the registry, as for a lost provider, but the grant and the rings stay: the
+  // provider may still write values and answer what it already received.
+  if (auto r = core_.registry.set_online(d.reg, d.available); !r) spdlog::warn("availability {}: {}", d.id, r.error().to_string());
+  const std::string why = a.reason().empty() ? std::string() : fmt::format(" ({})", a.reason().substr(0, 512));
+  if (!d.available) {
+    core_.pending.fail_device(d.reg, {proto::ERROR_CODE_OFFLINE, fmt::format("device '{}' is unreachable{}", d.id, why)});
+    spdlog::info("device '{}' unreachable, says provider '{}'{}", d.id, s.name, why);
+  } else {
+    spdlog::info("device '{}' reachable again, says provider '{}'{}", d.id, s.name, why);
+  }
+  core_.hub.flush();
+}
+
+void Daemon::check_provider_liveness() {
+  const auto now = std::chrono::steady_clock::now();
+  const auto timeout = core_.config.provider_timeout;
+  std::vector<std::pair<std::uint64_t, std::string>> silent;
+  for (auto& [sid, s] : providers_) {
+    const auto quiet = std::chrono::duration_cast<std::chrono::milliseconds>(now - s->last_heard);
+    if (quiet >= timeout) {
+      silent.emplace_back(sid, fmt::format("silent for {} ms (provider_timeout_ms = {}){}", quiet.count(),
+                                           timeout.count(), s->welcomed ? "" : ", no Hello"));
+    } else if (quiet >= timeout / 2 && !s->probed && s->welcomed) {
+      proto::Envelope hb;
+      s->probed = true;
+      hb.set_id(next_probe_id_++);
+      hb.mutable_heartbeat()->set_sequence(hb.id() & ~kProbeIdBit);
+      (void)s->channel.send(hb);
+    }
+  }
+  for (const auto& [sid, why] : silent) {
+    if (auto it = providers_.find(sid); it != providers_.end()) {
+      spdlog::warn("provider '{}' (pid {}) disconnected: {}", it->second->name, it->second->peer.pid, why);
+    }
+    close_provider(sid, why);
+  }
 }
 
 void Daemon::offline_device(Device& d) {

@@ -79,9 +79,12 @@ class PendingTable {
   struct Entry {
     DeviceId device;
     std::promise<Outcome> promise;
+    int done_fd = -1;  // an eventfd signalled after the promise is set (-1: none)
+    void finish(Outcome outcome);
   };
-  /// Registers a request for `device`; the future completes exactly once.
-  std::future<Outcome> add(std::uint64_t request_id, DeviceId device);
+  /// Registers a request for `device`; the future completes exactly once, after which
+  /// `done_fd` (an eventfd the caller keeps open until the future is done or forgotten) is signalled.
+  std::future<Outcome> add(std::uint64_t request_id, DeviceId device, int done_fd = -1);
   /// Completes `request_id` if it is pending for `from` (a provider cannot answer another
   /// device's requests). Returns false for unknown ids.
   bool complete(std::uint64_t request_id, DeviceId from, Outcome outcome);
@@ -203,6 +206,7 @@ class ClientSession {
   ipc::PeerCredentials peer_;
   int stop_fd_;
   ipc::Fd outbox_fd_;
+  ipc::Fd answers_fd_;  // signalled when one of this session's pending requests completes
   std::mutex outbox_mu_;
   std::vector<std::string> outbox_;
   bool outbox_overflow_ = false;

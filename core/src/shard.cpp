@@ -44,18 +44,24 @@ TaskLoop::~TaskLoop() {
 
 // ---- PendingTable -------------------------------------------------------------------------------
 
-std::future<Outcome> PendingTable::add(std::uint64_t request_id, DeviceId device) {
+std::future<Outcome> PendingTable::add(std::uint64_t request_id, DeviceId device, int done_fd) {
   std::lock_guard lock(mu_);
   auto& e = entries_[request_id];
   e.device = device;
+  e.done_fd = done_fd;
   return e.promise.get_future();
+}
+
+void PendingTable::Entry::finish(Outcome outcome) {
+  promise.set_value(std::move(outcome));
+  if (done_fd >= 0) ipc::eventfd_signal(done_fd);
 }
 
 bool PendingTable::complete(std::uint64_t request_id, DeviceId from, Outcome outcome) {
   std::lock_guard lock(mu_);
   auto it = entries_.find(request_id);
   if (it == entries_.end() || !(it->second.device == from)) return false;
-  it->second.promise.set_value(std::move(outcome));
+  it->second.finish(std::move(outcome));
   entries_.erase(it);
   return true;
 }
@@ -64,7 +70,7 @@ void PendingTable::fail_device(DeviceId device, const Outcome& outcome) {
   std::lock_guard lock(mu_);
   for (auto it = entries_.begin(); it != entries_.end();) {
     if (it->second.device == device) {
-      it->second.promise.set_value(outcome);
+      it->second.finish(outcome);
       it = entries_.erase(it);
     } else {
       ++it;
@@ -74,7 +80,7 @@ void PendingTable::fail_device(DeviceId device, const Outcome& outcome) {
 
 void PendingTable::fail_all(const Outcome& outcome) {
   std::lock_guard lock(mu_);
-  for (auto& [id, e] : entries_) e.promise.set_value(outcome);
+  for (auto& [id, e] : entries_) e.finish(outcome);
   entries_.clear();
 }
 
@@ -88,6 +94,7 @@ void PendingTable::forget(std::uint64_t request_id) {
 struct Shard::Attached {
   DeviceId device;
   std::shared_ptr<ipc::Region> region;
+  ipc::NotifyMode mode = ipc::NotifyMode::kEventfd;
   ipc::Fd tx_eventfd;
   ipc::Fd rx_eventfd;
   std::optional<ipc::RingProducer> tx;
@@ -95,17 +102,54 @@ struct Shard::Attached {
   std::optional<WatchFeed> feed;
   ipc::WatchId watch = 0;
   bool dead = false;  // corrupt: waiting for the posted detach
+  // kFutex: a thread that sleeps on the rx ring's futex word and turns each wake into a signal
+  // of rx_eventfd, which the loop watches (an event loop cannot block in FUTEX_WAIT itself).
+  std::thread futex_bridge;
+  std::atomic<bool> bridge_stop{false};
+
+  ~Attached() {
+    if (!futex_bridge.joinable()) return;
+    bridge_stop.store(true, std::memory_order_release);
+    (void)ipc::futex_wake(futex_word(), 1);
+    futex_bridge.join();
+  }
+  [[nodiscard]] const std::uint32_t* futex_word() const noexcept {
+    return reinterpret_cast<const std::uint32_t*>(&rx->header().futex_word);
+  }
 };
 
 namespace {
 constexpr std::size_t kDrainBudget = 1024;  // records per wakeup: a flooding provider cannot starve the loop
+
+// The futex bridge's loop. A bump of the word (the producer's wake) that happens after `seen` was
+// read makes FUTEX_WAIT return at once, so none is missed; the timeout only bounds how long a
+// stop request can go unnoticed if its wake raced the wait.
+void run_futex_bridge(const std::atomic<std::uint32_t>& word, const std::atomic<bool>& stop, int rx_eventfd) {
+  // SYNC(futex-gen): acquire pairs with the producer's release bump in RingProducer::wake_consumer.
+  std::uint32_t seen = word.load(std::memory_order_acquire);
+  while (!stop.load(std::memory_order_acquire)) {
+    ipc::futex_wait(reinterpret_cast<const std::uint32_t*>(&word), seen, std::chrono::milliseconds(200));
+    const std::uint32_t now = word.load(std::memory_order_acquire);
+    if (now != seen) {
+      seen = now;
+      ipc::eventfd_signal(rx_eventfd);
+    }
+  }
 }
+}  // namespace
 
 Shard::Shard(Core& core, unsigned index) : core_(core), index_(index) {}
 Shard::~Shard() { stop_and_join(); }
 
 Status Shard::start(ipc::LoopBackend backend) {
   FLOE_TRY(tasks_.init(backend));
+  if (core_.config.notify == ipc::NotifyMode::kPoll) {
+    // Poll-mode producers never signal: look at every ring of this shard on a fixed interval.
+    auto t = tasks_.loop().add_timer(core_.config.poll_interval, true, [this] {
+      for (auto& [key, d] : devices_) on_rx(*d);
+    });
+    if (!t) return tl::unexpected(t.error());
+  }
   thread_ = std::thread([this] {
     auto r = tasks_.loop().run();
     if (!r) spdlog::error("shard {}: event loop failed: {}", index_, r.error().to_string());
@@ -141,6 +185,7 @@ Status Shard::attach_here(AttachArgs& args) {
   auto d = std::make_unique<Attached>();
   d->device = args.device;
   d->region = args.region;
+  d->mode = args.options.notify;
   auto parts = ipc::device_region_attach({args.region->data(), args.region->size()});
   if (!parts) return tl::unexpected(parts.error());
   if (args.reinit_rings) {
@@ -163,11 +208,16 @@ Status Shard::attach_here(AttachArgs& args) {
   d->tx_eventfd = std::move(args.tx_eventfd);
   d->rx_eventfd = std::move(args.rx_eventfd);
   Attached* raw = d.get();
+  if (args.options.notify == ipc::NotifyMode::kFutex) {
+    raw->futex_bridge = std::thread(run_futex_bridge, std::cref(raw->rx->header().futex_word),
+                                    std::cref(raw->bridge_stop), raw->rx_eventfd.get());
+  }
   auto w = tasks_.loop().watch_eventfd(raw->rx_eventfd.get(), [this, raw](std::uint64_t) { on_rx(*raw); });
   if (!w) return tl::unexpected(w.error());
   d->watch = *w;
   devices_[key] = std::move(d);
   // The provider signals only a sleeping consumer: announce that we sleep (or drain what came).
+  // Spin and poll never sleep: prepare_sleep is false and this first drain starts them.
   if (!raw->rx->prepare_sleep()) ipc::eventfd_signal(raw->rx_eventfd.get());
   return {};
 }
@@ -247,8 +297,15 @@ void Shard::on_rx(Attached& d) {
     const std::uint64_t key = key_of(d.device);
     tasks_.post([this, key] { detach_here(key); });
     if (core_.on_corrupt) core_.on_corrupt(d.device, drained.error().message);
-  } else if (*drained == kDrainBudget || !rx.prepare_sleep()) {
+  } else if (*drained == kDrainBudget) {
     // More to do: come back after the loop has served everything else that is ready.
+    ipc::eventfd_signal(d.rx_eventfd.get());
+  } else if (d.mode == ipc::NotifyMode::kSpin) {
+    // A spin ring's consumer never sleeps: the loop keeps coming back, serving its other fds
+    // between rounds (this is the strategy that burns a core).
+    ipc::eventfd_signal(d.rx_eventfd.get());
+  } else if (d.mode != ipc::NotifyMode::kPoll && !rx.prepare_sleep()) {
+    // Data raced in while the sleeping flag went up: drain again. (kPoll waits for the timer.)
     ipc::eventfd_signal(d.rx_eventfd.get());
   }
   core_.hub.flush();

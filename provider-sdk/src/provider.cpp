@@ -11,6 +11,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -49,12 +50,17 @@ struct DeviceState {
   DeviceSpec spec;
   std::unordered_map<std::string, EntityIndex> entity_index;
   Device* self = nullptr;
+  std::weak_ptr<Device> weak_self;  // Requests keep the Device alive past a remove_device
   std::weak_ptr<ProviderState> provider;
 
   // Written by the provider thread with `mu` held; read by it without the lock, by others with it.
   std::unique_ptr<Attachment> att;
   std::uint64_t att_generation = 0;  // bumped per grant; requests carry the one they came from
   std::atomic<bool> online{false};
+  // set_available(): the wish (any thread) and whether the core has yet to hear it.
+  std::atomic<bool> available{true};
+  std::atomic<bool> availability_dirty{false};
+  std::string availability_reason;  // mu
 
   mutable std::mutex mu;
   std::vector<std::vector<std::optional<Stored>>> values;  // [entity][component position]; mu
@@ -81,7 +87,7 @@ struct DeviceState {
   bool flush_results_locked() noexcept;
 };
 
-enum Tag : std::uint64_t { kTagWake = 1, kTagTimer = 2, kTagRetry = 3, kTagSocket = 4, kTagPoll = 5 };
+enum Tag : std::uint64_t { kTagWake = 1, kTagTimer = 2, kTagRetry = 3, kTagSocket = 4, kTagPoll = 5, kTagHeartbeat = 6 };
 
 struct ProviderState {
   ProviderOptions options;
@@ -92,9 +98,16 @@ struct ProviderState {
   ipc::Fd timer;        // timerfd: reconnect attempts and the handshake timeout
   ipc::Fd retry_timer;  // timerfd: results waiting for room in an rx ring
   ipc::Fd poll_timer;   // timerfd: tx rings in spin/poll mode
+  ipc::Fd heartbeat_timer;  // timerfd: our Heartbeat while connected
   bool poll_armed = false;
 
-  std::deque<std::unique_ptr<Device>> devices;
+  std::deque<std::shared_ptr<Device>> devices;
+  // Removed by remove_device() during this process() call: kept until it returns, since events of
+  // the current epoll batch (tagged with the DeviceState) and a ring drain may still refer to them.
+  std::vector<std::shared_ptr<Device>> retired_devices;
+  std::vector<std::unique_ptr<Attachment>> retired_attachments;
+  std::vector<std::string> removals;  // remove_device() while not connected: told on the next Welcome
+  std::unordered_map<std::uint64_t, std::string> pending_removes;  // envelope id -> device id
   std::function<void(Request&)> handler;
   Backoff backoff;
 
@@ -128,11 +141,15 @@ struct ProviderState {
   void try_connect();
   void send(const proto::Envelope& env);
   void announce(DeviceState& ds);
+  void send_availability(DeviceState& ds);
+  void send_remove(const std::string& id);
+  Status remove_device(std::string_view id);
   void on_socket_readable();
   void handle(proto::Envelope& env, std::vector<ipc::Fd>& fds);
   void handle_grant(const proto::DeviceGrant& grant, std::vector<ipc::Fd>& fds, DeviceState* expected);
   void disconnect(const std::string& reason, bool reconnect = true);
-  void detach(DeviceState& ds) noexcept;
+  /// Unmaps the device's region; `retire`: keep the mapping until process() returns.
+  void detach(DeviceState& ds, bool retire = false) noexcept;
   void drain(DeviceState& ds);
   void handle_record(DeviceState& ds, const ipc::RecordView& view);
   void flush_all_results();
@@ -236,7 +253,7 @@ void ProviderState::init() {
     return;
   }
   wake = std::move(*w);
-  for (ipc::Fd* t : {&timer, &retry_timer, &poll_timer}) {
+  for (ipc::Fd* t : {&timer, &retry_timer, &poll_timer, &heartbeat_timer}) {
     *t = ipc::Fd(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
     if (!*t) return fail("timerfd_create");
   }
@@ -244,6 +261,7 @@ void ProviderState::init() {
   epoll_add(timer.get(), kTagTimer);
   epoll_add(retry_timer.get(), kTagRetry);
   epoll_add(poll_timer.get(), kTagPoll);
+  epoll_add(heartbeat_timer.get(), kTagHeartbeat);
   arm(timer.get(), std::chrono::nanoseconds(1));  // the first connection attempt, at once
 }
 
@@ -277,6 +295,8 @@ Status ProviderState::process() {
     dispatch(events[i].data.u64);
     if (broken) disconnect(broken_reason);
   }
+  retired_attachments.clear();
+  retired_devices.clear();
   if (stop_requested.load(std::memory_order_acquire)) {
     if (ipc::EventLoop* l = loop.load(std::memory_order_acquire)) l->stop();
   }
@@ -289,7 +309,21 @@ void ProviderState::dispatch(std::uint64_t tag) {
     case kTagWake:
       (void)ipc::eventfd_drain(wake.get());
       flush_all_results();
+      if (conn == Conn::kReady) {
+        for (auto& d : devices) {
+          if (d->state_->availability_dirty.load(std::memory_order_acquire)) send_availability(*d->state_);
+        }
+      }
       return;
+    case kTagHeartbeat: {
+      (void)!::read(heartbeat_timer.get(), &ticks, sizeof ticks);
+      if (conn != Conn::kReady) return;
+      proto::Envelope hb;
+      hb.set_id(next_id++);
+      hb.mutable_heartbeat()->set_sequence(hb.id());
+      send(hb);
+      return;
+    }
     case kTagTimer:
       (void)!::read(timer.get(), &ticks, sizeof ticks);
       if (conn == Conn::kIdle) {
@@ -397,6 +431,55 @@ void ProviderState::announce(DeviceState& ds) {
   }
   pending_adds[env.id()] = &ds;
   send(env);
+  // The core starts every grant available: repeat an unreachable state after each declaration.
+  if (!ds.available.load(std::memory_order_acquire)) {
+    send_availability(ds);
+  } else {
+    ds.availability_dirty.store(false, std::memory_order_release);
+  }
+}
+
+void ProviderState::send_availability(DeviceState& ds) {
+  proto::Envelope env;
+  env.set_id(next_id++);
+  auto* a = env.mutable_device_availability();
+  a->set_device_id(ds.spec.id);
+  {
+    std::lock_guard lock(ds.mu);
+    // Cleared before reading the wish: a set_available() racing with us marks it dirty again.
+    ds.availability_dirty.store(false, std::memory_order_release);
+    a->set_available(ds.available.load(std::memory_order_acquire));
+    a->set_reason(ds.availability_reason);
+  }
+  send(env);
+}
+
+void ProviderState::send_remove(const std::string& id) {
+  proto::Envelope env;
+  env.set_id(next_id++);
+  env.mutable_remove_device()->set_device_id(id);
+  pending_removes[env.id()] = id;
+  send(env);
+}
+
+Status ProviderState::remove_device(std::string_view id) {
+  auto it = std::find_if(devices.begin(), devices.end(), [&](const auto& d) { return d->state_->spec.id == id; });
+  if (it == devices.end()) return logic_error("sdk.remove_device", "no device '" + std::string(id) + "'");
+  std::shared_ptr<Device> dev = *it;
+  devices.erase(it);
+  DeviceState& ds = *dev->state_;
+  for (auto p = pending_adds.begin(); p != pending_adds.end();) {
+    p = p->second == &ds ? pending_adds.erase(p) : std::next(p);
+  }
+  detach(ds, /*retire=*/true);
+  retired_devices.push_back(std::move(dev));
+  if (conn == Conn::kReady) {
+    send_remove(std::string(id));
+  } else {
+    removals.emplace_back(id);
+  }
+  spdlog::info("floe-sdk: provider '{}': device '{}' removed", options.name, id);
+  return {};
 }
 
 void ProviderState::on_socket_readable() {
@@ -424,7 +507,10 @@ void ProviderState::handle(proto::Envelope& env, std::vector<ipc::Fd>& fds) {
       arm(timer.get(), {});  // handshake done: disarm the timeout
       spdlog::info("floe-sdk: provider '{}' connected to floe-core '{}' (session {}), declaring {} device(s)",
                    options.name, env.welcome().core_name(), env.welcome().session_id(), devices.size());
+      for (const auto& id : removals) send_remove(id);
+      removals.clear();
       for (auto& d : devices) announce(*d->state_);
+      if (options.heartbeat_interval.count() > 0) arm(heartbeat_timer.get(), options.heartbeat_interval, options.heartbeat_interval);
       return;
     case proto::Envelope::kError: {
       const auto& err = env.error();
@@ -446,6 +532,10 @@ void ProviderState::handle(proto::Envelope& env, std::vector<ipc::Fd>& fds) {
         spdlog::error("floe-sdk: provider '{}': floe-core refused device '{}': {}", options.name, it->second->spec.id,
                       err.message());
         pending_adds.erase(it);
+      } else if (auto r = pending_removes.find(env.id()); r != pending_removes.end()) {
+        // A core that never knew the device (or forgot it) has nothing to remove.
+        spdlog::debug("floe-sdk: provider '{}': removing '{}': {}", options.name, r->second, err.message());
+        pending_removes.erase(r);
       } else {
         spdlog::warn("floe-sdk: provider '{}': floe-core reports: {}", options.name, err.message());
       }
@@ -462,12 +552,14 @@ void ProviderState::handle(proto::Envelope& env, std::vector<ipc::Fd>& fds) {
       return;
     }
     case proto::Envelope::kDeviceRemoved:
+      if (pending_removes.erase(env.id()) > 0) return;  // confirms our remove_device()
       if (DeviceState* ds = find_device(env.device_removed().device_id())) {
         spdlog::warn("floe-sdk: provider '{}': floe-core removed device '{}'", options.name, ds->spec.id);
         detach(*ds);
       }
       return;
     case proto::Envelope::kHeartbeat: {
+      if (env.id() != 0 && env.id() < next_id) return;  // the core's echo of one of ours
       // Echoed, so a core that pings its providers sees us alive.
       proto::Envelope reply;
       reply.set_id(env.id());
@@ -549,7 +641,7 @@ void ProviderState::handle_grant(const proto::DeviceGrant& grant, std::vector<ip
   drain(*ds);
 }
 
-void ProviderState::detach(DeviceState& ds) noexcept {
+void ProviderState::detach(DeviceState& ds, bool retire) noexcept {
   if (!ds.att) return;
   epoll_del(ds.att->tx_eventfd.get());
   std::unique_ptr<Attachment> old;
@@ -559,7 +651,9 @@ void ProviderState::detach(DeviceState& ds) noexcept {
     ds.pending_results.clear();
     ds.online.store(false, std::memory_order_release);
   }
-  // `old` unmaps the region and closes the eventfds here, outside the lock.
+  // `old` unmaps the region and closes the eventfds here, outside the lock (or at the end of
+  // process(), if a ring drain of this region may be on the stack).
+  if (retire) retired_attachments.push_back(std::move(old));
 }
 
 void ProviderState::disconnect(const std::string& reason, bool reconnect) {
@@ -570,6 +664,9 @@ void ProviderState::disconnect(const std::string& reason, bool reconnect) {
   }
   for (auto& d : devices) detach(*d->state_);
   pending_adds.clear();
+  for (auto& [env_id, id] : pending_removes) removals.push_back(id);  // not confirmed: tell the next core
+  pending_removes.clear();
+  arm(heartbeat_timer.get(), {});
   conn = Conn::kIdle;
   broken = false;
   if (!reconnect) return;
@@ -651,6 +748,22 @@ Device::~Device() = default;
 const std::string& Device::id() const noexcept { return state_->spec.id; }
 const DeviceSpec& Device::spec() const noexcept { return state_->spec; }
 bool Device::online() const noexcept { return state_->online.load(std::memory_order_acquire); }
+bool Device::available() const noexcept { return state_->available.load(std::memory_order_acquire); }
+
+void Device::set_available(bool available, std::string_view reason) noexcept {
+  {
+    std::lock_guard lock(state_->mu);
+    try {
+      state_->availability_reason.assign(reason.substr(0, 512));
+    } catch (const std::bad_alloc&) {
+      state_->availability_reason.clear();
+    }
+    state_->available.store(available, std::memory_order_release);
+  }
+  // The provider thread sends it (only it writes the socket): wake it.
+  state_->availability_dirty.store(true, std::memory_order_release);
+  if (auto p = state_->provider.lock(); p && p->wake) ipc::eventfd_signal(p->wake.get());
+}
 
 std::optional<EntityIndex> Device::entity(std::string_view entity_id) const noexcept {
   // A scan, not entity_index: devices have few entities and this allocates nothing.
@@ -701,17 +814,19 @@ std::optional<Value> Device::value(EntityIndex e, Component c) const {
 // ---- Request -------------------------------------------------------------------------------------
 
 Request::Request(std::shared_ptr<detail::DeviceState> device, std::uint64_t session, DecodedRequest decoded)
-    : device_(std::move(device)), session_(session), id_(decoded.id), entity_(decoded.entity),
-      component_(decoded.component), value_(std::move(decoded.value)), answered_(false) {}
+    : device_(std::move(device)), owner_(device_->weak_self.lock()), session_(session), id_(decoded.id),
+      entity_(decoded.entity), component_(decoded.component), value_(std::move(decoded.value)), answered_(false) {}
 
 Request::Request(Request&& o) noexcept
-    : device_(std::move(o.device_)), session_(o.session_), id_(o.id_), entity_(o.entity_), component_(o.component_),
+    : device_(std::move(o.device_)), owner_(std::move(o.owner_)), session_(o.session_), id_(o.id_),
+      entity_(o.entity_), component_(o.component_),
       value_(std::move(o.value_)), answered_(std::exchange(o.answered_, true)) {}
 
 Request& Request::operator=(Request&& o) noexcept {
   if (this != &o) {
     if (!answered_) answer(RequestStatus::kFailed, "request dropped unanswered by the provider");
     device_ = std::move(o.device_);
+    owner_ = std::move(o.owner_);
     session_ = o.session_;
     id_ = o.id_;
     entity_ = o.entity_;
@@ -726,7 +841,7 @@ Request::~Request() {
   if (!answered_) answer(RequestStatus::kFailed, "request dropped unanswered by the provider");
 }
 
-Device& Request::device() const noexcept { return *device_->self; }
+Device& Request::device() const noexcept { return *owner_; }
 const std::string& Request::entity_id() const noexcept { return device_->spec.entities[entity_].id; }
 
 void Request::succeed() noexcept { answer(RequestStatus::kOk, {}); }
@@ -775,8 +890,9 @@ Result<std::reference_wrapper<Device>> Provider::try_add_device(DeviceSpec spec)
   for (std::size_t i = 0; i < spec.entities.size(); ++i) st->values[i].resize(spec.entities[i].components.size());
   st->spec = std::move(spec);
   st->provider = state_;
-  auto device = std::unique_ptr<Device>(new Device(st));
+  auto device = std::shared_ptr<Device>(new Device(st));
   st->self = device.get();
+  st->weak_self = device;
   state_->devices.push_back(std::move(device));
   if (state_->conn == detail::ProviderState::Conn::kReady) state_->announce(*st);
   return std::ref(*state_->devices.back());
@@ -790,6 +906,8 @@ Device& Provider::add_device(DeviceSpec spec) {
   }
   return d->get();
 }
+
+Status Provider::remove_device(std::string_view id) { return state_->remove_device(id); }
 
 void Provider::on_request(std::function<void(Request&)> handler) { state_->handler = std::move(handler); }
 

@@ -30,6 +30,9 @@ struct Config {
   std::vector<uid_t> allowed_uids;
   /// Default wait for a provider's RequestResult.
   std::chrono::milliseconds request_timeout{5000};
+  /// A provider silent this long is disconnected (its devices go offline). The core sends it a
+  /// Heartbeat after half of it; any message from the provider counts as a sign of life.
+  std::chrono::milliseconds provider_timeout{10000};
   /// Concurrent client sessions (each has its own thread); more are refused with LIMIT.
   unsigned max_clients = 64;
   /// "trace" .. "off" (spdlog level names).
@@ -38,7 +41,11 @@ struct Config {
   // [rings]
   std::size_t tx_capacity = 16 * 1024;
   std::size_t rx_capacity = 64 * 1024;
+  /// How each ring's consumer waits (written into every ring header, so the provider follows it):
+  /// kEventfd and kFutex sleep until signalled, kPoll checks every `poll_interval`, kSpin never
+  /// sleeps (the shard loop keeps itself awake while it owns a spin ring).
   ipc::NotifyMode notify = ipc::NotifyMode::kEventfd;
+  std::chrono::microseconds poll_interval{1000};
 };
 
 /// Parses TOML text; `origin` names the source in errors. Missing keys keep their defaults;

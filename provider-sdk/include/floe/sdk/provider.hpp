@@ -65,7 +65,7 @@ struct EntitySpec {
 struct DeviceSpec {
   std::string id{};                   // stable per provider
   std::string name{};
-  std::vector<std::string> groups{};  // joined on first registration (the core persists groups)
+  std::vector<std::string> groups{};  // joined on every registration (the core persists groups)
   std::vector<EntitySpec> entities{};
 };
 
@@ -75,6 +75,7 @@ struct ProviderOptions {
   std::chrono::milliseconds reconnect_min{100};          // first retry delay
   std::chrono::milliseconds reconnect_max{5000};         // the delay stops doubling here
   ipc::LoopBackend backend = ipc::LoopBackend::kAuto;    // run()'s loop
+  std::chrono::milliseconds heartbeat_interval{2000};    // our Heartbeat while connected; 0: none
 };
 
 namespace detail {
@@ -97,6 +98,14 @@ class Device {
   [[nodiscard]] const DeviceSpec& spec() const noexcept;
   /// Any thread. True while the core holds a grant for the device (connected and accepted).
   [[nodiscard]] bool online() const noexcept;
+
+  /// Any thread. Marks the device unreachable (`false`: the physical device dropped off the
+  /// network) or reachable again. It stays declared and granted; the core shows it offline
+  /// (clients see online=false, their requests fail at once with OFFLINE) until `true`. The
+  /// state is repeated to the core after every (re)connect. `reason` is logged by the core.
+  void set_available(bool available, std::string_view reason = {}) noexcept;
+  /// Any thread. The last set_available() wish (true until the first call).
+  [[nodiscard]] bool available() const noexcept;
 
   /// Any thread. Writes a small component: the tree first, then a change record on the rx ring (a
   /// full ring drops the record and sets its overflow flag, so the core rescans; nothing is lost).
@@ -160,6 +169,7 @@ class Request {
   void answer(RequestStatus status, std::string_view message) noexcept;
 
   std::shared_ptr<detail::DeviceState> device_;
+  std::shared_ptr<Device> owner_;  // device() stays valid after Provider::remove_device
   std::uint64_t session_ = 0;
   std::uint64_t id_ = 0;
   EntityIndex entity_ = 0;
@@ -183,6 +193,12 @@ class Provider {
   [[nodiscard]] Result<std::reference_wrapper<Device>> try_add_device(DeviceSpec spec);
   /// try_add_device() for programs: logs the error and aborts on an invalid spec.
   Device& add_device(DeviceSpec spec);
+  /// Provider thread (or before running). Withdraws a device: the core removes it (clients see it
+  /// gone, its pending requests fail OFFLINE, the state file forgets it and its group
+  /// memberships); told at once if connected, else on the next connect. References to the Device
+  /// become invalid, except through a Request still held (whose answer is then dropped). The id
+  /// may be declared again later (a new device to the core). Error if no device has that id.
+  [[nodiscard]] Status remove_device(std::string_view id);
 
   /// Provider thread (or before running). Called on the provider thread for every request. Without
   /// a handler every request fails with kUnsupported.
