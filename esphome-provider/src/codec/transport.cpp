@@ -227,7 +227,8 @@ class NoiseClient final : public NoiseBase {
   std::string_view peer_mac() const noexcept override { return mac_; }
 
   std::string start() override {
-    if (hs_ || failed_) return {};
+    if (started_ || failed_) return {};
+    started_ = true;
     // Our hello frame is empty, so the prologue ends with its length 0x0000.
     std::string prologue(kPrologueInit);
     put_u16(prologue, 0);
@@ -244,7 +245,7 @@ class NoiseClient final : public NoiseBase {
 
   Result<void> feed(std::span<const std::byte> in, std::vector<Message>& out, std::string& /*reply*/) override {
     FLOE_TRY(check_failed());
-    if (!hs_) return fail("received data before start() sent the client hello");
+    if (!started_) return fail("received data before start() sent the client hello");
     append(in);
     std::size_t at = 0;
     for (;;) {
@@ -304,6 +305,7 @@ class NoiseClient final : public NoiseBase {
     return {};
   }
 
+  bool started_ = false;
   bool got_hello_ = false;
   std::string name_;
   std::string mac_;
