@@ -1,6 +1,7 @@
 // Client sessions: one thread per connection, speaking client.proto. Reads evaluate on a registry
 // snapshot right here; sets go to the device's shard and wait for the provider's answer.
 #include <poll.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <chrono>
@@ -139,6 +140,9 @@ void ClientSession::start() {
   thread_ = std::thread([this] {
     run();
     watches_.clear();  // unsubscribe before the outbox goes away
+    // The peer learns at once that the session is over; the descriptor itself is closed when the
+    // daemon reaps the session (within a second).
+    ::shutdown(channel_.fd(), SHUT_RDWR);
     finished_.store(true, std::memory_order_release);
   });
 }
