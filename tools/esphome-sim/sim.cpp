@@ -174,7 +174,16 @@ struct Simulator::Impl {
       case Kind::kLight: {
         api::ListEntitiesLightResponse m;
         common(m);
-        for (int mode : x.color_modes) m.add_supported_color_modes(static_cast<api::ColorMode>(mode));
+        for (int mode : x.color_modes) {
+          m.add_supported_color_modes(static_cast<api::ColorMode>(mode));
+          // The pre-1.6 capability flags, which older clients still read.
+          if (mode != api::COLOR_MODE_ON_OFF && mode != api::COLOR_MODE_UNKNOWN) m.set_legacy_supports_brightness(true);
+          if (mode >= api::COLOR_MODE_RGB) m.set_legacy_supports_rgb(true);
+          if (mode == api::COLOR_MODE_WHITE || mode == api::COLOR_MODE_RGB_WHITE) m.set_legacy_supports_white_value(true);
+          if (mode == api::COLOR_MODE_COLOR_TEMPERATURE || mode == api::COLOR_MODE_COLD_WARM_WHITE ||
+              mode == api::COLOR_MODE_RGB_COLOR_TEMPERATURE || mode == api::COLOR_MODE_RGB_COLD_WARM_WHITE)
+            m.set_legacy_supports_color_temperature(true);
+        }
         m.set_min_mireds(x.min_mireds);
         m.set_max_mireds(x.max_mireds);
         for (const auto& ef : x.effects) m.add_effects(ef);
