@@ -4,7 +4,9 @@
 
 #include <CLI/CLI.hpp>
 
+#include "paths/paths_bench.hpp"
 #include "query_bench.hpp"
+#include "report/report_gen.hpp"
 #include "ring_bench.hpp"
 
 int main(int argc, char** argv) {
@@ -33,6 +35,12 @@ int main(int argc, char** argv) {
   floe::bench::QueryBenchConfig query;
   CLI::App* query_cmd = floe::bench::add_query_subcommand(app, query);
 
+  floe::bench::paths::PathsConfig paths;
+  CLI::App* paths_cmd = floe::bench::paths::add_paths_subcommand(app, paths);
+
+  floe::bench::ReportConfig report;
+  CLI::App* report_cmd = floe::bench::add_report_subcommand(app, report);
+
   CLI11_PARSE(app, argc, argv);
 
   if (ring_cmd->parsed()) {
@@ -44,5 +52,10 @@ int main(int argc, char** argv) {
     for (int i = 0; i < argc; ++i) query.command += (i ? " " : "") + std::string(argv[i]);
     return floe::bench::run_query_bench(query);
   }
+  if (paths_cmd->parsed()) {
+    for (int i = 0; i < argc; ++i) paths.command += (i ? " " : "") + std::string(argv[i]);
+    return floe::bench::paths::run_paths_bench(paths);
+  }
+  if (report_cmd->parsed()) return floe::bench::run_report(report);
   return 0;
 }

@@ -1,0 +1,287 @@
+#include "paths/common.hpp"
+
+#include <linux/futex.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include <fmt/format.h>
+
+#include "clock.hpp"
+
+namespace floe::bench::paths {
+
+Shared* map_shared() {
+  void* p = ::mmap(nullptr, sizeof(Shared), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return nullptr;
+  // Anonymous pages are zero: every atomic starts at 0, which is each one's initial value.
+  return static_cast<Shared*>(p);
+}
+
+void unmap_shared(Shared* s) {
+  if (s != nullptr) ::munmap(s, sizeof(Shared));
+}
+
+void report_failure(Shared& s, std::string_view what) noexcept {
+  s.failures.fetch_add(1, std::memory_order_relaxed);
+  if (s.error_set.exchange(1, std::memory_order_acq_rel) == 0) {
+    const std::size_t n = std::min(what.size(), sizeof(s.error) - 1);
+    std::memcpy(s.error, what.data(), n);
+    s.error[n] = '\0';
+  }
+}
+
+void wait_word(std::atomic<std::uint32_t>& word, std::uint32_t seen, std::chrono::milliseconds timeout) noexcept {
+  const timespec ts{static_cast<time_t>(timeout.count() / 1000), static_cast<long>(timeout.count() % 1000) * 1'000'000};
+  // Shared (not private) futex: the word lives in a mapping shared by several processes.
+  ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&word), FUTEX_WAIT, seen, &ts, nullptr, 0);
+}
+
+void wake_word(std::atomic<std::uint32_t>& word) noexcept {
+  ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&word), FUTEX_WAKE, INT32_MAX, nullptr, nullptr, 0);
+}
+
+void sleep_until_ns(std::int64_t t_ns) noexcept {
+  const timespec ts{static_cast<time_t>(t_ns / 1'000'000'000), static_cast<long>(t_ns % 1'000'000'000)};
+  while (::clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, nullptr) == EINTR) {
+  }
+}
+
+namespace {
+
+/// Follows the phases: returns the next spec (kStop when the run ends). `gen` is the last seen.
+PhaseSpec next_phase(Shared& s, std::uint32_t& gen) {
+  for (;;) {
+    // SYNC(phase): acquire pairs with the orchestrator's release bump after writing `spec`.
+    const std::uint32_t now = s.phase_gen.load(std::memory_order_acquire);
+    if (now != gen) {
+      gen = now;
+      return s.spec;
+    }
+    wait_word(s.phase_gen, gen, std::chrono::milliseconds(500));
+  }
+}
+
+void request_thread(Shared& s, RequestClient& client, std::uint32_t index, std::uint32_t start_gen) {
+  ::prctl(PR_SET_TIMERSLACK, 1UL);
+  std::uint32_t gen = start_gen;
+  std::string error;
+  for (;;) {
+    const PhaseSpec spec = next_phase(s, gen);
+    if (spec.kind == PhaseKind::kStop) return;
+    const bool open = spec.kind == PhaseKind::kRequestOpen;
+    if ((open || spec.kind == PhaseKind::kRequestClosed) && index < spec.clients) {
+      const double step_ns = open ? 1e9 / spec.rate : 0;
+      for (std::uint64_t k = 0;; ++k) {
+        const std::uint64_t idx = k * spec.clients + index;
+        const std::uint64_t seq = idx + 1;
+        if (seq >= kMaxSeq) break;
+        std::int64_t intended;
+        if (open) {
+          intended = spec.start_ns + static_cast<std::int64_t>(static_cast<double>(idx) * step_ns);
+          if (intended >= spec.end_ns) break;
+          sleep_until_ns(intended);
+        } else {
+          intended = now_ns();
+          if (intended >= spec.end_ns) break;
+        }
+        s.req_intended[seq].store(intended, std::memory_order_relaxed);
+        s.sent.fetch_add(1, std::memory_order_relaxed);
+        if (!client.set(spec.devices ? static_cast<std::uint32_t>(seq % spec.devices) : 0, seq, error)) {
+          report_failure(s, fmt::format("client {}: request {}: {}", index, seq, error));
+          break;
+        }
+        s.completed.fetch_add(1, std::memory_order_relaxed);
+      }
+    }
+    // SYNC(done): release pairs with the orchestrator's acquire load of clients_done.
+    s.clients_done.fetch_add(1, std::memory_order_release);
+  }
+}
+
+void watcher_thread(Shared& s, CommitWatcher& watcher) {
+  std::string error;
+  for (;;) {
+    if (s.stop.load(std::memory_order_acquire) != 0) return;
+    std::uint64_t value = 0;
+    if (!watcher.next(value, std::chrono::milliseconds(100), error)) {
+      report_failure(s, "watcher: " + error);
+      return;
+    }
+    if (value == 0) continue;
+    const std::int64_t t = now_ns();
+    // A commit carries gen * kMaxSeq + seq; only the current phase's commits are stamped.
+    const std::uint64_t gen = s.phase_gen.load(std::memory_order_acquire);
+    if (value / kMaxSeq != gen) continue;
+    const std::uint64_t seq = value % kMaxSeq;
+    std::int64_t expected = 0;
+    if (seq > 0) s.commit_seen[seq].compare_exchange_strong(expected, t, std::memory_order_relaxed);
+  }
+}
+
+}  // namespace
+
+int run_clients_process(Shared& s, std::uint32_t clients, const ClientFactory& make_client,
+                        const WatcherFactory& make_watcher) {
+  std::string error;
+  std::vector<std::unique_ptr<RequestClient>> conns;
+  for (std::uint32_t i = 0; i < clients; ++i) {
+    auto c = make_client(i, error);
+    if (!c) {
+      report_failure(s, fmt::format("client {} cannot connect: {}", i, error));
+      return 1;
+    }
+    conns.push_back(std::move(c));
+  }
+  auto watcher = make_watcher(error);
+  if (!watcher) {
+    report_failure(s, "watcher cannot connect: " + error);
+    return 1;
+  }
+  const std::uint32_t gen0 = s.phase_gen.load(std::memory_order_acquire);
+  std::vector<std::thread> threads;
+  for (std::uint32_t i = 0; i < clients; ++i)
+    threads.emplace_back([&, i] { request_thread(s, *conns[i], i, gen0); });
+  std::thread watch([&] { watcher_thread(s, *watcher); });
+  s.clients_ready.store(clients + 1, std::memory_order_release);
+  wake_word(s.clients_ready);
+  for (auto& t : threads) t.join();
+  watch.join();
+  return 0;
+}
+
+void run_commit_driver(Shared& s, const std::function<void(std::uint32_t, std::uint64_t)>& commit) {
+  ::prctl(PR_SET_TIMERSLACK, 1UL);
+  std::uint32_t gen = s.phase_gen.load(std::memory_order_acquire);
+  for (;;) {
+    const PhaseSpec spec = next_phase(s, gen);
+    if (spec.kind == PhaseKind::kStop) return;
+    if (spec.kind != PhaseKind::kCommitOpen) continue;
+    const double step_ns = 1e9 / spec.rate;
+    for (std::uint64_t idx = 0;; ++idx) {
+      const std::uint64_t seq = idx + 1;
+      const auto intended = spec.start_ns + static_cast<std::int64_t>(static_cast<double>(idx) * step_ns);
+      if (seq >= kMaxSeq || intended >= spec.end_ns) break;
+      sleep_until_ns(intended);
+      s.commit_intended[seq].store(intended, std::memory_order_relaxed);
+      s.commits_sent.fetch_add(1, std::memory_order_relaxed);
+      commit(static_cast<std::uint32_t>(seq % spec.devices), std::uint64_t{gen} * kMaxSeq + seq);
+    }
+    // SYNC(done): release pairs with the orchestrator's acquire load of provider_done.
+    s.provider_done.store(1, std::memory_order_release);
+  }
+}
+
+pid_t fork_child(const std::function<int()>& body) {
+  const pid_t parent = ::getpid();
+  std::fflush(nullptr);
+  const pid_t pid = ::fork();
+  if (pid != 0) return pid;
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (::getppid() != parent) ::_exit(1);
+  int rc = 1;
+  try {
+    rc = body();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "floe-bench paths: child: %s\n", e.what());
+  }
+  std::fflush(nullptr);
+  ::_exit(rc);
+}
+
+bool child_alive(pid_t pid, int* status) {
+  if (pid <= 0) return false;
+  int st = 0;
+  const pid_t r = ::waitpid(pid, &st, WNOHANG);
+  if (r == 0) return true;
+  if (status != nullptr) *status = st;
+  return false;
+}
+
+void stop_child(pid_t pid, std::chrono::milliseconds grace) {
+  if (pid <= 0) return;
+  if (!child_alive(pid)) return;
+  ::kill(pid, SIGTERM);
+  const auto deadline = std::chrono::steady_clock::now() + grace;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (::waitpid(pid, nullptr, WNOHANG) == pid) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ::kill(pid, SIGKILL);
+  ::waitpid(pid, nullptr, 0);
+}
+
+namespace {
+
+/// Sum of se.sum_exec_runtime (ms with ns digits) over /proc/<pid>/task/*/sched; -1 if the kernel
+/// has no sched files (CONFIG_SCHED_DEBUG off).
+std::int64_t sched_runtime_ns(pid_t pid) {
+  std::error_code ec;
+  std::int64_t total = 0;
+  bool any = false;
+  for (const auto& task : std::filesystem::directory_iterator(fmt::format("/proc/{}/task", pid), ec)) {
+    std::ifstream in(task.path() / "sched");
+    for (std::string line; std::getline(in, line);) {
+      if (line.rfind("se.sum_exec_runtime", 0) != 0) continue;
+      const auto colon = line.find(':');
+      if (colon == std::string::npos) break;
+      const std::string v = line.substr(colon + 1);
+      const auto dot = v.find('.');
+      const std::int64_t ms = std::strtoll(v.c_str(), nullptr, 10);
+      std::int64_t frac_ns = 0;
+      if (dot != std::string::npos) {
+        std::string frac = v.substr(dot + 1, 6);
+        while (frac.size() < 6) frac += '0';
+        frac_ns = std::strtoll(frac.c_str(), nullptr, 10);
+      }
+      total += ms * 1'000'000 + frac_ns;
+      any = true;
+      break;
+    }
+  }
+  return any ? total : -1;
+}
+
+}  // namespace
+
+std::int64_t process_cpu_ns_of(pid_t pid) {
+  if (pid <= 0) return -1;
+  if (const std::int64_t precise = sched_runtime_ns(pid); precise >= 0) return precise;
+  std::ifstream in(fmt::format("/proc/{}/stat", pid));
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const auto close = text.rfind(')');
+  if (close == std::string::npos) return -1;
+  std::istringstream rest(text.substr(close + 2));
+  // After "pid (comm) ": state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
+  std::string field;
+  long long utime = 0, stime = 0;
+  for (int i = 3; i <= 15 && rest >> field; ++i) {
+    if (i == 14) utime = std::stoll(field);
+    if (i == 15) stime = std::stoll(field);
+  }
+  const long hz = ::sysconf(_SC_CLK_TCK);
+  return (utime + stime) * (1'000'000'000LL / (hz > 0 ? hz : 100));
+}
+
+void raise_fd_limit() {
+  rlimit rl{};
+  if (::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &rl);
+  }
+}
+
+}  // namespace floe::bench::paths

@@ -1,0 +1,125 @@
+// What the three request paths share: the control block every process of a run maps (phases,
+// sample slots), the client and provider drivers that follow the phases, and child processes.
+//
+// A run of one path is three or four processes: floe-bench (the orchestrator: starts phases, reads
+// CPU, computes figures), the core, the provider and the clients process (C request threads and
+// one watcher). The orchestrator publishes a PhaseSpec and bumps `phase_gen`; the drivers below
+// act on it and count themselves done.
+//
+// Latency is measured from the *intended* time of every send (coordinated-omission safe): a
+// request scheduled at t is stamped t even if its client was still busy with the previous one,
+// and the provider stamps its arrival; a commit scheduled at t is stamped t by the provider and
+// the watcher stamps its receipt. All stamps are CLOCK_MONOTONIC, one clock for the machine.
+#pragma once
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace floe::bench::paths {
+
+inline constexpr std::uint64_t kMaxSeq = 1u << 20;  // sample slots per phase (and per stream)
+inline constexpr std::uint32_t kMaxClients = 64;
+
+enum class PhaseKind : std::uint32_t { kIdle = 0, kRequestOpen, kRequestClosed, kCommitOpen, kStop };
+
+struct PhaseSpec {
+  PhaseKind kind = PhaseKind::kIdle;
+  std::uint32_t clients = 1;       // request threads taking part (0 .. clients-1)
+  std::uint32_t devices = 1;       // requests and commits go to device seq % devices
+  double rate = 0;                 // open phases: total sends per second
+  std::int64_t start_ns = 0;       // CLOCK_MONOTONIC of the first intended send
+  std::int64_t end_ns = 0;         // no send is scheduled at or after this
+};
+
+/// The control block, in a MAP_SHARED anonymous mapping made before the children fork.
+struct Shared {
+  std::atomic<std::uint32_t> phase_gen;     // futex word: bumped after `spec` is written
+  PhaseSpec spec;
+  std::atomic<std::uint32_t> clients_done;  // request threads finished with the phase
+  std::atomic<std::uint32_t> provider_done; // commit driver finished with the phase
+  std::atomic<std::uint32_t> clients_ready; // request threads + watcher connected
+  std::atomic<std::uint64_t> sent;          // requests sent in the phase (all threads)
+  std::atomic<std::uint64_t> completed;     // requests answered in the phase
+  std::atomic<std::uint64_t> failures;      // requests or watch waits that failed
+  std::atomic<std::uint64_t> commits_sent;
+  std::atomic<std::uint32_t> stop;          // set with the kStop phase
+  std::atomic<std::uint32_t> error_set;
+  char error[512];
+  // Sample slots, indexed by sequence number (1 .. kMaxSeq-1); 0 = not stamped.
+  std::atomic<std::int64_t> req_intended[kMaxSeq];
+  std::atomic<std::int64_t> req_arrived[kMaxSeq];
+  std::atomic<std::int64_t> commit_intended[kMaxSeq];
+  std::atomic<std::int64_t> commit_seen[kMaxSeq];
+};
+
+/// Maps a zeroed Shared for the whole run (MAP_SHARED | MAP_ANONYMOUS); nullptr on failure.
+[[nodiscard]] Shared* map_shared();
+void unmap_shared(Shared* s);
+/// Records the first failure message of any process; counts every failure.
+void report_failure(Shared& s, std::string_view what) noexcept;
+
+/// Waits until `word` differs from `seen` (futex across processes) or `timeout` passes.
+void wait_word(std::atomic<std::uint32_t>& word, std::uint32_t seen, std::chrono::milliseconds timeout) noexcept;
+void wake_word(std::atomic<std::uint32_t>& word) noexcept;
+/// Sleeps until CLOCK_MONOTONIC reaches `t_ns` (returns at once if it has).
+void sleep_until_ns(std::int64_t t_ns) noexcept;
+
+/// One request connection of a path, used by one thread. set() returns once the path's
+/// acknowledgement came back (the provider has the request); false with `error` filled on failure.
+class RequestClient {
+ public:
+  virtual ~RequestClient() = default;
+  virtual bool set(std::uint32_t device, std::uint64_t seq, std::string& error) = 0;
+};
+
+/// The watching client: waits up to `timeout` for the next commit and returns the sequence number
+/// it carried (0: nothing within the timeout). False with `error` on a broken connection.
+class CommitWatcher {
+ public:
+  virtual ~CommitWatcher() = default;
+  virtual bool next(std::uint64_t& seq, std::chrono::milliseconds timeout, std::string& error) = 0;
+};
+
+using ClientFactory = std::function<std::unique_ptr<RequestClient>(std::uint32_t index, std::string& error)>;
+using WatcherFactory = std::function<std::unique_ptr<CommitWatcher>(std::string& error)>;
+
+/// Body of the clients process: `clients` request threads and one watcher thread follow the phases
+/// until kStop. Returns the exit status.
+int run_clients_process(Shared& s, std::uint32_t clients, const ClientFactory& make_client,
+                        const WatcherFactory& make_watcher);
+
+/// The provider's side of the phases: runs commit phases (calling `commit(device, seq)` at the
+/// intended times, the device writing its new state) until kStop. Call on a thread of its own.
+void run_commit_driver(Shared& s, const std::function<void(std::uint32_t, std::uint64_t)>& commit);
+
+/// Provider side of a request: stamps its arrival (the provider has it).
+inline void stamp_arrival(Shared& s, std::uint64_t seq, std::int64_t now) noexcept {
+  if (seq > 0 && seq < kMaxSeq) s.req_arrived[seq].store(now, std::memory_order_relaxed);
+}
+
+/// A forked child that dies with floe-bench (PR_SET_PDEATHSIG) and runs `body`, exiting with its
+/// return value. -1 if fork failed.
+pid_t fork_child(const std::function<int()>& body);
+/// SIGTERM, then SIGKILL after `grace`, and reap. Safe with pid <= 0.
+void stop_child(pid_t pid, std::chrono::milliseconds grace);
+/// True while `pid` (a child) has not exited; reaps it if it has, storing its status.
+bool child_alive(pid_t pid, int* status = nullptr);
+
+/// CPU time of process `pid` so far: the sum of its threads' on-CPU runtime
+/// (/proc/<pid>/task/*/sched, se.sum_exec_runtime, ns; the same clock getrusage() is derived
+/// from), or, on kernels without sched files, user + system from /proc/<pid>/stat in 10 ms ticks.
+/// Threads that exited are not counted by the first (the runs keep theirs alive). -1 if unreadable.
+[[nodiscard]] std::int64_t process_cpu_ns_of(pid_t pid);
+
+/// Raises RLIMIT_NOFILE's soft limit to the hard limit (1,000 per-device sockets need it).
+void raise_fd_limit();
+
+}  // namespace floe::bench::paths

@@ -1,0 +1,227 @@
+#include "paths/floe_path.hpp"
+
+#include <fcntl.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <fstream>
+#include <sstream>
+#include <thread>
+#include <vector>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "client.hpp"
+#include "clock.hpp"
+#include "floe/sdk/provider.hpp"
+
+namespace floe::bench::paths {
+
+namespace {
+
+using floe::sdk::Component;
+
+std::string device_id(std::uint32_t d) { return fmt::format("bench-{}", d); }
+std::string entity_id(std::uint32_t d) { return fmt::format("bench_{}", d); }
+
+floe::client::ClientOptions client_options(const FloeSetup& setup) {
+  floe::client::ClientOptions o;
+  o.socket_dir = setup.dir;
+  o.timeout = std::chrono::milliseconds(10'000);
+  o.peer_name = "floe-bench";
+  return o;
+}
+
+void use_backend(const FloeSetup& setup) {
+  if (!setup.loop_backend.empty()) ::setenv("FLOE_LOOP_BACKEND", setup.loop_backend.c_str(), 1);
+}
+
+}  // namespace
+
+pid_t start_floe_core(const FloeSetup& setup, std::string& error) {
+  const std::string config = setup.dir + "/core.toml";
+  {
+    std::ofstream out(config);
+    out << fmt::format(
+        "socket_dir = \"{}\"\nstate_file = \"{}/state.json\"\nlog_level = \"warn\"\nmax_clients = {}\n"
+        "[rings]\nnotify = \"{}\"\n",
+        setup.dir, setup.dir, setup.clients + 8, setup.notify);
+    if (!out) {
+      error = "cannot write " + config;
+      return -1;
+    }
+  }
+  const std::string log = setup.dir + "/core.log";
+  const pid_t pid = fork_child([&]() -> int {
+    use_backend(setup);
+    const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd >= 0) {
+      ::dup2(fd, STDOUT_FILENO);
+      ::dup2(fd, STDERR_FILENO);
+    }
+    ::execl(setup.core_bin.c_str(), setup.core_bin.c_str(), "--config", config.c_str(), static_cast<char*>(nullptr));
+    std::fprintf(stderr, "exec %s: %s\n", setup.core_bin.c_str(), std::strerror(errno));
+    return 127;
+  });
+  if (pid < 0) error = fmt::format("fork: {}", std::strerror(errno));
+  return pid;
+}
+
+std::string floe_core_log_tail(const FloeSetup& setup) {
+  std::ifstream in(setup.dir + "/core.log");
+  std::vector<std::string> lines;
+  for (std::string l; std::getline(in, l);) lines.push_back(l);
+  std::string out;
+  for (std::size_t i = lines.size() > 3 ? lines.size() - 3 : 0; i < lines.size(); ++i)
+    out += (out.empty() ? "" : " | ") + lines[i];
+  return out;
+}
+
+bool wait_floe_ready(const FloeSetup& setup, pid_t core, pid_t provider, std::string& error) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60 + setup.devices / 10);
+  std::string last = "floe-core did not answer";
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (!child_alive(core)) {
+      error = "floe-core exited: " + floe_core_log_tail(setup);
+      return false;
+    }
+    if (provider > 0 && !child_alive(provider)) {
+      error = "the provider process exited";
+      return false;
+    }
+    auto opts = client_options(setup);
+    opts.timeout = std::chrono::milliseconds(2000);
+    if (auto c = floe::client::Client::connect(opts)) {
+      if (provider <= 0) return true;
+      if (auto list = c->list_devices()) {
+        std::uint32_t online = 0;
+        for (const auto& d : list->devices()) online += d.online() ? 1 : 0;
+        if (online >= setup.devices) return true;
+        last = fmt::format("{} of {} devices online", online, setup.devices);
+      } else {
+        last = list.error().message;
+      }
+    } else {
+      last = c.error().message;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  error = "not ready within the time limit: " + last;
+  return false;
+}
+
+int run_floe_provider(Shared& s, const FloeSetup& setup) {
+  spdlog::set_level(spdlog::level::warn);
+  use_backend(setup);
+  floe::sdk::Provider provider({.name = "floe-bench", .socket_dir = setup.dir});
+  std::vector<floe::sdk::Device*> devices;
+  for (std::uint32_t d = 0; d < setup.devices; ++d) {
+    auto& dev = provider.add_device({.id = device_id(d), .name = device_id(d), .groups = {},
+                                     .entities = {{.id = entity_id(d), .name = entity_id(d),
+                                                   .components = {Component::Light, Component::Integer,
+                                                                  Component::Real}}}});
+    (void)dev.set(0, Component::Integer, std::int64_t{0});
+    (void)dev.set(0, Component::Real, 0.0);
+    devices.push_back(&dev);
+  }
+  // The device is answered inside the provider: the request is stamped and succeeds at once.
+  provider.on_request([&s](floe::sdk::Request& r) {
+    const std::int64_t now = now_ns();
+    const auto* v = r.value();
+    if (r.component() != Component::Integer || v == nullptr) return r.fail("the bench device takes Integer only");
+    stamp_arrival(s, static_cast<std::uint64_t>(std::get<std::int64_t>(*v)), now);
+    r.succeed();
+  });
+  std::thread loop([&] {
+    if (auto ran = provider.run(); !ran) report_failure(s, "provider: " + ran.error().to_string());
+  });
+  // Device::set is safe from any thread: this one plays the device task writing its new state.
+  run_commit_driver(s, [&](std::uint32_t device, std::uint64_t value) {
+    if (auto st = devices[device]->set(0, Component::Real, static_cast<double>(value)); st != floe::sdk::WriteStatus::kOk)
+      report_failure(s, fmt::format("provider: commit to {}: {}", device_id(device), floe::ipc::to_string(st)));
+  });
+  provider.stop();
+  loop.join();
+  return 0;
+}
+
+namespace {
+
+class FloeClient final : public RequestClient {
+ public:
+  explicit FloeClient(floe::client::Client c) : client_(std::move(c)) {}
+  bool set(std::uint32_t device, std::uint64_t seq, std::string& error) override {
+    auto r = client_.set(entity_id(device), "Integer", std::to_string(seq));
+    if (!r) {
+      error = r.error().message;
+      return false;
+    }
+    for (const auto& one : r->results()) {
+      if (!one.ok()) {
+        error = one.message();
+        return false;
+      }
+    }
+    return true;
+  }
+
+ private:
+  floe::client::Client client_;
+};
+
+class FloeWatcher final : public CommitWatcher {
+ public:
+  explicit FloeWatcher(floe::client::Client c) : client_(std::move(c)) {}
+  bool start(std::string& error) {
+    if (auto w = client_.watch("max Real"); !w) {
+      error = w.error().message;
+      return false;
+    }
+    return true;
+  }
+  bool next(std::uint64_t& seq, std::chrono::milliseconds timeout, std::string& error) override {
+    seq = 0;
+    auto e = client_.next_event(-1, timeout);
+    if (!e) {
+      if (e.error().exit == floe::client::ExitCode::kTimeout) return true;
+      error = e.error().message;
+      return false;
+    }
+    const auto& result = e->event.result();
+    if (result.has_number() && result.number() > 0) seq = static_cast<std::uint64_t>(result.number());
+    return true;
+  }
+
+ private:
+  floe::client::Client client_;
+};
+
+}  // namespace
+
+int run_floe_clients(Shared& s, const FloeSetup& setup) {
+  spdlog::set_level(spdlog::level::warn);
+  return run_clients_process(
+      s, setup.clients,
+      [&](std::uint32_t, std::string& error) -> std::unique_ptr<RequestClient> {
+        auto c = floe::client::Client::connect(client_options(setup));
+        if (!c) {
+          error = c.error().message;
+          return nullptr;
+        }
+        return std::make_unique<FloeClient>(std::move(*c));
+      },
+      [&](std::string& error) -> std::unique_ptr<CommitWatcher> {
+        auto c = floe::client::Client::connect(client_options(setup));
+        if (!c) {
+          error = c.error().message;
+          return nullptr;
+        }
+        auto w = std::make_unique<FloeWatcher>(std::move(*c));
+        if (!w->start(error)) return nullptr;
+        return w;
+      });
+}
+
+}  // namespace floe::bench::paths

@@ -1,0 +1,713 @@
+#include "paths/paths_bench.hpp"
+
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <optional>
+#include <thread>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "clock.hpp"
+#include "paths/common.hpp"
+#include "paths/floe_path.hpp"
+#include "paths/histogram.hpp"
+#include "paths/socket_paths.hpp"
+#include "report.hpp"
+#include "ring_bench.hpp"
+
+#ifndef FLOE_CORE_BIN
+#define FLOE_CORE_BIN ""
+#endif
+
+namespace floe::bench::paths {
+
+namespace {
+
+using nlohmann::ordered_json;
+
+// ---- one running instance of a path -----------------------------------------------------------
+
+struct InstanceSpec {
+  std::string path;          // floe | old | per_device_socket
+  std::string notify = "eventfd";
+  std::string backend;       // floe: "io_uring", "epoll" or "" (auto)
+  std::uint32_t devices = 1;
+  std::uint32_t clients = 1; // request connections made (rows use 1..clients of them)
+};
+
+class Instance {
+ public:
+  Instance() = default;
+  Instance(const Instance&) = delete;
+  Instance& operator=(const Instance&) = delete;
+  ~Instance() { tear_down(); }
+
+  /// Starts every process and waits until they are connected. False with error() on failure.
+  bool bring_up(const InstanceSpec& spec, const PathsConfig& cfg) {
+    spec_ = spec;
+    s_ = map_shared();
+    if (s_ == nullptr) return fail(fmt::format("mmap: {}", std::strerror(errno)));
+    if (spec.path == "floe") return bring_up_floe(cfg);
+    return bring_up_sockets(cfg);
+  }
+
+  void tear_down() {
+    if (s_ != nullptr) {
+      s_->stop.store(1, std::memory_order_release);
+      s_->spec.kind = PhaseKind::kStop;
+      s_->phase_gen.fetch_add(1, std::memory_order_release);
+      wake_word(s_->phase_gen);
+    }
+    stop_child(clients_, std::chrono::milliseconds(2000));
+    stop_child(provider_, std::chrono::milliseconds(2000));
+    stop_child(core_, std::chrono::milliseconds(3000));
+    clients_ = provider_ = core_ = -1;
+    if (!dir_.empty()) {
+      std::error_code ec;
+      std::filesystem::remove_all(dir_, ec);
+      dir_.clear();
+    }
+    unmap_shared(s_);
+    s_ = nullptr;
+  }
+
+  [[nodiscard]] const std::string& error() const { return error_; }
+  [[nodiscard]] Shared& shared() { return *s_; }
+  [[nodiscard]] const InstanceSpec& spec() const { return spec_; }
+
+  /// Core + provider CPU so far (ns).
+  [[nodiscard]] std::int64_t cpu_ns() const {
+    return std::max<std::int64_t>(0, process_cpu_ns_of(core_)) + std::max<std::int64_t>(0, process_cpu_ns_of(provider_));
+  }
+  [[nodiscard]] std::string liveness() {
+    if (!child_alive(core_)) return "the core process exited" + core_log();
+    if (!child_alive(provider_)) return "the provider process exited";
+    if (!child_alive(clients_)) return "the clients process exited";
+    return {};
+  }
+
+ private:
+  bool fail(std::string why) {
+    error_ = std::move(why);
+    if (s_ != nullptr && s_->error_set.load() != 0) error_ += fmt::format(" ({})", s_->error);
+    return false;
+  }
+  std::string core_log() const {
+    if (spec_.path != "floe" || dir_.empty()) return {};
+    FloeSetup f;
+    f.dir = dir_;
+    return ": " + floe_core_log_tail(f);
+  }
+
+  bool wait_clients_ready() {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (s_->clients_ready.load(std::memory_order_acquire) != spec_.clients + 1) {
+      if (s_->error_set.load() != 0) return fail("clients");
+      if (auto l = liveness(); !l.empty()) return fail(l);
+      if (std::chrono::steady_clock::now() > deadline) return fail("clients did not connect in time");
+      wait_word(s_->clients_ready, 0, std::chrono::milliseconds(50));
+    }
+    return true;
+  }
+
+  bool bring_up_floe(const PathsConfig& cfg) {
+    char tmpl[] = "/tmp/floe-bench-paths-XXXXXX";
+    if (::mkdtemp(tmpl) == nullptr) return fail(fmt::format("mkdtemp: {}", std::strerror(errno)));
+    dir_ = tmpl;
+    FloeSetup setup{.core_bin = cfg.core_bin, .dir = dir_, .notify = spec_.notify, .loop_backend = spec_.backend,
+                    .devices = spec_.devices, .clients = spec_.clients};
+    std::string err;
+    core_ = start_floe_core(setup, err);
+    if (core_ < 0) return fail(err);
+    if (!wait_floe_ready(setup, core_, -1, err)) return fail(err);
+    Shared& s = *s_;
+    provider_ = fork_child([&] { return run_floe_provider(s, setup); });
+    if (provider_ < 0) return fail("fork provider");
+    if (!wait_floe_ready(setup, core_, provider_, err)) return fail(err);
+    clients_ = fork_child([&] { return run_floe_clients(s, setup); });
+    if (clients_ < 0) return fail("fork clients");
+    return wait_clients_ready();
+  }
+
+  bool bring_up_sockets(const PathsConfig& cfg) {
+    const bool per_device = spec_.path == "per_device_socket";
+    auto pair = [&](std::vector<int>& a, std::vector<int>& b) {
+      int sv[2];
+      if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return false;
+      a.push_back(sv[0]);
+      b.push_back(sv[1]);
+      return true;
+    };
+    SocketCorePlan core{.per_device = per_device, .devices = spec_.devices, .client_fds = {}, .link_fds = {},
+                        .task_threads = cfg.task_threads};
+    SocketProviderPlan prov{.per_device = per_device, .link_fds = {}, .task_threads = cfg.task_threads};
+    std::vector<int> client_ends;
+    for (std::uint32_t i = 0; i < spec_.clients + 1; ++i)
+      if (!pair(core.client_fds, client_ends)) return fail(fmt::format("socketpair: {}", std::strerror(errno)));
+    const std::uint32_t links = per_device ? spec_.devices : 1;
+    for (std::uint32_t i = 0; i < links; ++i)
+      if (!pair(core.link_fds, prov.link_fds)) return fail(fmt::format("socketpair: {}", std::strerror(errno)));
+    auto close_all = [](const std::vector<int>& fds) {
+      for (int fd : fds) ::close(fd);
+    };
+    Shared& s = *s_;
+    core_ = fork_child([&] {
+      close_all(client_ends);
+      close_all(prov.link_fds);
+      return run_socket_core(s, core);
+    });
+    provider_ = fork_child([&] {
+      close_all(client_ends);
+      close_all(core.client_fds);
+      close_all(core.link_fds);
+      return run_socket_provider(s, prov);
+    });
+    clients_ = fork_child([&] {
+      close_all(core.client_fds);
+      close_all(core.link_fds);
+      close_all(prov.link_fds);
+      return run_socket_clients(s, client_ends);
+    });
+    close_all(client_ends);
+    close_all(core.client_fds);
+    close_all(core.link_fds);
+    close_all(prov.link_fds);
+    if (core_ < 0 || provider_ < 0 || clients_ < 0) return fail("fork failed");
+    return wait_clients_ready();
+  }
+
+  InstanceSpec spec_;
+  Shared* s_ = nullptr;
+  pid_t core_ = -1, provider_ = -1, clients_ = -1;
+  std::string dir_;
+  std::string error_;
+};
+
+// ---- phases -----------------------------------------------------------------------------------
+
+struct PhaseResult {
+  bool ok = true;
+  std::string error;
+  LogHistogram hist;           // request or commit latency (after the phase's warm-up)
+  std::uint64_t sent = 0;      // requests or commits sent in the whole phase
+  std::uint64_t measured = 0;  // samples in hist
+  std::uint64_t lost = 0;      // measured-window sends without an arrival / sighting
+  double achieved_rps = 0;     // completed / phase length
+  double cpu_ns_per_op = 0;    // core + provider CPU over the phase / sent
+};
+
+/// Runs one phase of `seconds`; the first `warm` fraction of sends is left out of the histogram.
+PhaseResult run_phase(Instance& inst, PhaseKind kind, std::uint32_t clients, double rate, double seconds,
+                      double warm = 0.2) {
+  Shared& s = inst.shared();
+  PhaseResult r;
+  for (auto* arr : {s.req_intended, s.req_arrived, s.commit_intended, s.commit_seen})
+    std::memset(static_cast<void*>(arr), 0, sizeof(std::atomic<std::int64_t>) * kMaxSeq);
+  s.clients_done.store(0);
+  s.provider_done.store(0);
+  s.sent.store(0);
+  s.completed.store(0);
+  s.commits_sent.store(0);
+  const std::int64_t start = now_ns() + 20'000'000;
+  const auto length = static_cast<std::int64_t>(seconds * 1e9);
+  s.spec = PhaseSpec{.kind = kind, .clients = clients, .devices = inst.spec().devices, .rate = rate,
+                     .start_ns = start, .end_ns = start + length};
+  const std::int64_t cpu0 = inst.cpu_ns();
+  // SYNC(phase): release pairs with the drivers' acquire in next_phase: `spec` is published.
+  s.phase_gen.fetch_add(1, std::memory_order_release);
+  wake_word(s.phase_gen);
+
+  const std::int64_t deadline = start + length + 30'000'000'000LL;
+  const bool commit = kind == PhaseKind::kCommitOpen;
+  for (;;) {
+    const bool clients_finished = s.clients_done.load(std::memory_order_acquire) == inst.spec().clients;
+    const bool provider_finished = !commit || s.provider_done.load(std::memory_order_acquire) != 0;
+    if (clients_finished && provider_finished) break;
+    if (auto l = inst.liveness(); !l.empty()) {
+      r.ok = false;
+      r.error = l;
+      break;
+    }
+    if (now_ns() > deadline) {
+      r.ok = false;
+      r.error = "phase did not finish in time";
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  if (commit && r.ok) std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the last sightings
+  const std::int64_t cpu1 = inst.cpu_ns();
+  if (s.error_set.load() != 0) {
+    r.ok = false;
+    r.error = s.error;
+  }
+  if (!r.ok) return r;
+
+  const std::int64_t warm_end = start + static_cast<std::int64_t>(warm * static_cast<double>(length));
+  const auto* intended = commit ? s.commit_intended : s.req_intended;
+  const auto* arrived = commit ? s.commit_seen : s.req_arrived;
+  r.sent = commit ? s.commits_sent.load() : s.sent.load();
+  for (std::uint64_t seq = 1; seq < kMaxSeq; ++seq) {
+    const std::int64_t t0 = intended[seq].load(std::memory_order_relaxed);
+    if (t0 == 0) continue;
+    if (t0 < warm_end) continue;
+    const std::int64_t t1 = arrived[seq].load(std::memory_order_relaxed);
+    if (t1 == 0) {
+      ++r.lost;
+      continue;
+    }
+    r.hist.record(t1 - t0);
+    ++r.measured;
+  }
+  r.achieved_rps = static_cast<double>(commit ? r.sent : s.completed.load()) / seconds;
+  if (r.sent > 0) r.cpu_ns_per_op = static_cast<double>(cpu1 - cpu0) / static_cast<double>(r.sent);
+  return r;
+}
+
+// ---- rows -------------------------------------------------------------------------------------
+
+struct Spread {
+  std::vector<double> values;
+  [[nodiscard]] double median() const {
+    if (values.empty()) return 0;
+    auto v = values;
+    std::sort(v.begin(), v.end());
+    return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
+  }
+  [[nodiscard]] double min() const { return values.empty() ? 0 : *std::min_element(values.begin(), values.end()); }
+  [[nodiscard]] double max() const { return values.empty() ? 0 : *std::max_element(values.begin(), values.end()); }
+};
+
+struct Side {  // request or commit figures of a row
+  LogHistogram merged;
+  Spread p50, p90, p99, p999, max, cpu;
+  std::uint64_t sent = 0, measured = 0, lost = 0;
+  void add(const PhaseResult& r) {
+    merged.merge(r.hist);
+    p50.values.push_back(static_cast<double>(r.hist.percentile(0.50)));
+    p90.values.push_back(static_cast<double>(r.hist.percentile(0.90)));
+    p99.values.push_back(static_cast<double>(r.hist.percentile(0.99)));
+    p999.values.push_back(static_cast<double>(r.hist.percentile(0.999)));
+    max.values.push_back(static_cast<double>(r.hist.max()));
+    cpu.values.push_back(r.cpu_ns_per_op);
+    sent += r.sent;
+    measured += r.measured;
+    lost += r.lost;
+  }
+};
+
+struct RampPoint {
+  double offered = 0, achieved = 0;
+  std::int64_t p50 = 0, p99 = 0;
+};
+
+struct Row {
+  std::string path, setting = "inside_provider", notify, backend;
+  std::uint32_t devices = 0, clients = 0;
+  std::string status = "ok", reason{};
+  Side request{}, commit{};
+  Spread max_rps{}, cpu_saturated{};
+  std::vector<RampPoint> ramp{};
+  int repetitions = 0;
+};
+
+std::string us(double ns) { return fmt::format("{:.1f}", ns / 1000.0); }
+
+void measure_row(Instance& inst, Row& row, const PathsConfig& cfg, bool with_ramp) {
+  for (int rep = 0; rep < cfg.repetitions; ++rep) {
+    auto req = run_phase(inst, PhaseKind::kRequestOpen, row.clients, cfg.load_rps, cfg.phase_s);
+    auto com = req.ok ? run_phase(inst, PhaseKind::kCommitOpen, row.clients, cfg.load_rps, cfg.phase_s) : PhaseResult{};
+    auto sat = com.ok && req.ok ? run_phase(inst, PhaseKind::kRequestClosed, row.clients, 0, cfg.phase_s) : PhaseResult{};
+    for (const auto* r : {&req, &com, &sat}) {
+      if (!r->ok) {
+        row.status = "failed";
+        row.reason = r->error;
+        return;
+      }
+    }
+    row.request.add(req);
+    row.commit.add(com);
+    row.max_rps.values.push_back(sat.achieved_rps);
+    row.cpu_saturated.values.push_back(sat.cpu_ns_per_op);
+    ++row.repetitions;
+  }
+  if (!with_ramp) return;
+  const double top = row.max_rps.median();
+  for (double f : {0.25, 0.5, 0.75, 0.9, 1.0, 1.25}) {
+    auto r = run_phase(inst, PhaseKind::kRequestOpen, row.clients, f * top, cfg.phase_s);
+    if (!r.ok) break;
+    row.ramp.push_back({f * top, r.achieved_rps, r.hist.percentile(0.5), r.hist.percentile(0.99)});
+  }
+}
+
+// ---- output -----------------------------------------------------------------------------------
+
+ordered_json side_json(const Side& s, bool with_cdf) {
+  ordered_json o = {{"p50_ns", s.p50.median()},
+                    {"p90_ns", s.p90.median()},
+                    {"p99_ns", s.p99.median()},
+                    {"p999_ns", s.p999.median()},
+                    {"max_ns", s.max.max()},
+                    {"p50_spread_ns", {s.p50.min(), s.p50.max()}},
+                    {"p99_spread_ns", {s.p99.min(), s.p99.max()}},
+                    {"sent", s.sent},
+                    {"measured", s.measured},
+                    {"lost", s.lost},
+                    {"cpu_ns_per_op", s.cpu.median()}};
+  if (with_cdf) {
+    ordered_json cdf = ordered_json::array();
+    for (const auto& [ns, frac] : s.merged.cdf()) cdf.push_back({ns, frac});
+    o["cdf"] = std::move(cdf);
+  }
+  return o;
+}
+
+ordered_json row_json(const Row& r) {
+  ordered_json o = {{"path", r.path},         {"setting", r.setting}, {"devices", r.devices},
+                    {"clients", r.clients},   {"notify", r.notify},   {"loop_backend", r.backend},
+                    {"status", r.status}};
+  if (r.status != "ok") {
+    o["reason"] = r.reason;
+    for (const char* k : {"request_p50_ns", "request_p99_ns", "commit_p50_ns", "commit_p99_ns", "max_rps",
+                          "cpu_ns_per_request", "cpu_ns_per_commit"})
+      o[k] = nullptr;
+    return o;
+  }
+  o["request_p50_ns"] = r.request.p50.median();
+  o["request_p99_ns"] = r.request.p99.median();
+  o["commit_p50_ns"] = r.commit.p50.median();
+  o["commit_p99_ns"] = r.commit.p99.median();
+  o["max_rps"] = r.max_rps.median();
+  o["cpu_ns_per_request"] = r.request.cpu.median();
+  o["cpu_ns_per_commit"] = r.commit.cpu.median();
+  o["repetitions"] = r.repetitions;
+  o["max_rps_spread"] = {r.max_rps.min(), r.max_rps.max()};
+  o["cpu_ns_per_request_saturated"] = r.cpu_saturated.median();
+  o["request"] = side_json(r.request, true);
+  o["commit"] = side_json(r.commit, true);
+  if (!r.ramp.empty()) {
+    ordered_json ramp = ordered_json::array();
+    for (const auto& p : r.ramp)
+      ramp.push_back({{"offered_rps", p.offered}, {"achieved_rps", p.achieved}, {"request_p50_ns", p.p50},
+                      {"request_p99_ns", p.p99}});
+    o["load_ramp"] = std::move(ramp);
+  }
+  return o;
+}
+
+void print_header() {
+  fmt::print("{:<18} {:<16} {:>5} {:>3} | {:>8} {:>8} {:>13} | {:>8} {:>8} | {:>9} | {:>8} {:>8}\n", "path",
+             "notify", "dev", "cli", "req p50", "req p99", "p50 spread", "com p50", "com p99", "max rps",
+             "cpu/req", "cpu/com");
+  fmt::print("{:<18} {:<16} {:>5} {:>3} | {:>8} {:>8} {:>13} | {:>8} {:>8} | {:>9} | {:>8} {:>8}\n", "", "", "",
+             "", "us", "us", "us", "us", "us", "req/s", "us", "us");
+}
+
+std::string row_line(const Row& r) {
+  const std::string notify = r.backend.empty() ? r.notify : r.notify + "/" + r.backend;
+  if (r.status != "ok")
+    return fmt::format("{:<18} {:<16} {:>5} {:>3} | {}: {}", r.path, notify, r.devices, r.clients, r.status, r.reason);
+  return fmt::format("{:<18} {:<16} {:>5} {:>3} | {:>8} {:>8} {:>13} | {:>8} {:>8} | {:>9.0f} | {:>8} {:>8}", r.path,
+                     notify, r.devices, r.clients, us(r.request.p50.median()), us(r.request.p99.median()),
+                     us(r.request.p50.min()) + "-" + us(r.request.p50.max()), us(r.commit.p50.median()),
+                     us(r.commit.p99.median()), r.max_rps.median(), us(r.request.cpu.median()),
+                     us(r.commit.cpu.median()));
+}
+
+struct Target {
+  std::string name;
+  double target = 0;
+  bool at_least = false;
+  std::optional<double> measured;
+};
+
+std::vector<Target> targets(const std::vector<Row>& rows, std::uint32_t devices) {
+  auto find = [&](const std::string& path, std::uint32_t clients) -> const Row* {
+    for (const Row& r : rows)
+      if (r.path == path && r.devices == devices && r.clients == clients && r.notify == "eventfd" &&
+          r.backend.empty() && r.status == "ok")
+        return &r;
+    return nullptr;
+  };
+  auto best_rps = [&](const std::string& path) -> std::optional<double> {
+    std::optional<double> best;
+    for (const Row& r : rows)
+      if (r.path == path && r.devices == devices && r.status == "ok" && r.backend.empty() &&
+          (!best || r.max_rps.median() > *best))
+        best = r.max_rps.median();
+    return best;
+  };
+  const Row* f = find("floe", 1);
+  const Row* o = find("old", 1);
+  std::vector<Target> out;
+  auto ratio = [&](std::string name, auto get) {
+    Target t{std::move(name), 0.5, false, std::nullopt};
+    if (f && o && get(*o) > 0) t.measured = get(*f) / get(*o);
+    out.push_back(std::move(t));
+  };
+  const std::string at = fmt::format(" ({} devices, 1 client)", devices);
+  ratio("floe/old request p50" + at, [](const Row& r) { return r.request.p50.median(); });
+  ratio("floe/old request p99" + at, [](const Row& r) { return r.request.p99.median(); });
+  ratio("floe/old commit p50" + at, [](const Row& r) { return r.commit.p50.median(); });
+  ratio("floe/old commit p99" + at, [](const Row& r) { return r.commit.p99.median(); });
+  Target t{fmt::format("floe/old max_rps ({} devices, best client count)", devices), 3.0, true, std::nullopt};
+  const auto fr = best_rps("floe"), orps = best_rps("old");
+  if (fr && orps && *orps > 0) t.measured = *fr / *orps;
+  out.push_back(std::move(t));
+  return out;
+}
+
+std::string iso_now() {
+  char buf[64];
+  const std::time_t t = std::time(nullptr);
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S%z", std::localtime(&t));
+  return buf;
+}
+
+/// Runs `floe-bench ring` with small counts into a temporary JSON file and returns its results.
+ordered_json run_transports(const PathsConfig& cfg) {
+  char tmpl[] = "/tmp/floe-bench-ring-XXXXXX";
+  const int fd = ::mkstemp(tmpl);
+  if (fd < 0) return ordered_json::array();
+  ::close(fd);
+  RingBenchConfig ring;
+  ring.quick = cfg.quick;
+  if (!cfg.quick) {
+    ring.round_trips = 20'000;
+    ring.messages = 1'000'000;
+    ring.rounds = 2;
+  }
+  ring.json_path = tmpl;
+  ring.command = cfg.command + " (transports)";
+  fmt::print("\n== transports (floe-bench ring{}) ==\n", cfg.quick ? " --quick" : ", small counts");
+  std::fflush(stdout);
+  (void)run_ring_bench(ring);
+  ordered_json out = ordered_json::array();
+  try {
+    std::ifstream in(tmpl);
+    auto doc = ordered_json::parse(in);
+    out = doc.value("results", ordered_json::array());
+  } catch (const std::exception&) {
+  }
+  ::unlink(tmpl);
+  return out;
+}
+
+}  // namespace
+
+CLI::App* add_paths_subcommand(CLI::App& app, PathsConfig& cfg) {
+  CLI::App* cmd = app.add_subcommand(
+      "paths", "the seed's request paths (old, per_device_socket, floe): latency, throughput, CPU");
+  cmd->add_option("--paths", cfg.paths, "paths to run")->delimiter(',')->capture_default_str();
+  cmd->add_option("--devices", cfg.devices, "device counts")->delimiter(',')->capture_default_str();
+  cmd->add_option("--clients", cfg.clients, "client counts swept at --sweep-devices")->delimiter(',')
+      ->capture_default_str();
+  cmd->add_option("--sweep-devices", cfg.sweep_devices, "device count of the client sweep and the notify comparison")
+      ->capture_default_str();
+  cmd->add_option("--throughput-clients", cfg.throughput_clients, "clients of the second row at every device count")
+      ->capture_default_str();
+  cmd->add_option("--notify", cfg.notify, "floe notification strategies to compare ('' for none)")->delimiter(',')
+      ->capture_default_str();
+  cmd->add_option("--repetitions", cfg.repetitions, "repetitions per row (median and spread)")->capture_default_str();
+  cmd->add_option("--phase-s", cfg.phase_s, "seconds per measured phase")->capture_default_str();
+  cmd->add_option("--load-rps", cfg.load_rps, "offered load of the latency phases")->capture_default_str();
+  cmd->add_flag("!--no-ramp", cfg.ramp, "skip the offered-load ramp");
+  cmd->add_flag("!--no-transports", cfg.transports, "do not run floe-bench ring for the transports section");
+  cmd->add_option("--task-threads", cfg.task_threads, "the baselines' task thread pools")->capture_default_str();
+  cmd->add_option("--core-bin", cfg.core_bin, "the floe-core program [the one built with floe-bench]");
+  cmd->add_option("--json", cfg.json_path, "also write every figure as JSON to this file");
+  cmd->add_flag("--quick", cfg.quick, "100 devices, 1 and 4 clients, short phases: under a minute");
+  return cmd;
+}
+
+int run_paths_bench(PathsConfig cfg) {
+  if (cfg.core_bin.empty()) cfg.core_bin = FLOE_CORE_BIN;
+  if (cfg.quick) {
+    cfg.devices = {100};
+    cfg.clients = {1, 4};
+    cfg.sweep_devices = 100;
+    cfg.throughput_clients = 4;
+    cfg.notify = {};
+    cfg.phase_s = 0.25;
+    cfg.ramp = false;
+  }
+  for (const auto& p : cfg.paths) {
+    if (p != "floe" && p != "old" && p != "per_device_socket") {
+      fmt::print(stderr, "floe-bench paths: unknown path '{}' (floe, old, per_device_socket)\n", p);
+      return 2;
+    }
+  }
+  for (auto d : cfg.devices)
+    if (d == 0 || d > 10'000) {
+      fmt::print(stderr, "floe-bench paths: --devices must be 1..10000\n");
+      return 2;
+    }
+  for (auto c : cfg.clients)
+    if (c == 0 || c > kMaxClients) {
+      fmt::print(stderr, "floe-bench paths: --clients must be 1..{}\n", kMaxClients);
+      return 2;
+    }
+  if (cfg.repetitions < 1 || cfg.phase_s <= 0 || cfg.load_rps <= 0 || cfg.throughput_clients == 0 ||
+      cfg.throughput_clients > kMaxClients || cfg.task_threads == 0) {
+    fmt::print(stderr, "floe-bench paths: --repetitions, --phase-s, --load-rps, --throughput-clients and "
+                       "--task-threads must be positive (clients at most {})\n", kMaxClients);
+    return 2;
+  }
+  if (cfg.notify.size() == 1 && cfg.notify[0].empty()) cfg.notify.clear();
+  if (cfg.load_rps * cfg.phase_s >= static_cast<double>(kMaxSeq - 1)) {
+    fmt::print(stderr, "floe-bench paths: --load-rps x --phase-s must stay below {}\n", kMaxSeq);
+    return 2;
+  }
+  raise_fd_limit();
+
+  const MachineInfo machine = probe_machine();
+  fmt::print("floe-bench paths — {} | {} | {} cores ({} allowed) | load {}\n", machine.cpu_model, machine.kernel,
+             machine.cores_online, machine.cores_allowed, machine.loadavg);
+  fmt::print("{} repetition(s) of {:.2f} s phases; latency at {:.0f} offered requests/s and commits/s; "
+             "device answered inside the provider\n\n",
+             cfg.repetitions, cfg.phase_s, cfg.load_rps);
+
+  // The instances to bring up: every path at every device count (rows: 1 and throughput_clients
+  // clients, plus the client sweep at sweep_devices), then floe's notification strategies.
+  struct Plan {
+    InstanceSpec spec;
+    std::vector<std::uint32_t> rows;
+  };
+  std::vector<Plan> plans;
+  for (const auto& path : cfg.paths) {
+    for (auto d : cfg.devices) {
+      std::vector<std::uint32_t> rows{1, cfg.throughput_clients};
+      if (d == cfg.sweep_devices) rows.insert(rows.end(), cfg.clients.begin(), cfg.clients.end());
+      std::sort(rows.begin(), rows.end());
+      rows.erase(std::unique(rows.begin(), rows.end()), rows.end());
+      plans.push_back({{.path = path, .notify = "eventfd", .backend = "", .devices = d, .clients = rows.back()}, rows});
+    }
+  }
+  if (std::find(cfg.paths.begin(), cfg.paths.end(), "floe") != cfg.paths.end()) {
+    for (const auto& n : cfg.notify) {
+      const auto slash = n.find('/');
+      InstanceSpec spec{.path = "floe", .notify = n.substr(0, slash),
+                        .backend = slash == std::string::npos ? "" : n.substr(slash + 1), .devices = cfg.sweep_devices,
+                        .clients = 1};
+      if (spec.backend.empty()) spec.backend = "io_uring";  // named explicitly in the comparison
+      plans.push_back({spec, {1}});
+    }
+  }
+  std::size_t total_rows = 0;
+  for (const auto& p : plans) total_rows += p.rows.size();
+
+  print_header();
+  std::vector<Row> rows;
+  bool any_failed = false;
+  std::size_t done = 0;
+  const auto t_begin = std::chrono::steady_clock::now();
+  for (const auto& plan : plans) {
+    const InstanceSpec& spec = plan.spec;
+    fmt::print(stderr, "  [{}/{}] starting {} ({} devices, {} clients, notify {}{}) ...\n", done + 1, total_rows,
+               spec.path, spec.devices, spec.clients, spec.notify, spec.backend.empty() ? "" : "/" + spec.backend);
+    Instance inst;
+    const bool up = inst.bring_up(spec, cfg);
+    if (up) {
+      // Warm-up: one short request phase and one commit phase, not recorded.
+      (void)run_phase(inst, PhaseKind::kRequestOpen, 1, cfg.load_rps, std::min(0.3, cfg.phase_s));
+      (void)run_phase(inst, PhaseKind::kCommitOpen, 1, cfg.load_rps, std::min(0.3, cfg.phase_s));
+    }
+    for (auto clients : plan.rows) {
+      Row row{.path = spec.path, .setting = "inside_provider", .notify = spec.notify, .backend = spec.backend,
+              .devices = spec.devices, .clients = clients};
+      ++done;
+      if (!up) {
+        // A strategy the core refuses is "skipped"; anything else failed.
+        const bool refused = inst.error().find("not supported") != std::string::npos;
+        row.status = refused ? "skipped" : "failed";
+        row.reason = inst.error();
+      } else {
+        fmt::print(stderr, "  [{}/{}] {} {} devices {} clients ({:.0f} s so far)\n", done, total_rows, spec.path,
+                   spec.devices, clients,
+                   std::chrono::duration<double>(std::chrono::steady_clock::now() - t_begin).count());
+        measure_row(inst, row, cfg,
+                    cfg.ramp && spec.devices == cfg.sweep_devices && clients == cfg.throughput_clients &&
+                        spec.backend.empty());
+      }
+      if (row.status == "failed") any_failed = true;
+      fmt::print("{}\n", row_line(row));
+      std::fflush(stdout);
+      rows.push_back(std::move(row));
+    }
+  }
+
+  // Offered-load ramps.
+  for (const Row& r : rows) {
+    if (r.ramp.empty()) continue;
+    fmt::print("\nload ramp: {} {} devices {} clients (offered -> achieved req/s, p50/p99 us)\n", r.path, r.devices,
+               r.clients);
+    for (const auto& p : r.ramp)
+      fmt::print("  {:>9.0f} -> {:>9.0f}   {:>9} {:>9}\n", p.offered, p.achieved, us(static_cast<double>(p.p50)),
+                 us(static_cast<double>(p.p99)));
+  }
+
+  const std::vector<Target> tgt = targets(rows, cfg.sweep_devices);
+  fmt::print("\ntargets (issue 6; ratios from this run):\n");
+  for (const auto& t : tgt) {
+    if (!t.measured)
+      fmt::print("  {:<62} {:>8}  target {} {:<4} n/a (a row is missing)\n", t.name, "-", t.at_least ? ">=" : "<=",
+                 t.target);
+    else
+      fmt::print("  {:<62} {:>8.3f}  target {} {:<4} {}\n", t.name, *t.measured, t.at_least ? ">=" : "<=", t.target,
+                 (t.at_least ? *t.measured >= t.target : *t.measured <= t.target) ? "PASS" : "MISS");
+  }
+  const std::string tcp_reason =
+      "not yet: the TCP setting (device behind floe-esphome-sim on loopback) is not built into floe-bench paths";
+  fmt::print("\nsetting tcp: {}\n", tcp_reason);
+
+  ordered_json transports = ordered_json::array();
+  if (cfg.transports) transports = run_transports(cfg);
+
+  if (!cfg.json_path.empty()) {
+    ordered_json doc;
+    doc["title"] = "floe-bench paths";
+    doc["date"] = iso_now();
+    doc["command"] = cfg.command;
+    doc["machine"] = {{"cores", machine.cores_online},
+                      {"cores_allowed", machine.cores_allowed},
+                      {"kernel", machine.kernel},
+                      {"cpu_model", machine.cpu_model},
+                      {"loadavg_at_start", machine.loadavg}};
+    doc["config"] = {{"repetitions", cfg.repetitions}, {"phase_s", cfg.phase_s},     {"load_rps", cfg.load_rps},
+                     {"quick", cfg.quick},             {"task_threads", cfg.task_threads},
+                     {"sweep_devices", cfg.sweep_devices}, {"throughput_clients", cfg.throughput_clients}};
+    ordered_json paths = ordered_json::array();
+    for (const Row& r : rows) paths.push_back(row_json(r));
+    doc["paths"] = std::move(paths);
+    doc["transports"] = std::move(transports);
+    ordered_json t = ordered_json::array();
+    for (const auto& x : tgt)
+      t.push_back({{"name", x.name},
+                   {"target", fmt::format("{} {}", x.at_least ? ">=" : "<=", x.target)},
+                   {"measured", x.measured ? ordered_json(*x.measured) : ordered_json(nullptr)},
+                   {"pass", x.measured && (x.at_least ? *x.measured >= x.target : *x.measured <= x.target)}});
+    doc["targets"] = std::move(t);
+    doc["not_run"] = ordered_json::array({{{"setting", "tcp"}, {"reason", tcp_reason}}});
+    std::ofstream out(cfg.json_path);
+    out << doc.dump(1) << '\n';
+    out.close();
+    if (!out) {
+      fmt::print(stderr, "floe-bench paths: cannot write {}\n", cfg.json_path);
+      return 1;
+    }
+    fmt::print("\nJSON written to {}\n", cfg.json_path);
+  }
+  return any_failed ? 1 : 0;
+}
+
+}  // namespace floe::bench::paths
