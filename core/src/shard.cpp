@@ -121,12 +121,12 @@ struct Shard::Attached {
 namespace {
 constexpr std::size_t kDrainBudget = 1024;  // records per wakeup: a flooding provider cannot starve the loop
 
-// The futex bridge's loop. A bump of the word (the producer's wake) that happens after `seen` was
-// read makes FUTEX_WAIT return at once, so none is missed; the timeout only bounds how long a
-// stop request can go unnoticed if its wake raced the wait.
-void run_futex_bridge(const std::atomic<std::uint32_t>& word, const std::atomic<bool>& stop, int rx_eventfd) {
-  // SYNC(futex-gen): acquire pairs with the producer's release bump in RingProducer::wake_consumer.
-  std::uint32_t seen = word.load(std::memory_order_acquire);
+// The futex bridge's loop. `seen` must be read before the shard first raises the sleeping flag
+// (so by the caller, not by the new thread, which may start late): a bump of the word (the
+// producer's wake) that happens after it was read makes FUTEX_WAIT return at once, so none is
+// missed. The timeout only bounds how long a stop request can go unnoticed if its wake raced the wait.
+void run_futex_bridge(const std::atomic<std::uint32_t>& word, std::uint32_t seen, const std::atomic<bool>& stop,
+                      int rx_eventfd) {
   while (!stop.load(std::memory_order_acquire)) {
     ipc::futex_wait(reinterpret_cast<const std::uint32_t*>(&word), seen, std::chrono::milliseconds(200));
     const std::uint32_t now = word.load(std::memory_order_acquire);
@@ -209,8 +209,11 @@ Status Shard::attach_here(AttachArgs& args) {
   d->rx_eventfd = std::move(args.rx_eventfd);
   Attached* raw = d.get();
   if (args.options.notify == ipc::NotifyMode::kFutex) {
-    raw->futex_bridge = std::thread(run_futex_bridge, std::cref(raw->rx->header().futex_word),
-                                    std::cref(raw->bridge_stop), raw->rx_eventfd.get());
+    const auto& word = raw->rx->header().futex_word;
+    // SYNC(futex-gen): acquire pairs with the producer's release bump in RingProducer::wake_consumer.
+    const std::uint32_t seen = word.load(std::memory_order_acquire);
+    raw->futex_bridge = std::thread(run_futex_bridge, std::cref(word), seen, std::cref(raw->bridge_stop),
+                                    raw->rx_eventfd.get());
   }
   auto w = tasks_.loop().watch_eventfd(raw->rx_eventfd.get(), [this, raw](std::uint64_t) { on_rx(*raw); });
   if (!w) return tl::unexpected(w.error());
