@@ -89,6 +89,12 @@ class Instance {
   [[nodiscard]] std::int64_t cpu_ns() const {
     return std::max<std::int64_t>(0, process_cpu_ns_of(core_)) + std::max<std::int64_t>(0, process_cpu_ns_of(provider_));
   }
+  /// liveness(), or for floe the tail of the core's log: what to add to a failure.
+  [[nodiscard]] std::string diagnose() {
+    if (auto l = liveness(); !l.empty()) return l;
+    const std::string log = core_log();
+    return log.size() > 2 ? "core log" + log : std::string{};
+  }
   [[nodiscard]] std::string liveness() {
     if (!child_alive(core_)) return "the core process exited" + core_log();
     if (!child_alive(provider_)) return "the provider process exited";
@@ -332,6 +338,7 @@ void measure_row(Instance& inst, Row& row, const PathsConfig& cfg, bool with_ram
       if (!r->ok) {
         row.status = "failed";
         row.reason = r->error;
+        if (auto d = inst.diagnose(); !d.empty() && d != r->error) row.reason += " [" + d + "]";
         return;
       }
     }
