@@ -713,9 +713,11 @@ void Daemon::check_provider_liveness() {
     }
   }
   for (const auto& [sid, why] : silent) {
-    if (auto it = providers_.find(sid); it != providers_.end()) {
-      spdlog::warn("provider '{}' (pid {}) disconnected: {}", it->second->name, it->second->peer.pid, why);
-    }
+    // Silent means it sent nothing, not that this loop was too busy to read it: read first.
+    on_provider_readable(sid);
+    auto it = providers_.find(sid);
+    if (it == providers_.end() || std::chrono::steady_clock::now() - it->second->last_heard < timeout) continue;
+    spdlog::warn("provider '{}' (pid {}) disconnected: {}", it->second->name, it->second->peer.pid, why);
     close_provider(sid, why);
   }
 }
