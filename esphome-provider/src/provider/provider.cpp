@@ -335,18 +335,12 @@ struct EsphomeProvider::Impl {
     }
   }
 
-  // THE single call site that tells floe whether a device's entities are reachable.
-  // TODO(sdk): call Device::set_available(up) here once the SDK has it (brief H4). Until then the
-  // entities stay "online" in the core while the ESPHome device is away, and requests to them are
-  // failed at once by on_request() with kUnreachable.
+  // The one place that tells floe whether a node's devices are reachable: while the ESPHome
+  // device is away the core shows them offline and fails requests to them at once.
   void set_available(Connection& c, bool up, std::string_view reason) {
     if (c.available == up) return;
     c.available = up;
-    for (auto& d : c.devices) {
-      if (d->device == nullptr) continue;
-      spdlog::debug("device '{}' {}{}{}", d->device->id(), up ? "reachable" : "unreachable", reason.empty() ? "" : ": ",
-                    reason);
-    }
+    for (auto& d : c.devices) d->device->set_available(up, reason);
   }
 
   // ---- I/O ------------------------------------------------------------------------------------
@@ -359,6 +353,15 @@ struct EsphomeProvider::Impl {
       socklen_t len = sizeof err;
       if (::getsockopt(c.fd.get(), SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
       if (err != 0) return drop(c, fmt::format("connect: {}", std::strerror(err)));
+      // A local port in the ephemeral range with nothing listening can be picked as our own source
+      // port: TCP then "connects" to itself, and the socket would hold the port the device needs.
+      sockaddr_storage self{}, peer{};
+      socklen_t self_len = sizeof self, peer_len = sizeof peer;
+      if (::getsockname(c.fd.get(), reinterpret_cast<sockaddr*>(&self), &self_len) == 0 &&
+          ::getpeername(c.fd.get(), reinterpret_cast<sockaddr*>(&peer), &peer_len) == 0 && self_len == peer_len &&
+          std::memcmp(&self, &peer, self_len) == 0) {
+        return drop(c, "connect: Connection refused (nothing listens on the port)");
+      }
       spdlog::debug("ESPHome device {}: TCP connected", c.label);
       enter(c, Phase::kHandshake);
       c.out += c.transport->start();
@@ -586,6 +589,7 @@ struct EsphomeProvider::Impl {
       }
     }
     c.by_key.clear();
+    std::vector<std::string> bound;
     for (const auto& [device_id, sub_name] : parts) {
       std::vector<EntityInfo> entities;
       for (const auto& e : c.listing) {
@@ -603,6 +607,7 @@ struct EsphomeProvider::Impl {
       for (std::size_t i = 0; i < entities.size(); ++i) {
         spec.entities.push_back({.id = ids[i], .name = entities[i].name, .components = components_for(entities[i])});
       }
+      bound.push_back(spec.id);
       FloeDevice* fd = bind(c, std::move(spec), std::move(entities));
       if (fd == nullptr) continue;
       for (sdk::EntityIndex i = 0; i < fd->entities.size(); ++i) {
@@ -610,42 +615,28 @@ struct EsphomeProvider::Impl {
         for (const auto& w : static_writes(fd->entities[i])) write(*fd->device, i, w);
       }
     }
+    // A sub-device the node no longer lists is withdrawn.
+    for (auto it = c.devices.begin(); it != c.devices.end();) {
+      if (std::find(bound.begin(), bound.end(), (*it)->device->id()) == bound.end()) {
+        withdraw(c, it);
+        it = c.devices.begin();
+      } else {
+        ++it;
+      }
+    }
   }
 
   FloeDevice* bind(Connection& c, sdk::DeviceSpec spec, std::vector<EntityInfo> entities) {
     auto known = std::find_if(c.devices.begin(), c.devices.end(),
-                              [&](const auto& d) { return d->device != nullptr && d->device->id() == spec.id; });
+                              [&](const auto& d) { return d->device->id() == spec.id; });
     if (known != c.devices.end()) {
-      FloeDevice& fd = **known;
-      if (same_schema(fd.device->spec(), spec)) {
-        fd.entities = std::move(entities);  // keys may change with a firmware update; ids did not
-        return &fd;
+      if (same_schema((*known)->device->spec(), spec)) {
+        (*known)->entities = std::move(entities);  // keys may change with new firmware; ids did not
+        return known->get();
       }
-      // TODO(sdk): with Provider::remove_device (brief H4) the device is removed and declared
-      // again with its new schema. Until then the old schema stays; entities whose id and
-      // components are unchanged keep working.
-      spdlog::warn("ESPHome device {}: its entity list changed since floe-esphome declared '{}'; restart "
-                   "floe-esphome to pick up the change (unchanged entities keep working)",
-                   c.label, spec.id);
-      const auto& old = fd.device->spec().entities;
-      std::vector<EntityInfo> kept(old.size());
-      for (std::size_t i = 0; i < spec.entities.size(); ++i) {
-        for (std::size_t j = 0; j < old.size(); ++j) {
-          if (old[j].id == spec.entities[i].id && old[j].components.size() == spec.entities[i].components.size()) {
-            kept[j] = entities[i];
-          }
-        }
-      }
-      // Entities no longer present keep a key no state message names.
-      for (std::size_t j = 0; j < old.size(); ++j) {
-        if (kept[j].object_id.empty()) {
-          kept[j].key = 0xffffffffU - static_cast<std::uint32_t>(j);
-          kept[j].device_id = 0xffffffffU;
-          kept[j].object_id = old[j].id;
-        }
-      }
-      fd.entities = std::move(kept);
-      return &fd;
+      // New firmware with other entities: the floe device is declared again with its new schema.
+      spdlog::info("ESPHome device {}: its entity list changed; declaring '{}' again", c.label, spec.id);
+      withdraw(c, known);
     }
     auto added = provider.try_add_device(spec);
     if (!added) {
@@ -660,6 +651,15 @@ struct EsphomeProvider::Impl {
     spdlog::info("ESPHome device {}: declared floe device '{}' with {} entities", c.label, spec.id,
                  spec.entities.size());
     return c.devices.back().get();
+  }
+
+  void withdraw(Connection& c, std::vector<std::unique_ptr<FloeDevice>>::iterator it) {
+    const std::string id = (*it)->device->id();
+    owners.erase((*it)->device);
+    c.devices.erase(it);
+    if (auto s = provider.remove_device(id); !s) {
+      spdlog::warn("ESPHome device {}: removing floe device '{}': {}", c.label, id, s.error().to_string());
+    }
   }
 
   // ---- requests -------------------------------------------------------------------------------
