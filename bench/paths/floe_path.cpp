@@ -1,9 +1,11 @@
 #include "paths/floe_path.hpp"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/prctl.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <csignal>
 #include <fstream>
 #include <sstream>
@@ -116,16 +118,8 @@ int run_floe_provider(Shared& s, const FloeSetup& setup) {
   spdlog::set_level(spdlog::level::warn);
   use_backend(setup);
   floe::sdk::Provider provider({.name = "floe-bench", .socket_dir = setup.dir});
-  std::vector<floe::sdk::Device*> devices;
-  for (std::uint32_t d = 0; d < setup.devices; ++d) {
-    auto& dev = provider.add_device({.id = device_id(d), .name = device_id(d), .groups = {},
-                                     .entities = {{.id = entity_id(d), .name = entity_id(d),
-                                                   .components = {Component::Light, Component::Integer,
-                                                                  Component::Real}}}});
-    (void)dev.set(0, Component::Integer, std::int64_t{0});
-    (void)dev.set(0, Component::Real, 0.0);
-    devices.push_back(&dev);
-  }
+  // Filled by the loop thread, read by the commit driver (only after every device is online).
+  std::vector<std::atomic<floe::sdk::Device*>> devices(setup.devices);
   // The device is answered inside the provider: the request is stamped and succeeds at once.
   provider.on_request([&s](floe::sdk::Request& r) {
     const std::int64_t now = now_ns();
@@ -134,15 +128,43 @@ int run_floe_provider(Shared& s, const FloeSetup& setup) {
     stamp_arrival(s, static_cast<std::uint64_t>(std::get<std::int64_t>(*v)), now);
     r.succeed();
   });
+  std::atomic<bool> stop{false};
+  // The provider's own loop (Provider::fd + process). Devices are declared in batches, each once
+  // the previous batch is online: declaring 1,000 at once overflows the management socket, which
+  // the SDK answers by reconnecting (and declaring all of them again).
   std::thread loop([&] {
-    if (auto ran = provider.run(); !ran) report_failure(s, "provider: " + ran.error().to_string());
+    constexpr std::uint32_t kBatch = 64;
+    std::uint32_t declared = 0;
+    auto declare_batch = [&] {
+      for (std::uint32_t n = 0; n < kBatch && declared < setup.devices; ++n, ++declared) {
+        auto& dev = provider.add_device({.id = device_id(declared), .name = device_id(declared), .groups = {},
+                                         .entities = {{.id = entity_id(declared), .name = entity_id(declared),
+                                                       .components = {Component::Light, Component::Integer,
+                                                                      Component::Real}}}});
+        (void)dev.set(0, Component::Integer, std::int64_t{0});
+        (void)dev.set(0, Component::Real, 0.0);
+        devices[declared].store(&dev, std::memory_order_release);
+      }
+    };
+    declare_batch();
+    while (!stop.load(std::memory_order_acquire)) {
+      pollfd pfd{provider.fd(), POLLIN, 0};
+      ::poll(&pfd, 1, 20);
+      if (auto st = provider.process(); !st) {
+        report_failure(s, "provider: " + st.error().to_string());
+        return;
+      }
+      if (declared < setup.devices && devices[declared - 1].load(std::memory_order_acquire)->online()) declare_batch();
+    }
   });
   // Device::set is safe from any thread: this one plays the device task writing its new state.
   run_commit_driver(s, [&](std::uint32_t device, std::uint64_t value) {
-    if (auto st = devices[device]->set(0, Component::Real, static_cast<double>(value)); st != floe::sdk::WriteStatus::kOk)
+    auto* dev = devices[device].load(std::memory_order_acquire);
+    if (dev == nullptr) return report_failure(s, fmt::format("provider: {} not declared yet", device_id(device)));
+    if (auto st = dev->set(0, Component::Real, static_cast<double>(value)); st != floe::sdk::WriteStatus::kOk)
       report_failure(s, fmt::format("provider: commit to {}: {}", device_id(device), floe::ipc::to_string(st)));
   });
-  provider.stop();
+  stop.store(true, std::memory_order_release);
   loop.join();
   return 0;
 }

@@ -251,6 +251,7 @@ PhaseResult run_phase(Instance& inst, PhaseKind kind, std::uint32_t clients, dou
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
+  const std::int64_t finished = now_ns();
   if (commit && r.ok) std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the last sightings
   const std::int64_t cpu1 = inst.cpu_ns();
   if (s.error_set.load() != 0) {
@@ -275,7 +276,9 @@ PhaseResult run_phase(Instance& inst, PhaseKind kind, std::uint32_t clients, dou
     r.hist.record(t1 - t0);
     ++r.measured;
   }
-  r.achieved_rps = static_cast<double>(commit ? r.sent : s.completed.load()) / seconds;
+  // Past saturation the clients finish their schedule late: the rate is over the time they took.
+  const double elapsed_s = static_cast<double>(std::max(finished - start, length)) / 1e9;
+  r.achieved_rps = static_cast<double>(commit ? r.sent : s.completed.load()) / elapsed_s;
   if (r.sent > 0) r.cpu_ns_per_op = static_cast<double>(cpu1 - cpu0) / static_cast<double>(r.sent);
   return r;
 }

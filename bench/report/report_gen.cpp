@@ -36,7 +36,7 @@ bool ok(const json& r) { return str(r, "status") == "ok"; }
 std::string label(const json& r) {
   const std::string b = str(r, "loop_backend");
   if (str(r, "path") != "floe") return str(r, "path");
-  return "floe " + str(r, "notify") + (b.empty() ? "" : "/" + b);
+  return "floe " + str(r, "notify") + (b.empty() ? " (auto)" : "/" + b);
 }
 
 /// One gnuplot figure: data blocks (one per series) and the plot command.
@@ -45,6 +45,7 @@ struct Figure {
   std::string title, xlabel, ylabel;
   bool logx = false, logy = false;
   std::string style = "linespoints";
+  std::string key = "left top";
   std::vector<std::pair<std::string, std::vector<std::vector<double>>>> series{};  // title, rows
   std::vector<std::tuple<double, double, std::string>> labels{};                    // labelled points
 };
@@ -63,7 +64,9 @@ bool write_figure(const Figure& f, const std::string& dir) {
   gp << "set terminal svg size 800,480 dynamic background rgb 'white'\n";
   gp << "set output '" << f.name << ".svg'\n";
   gp << "set title \"" << f.title << "\"\nset xlabel \"" << f.xlabel << "\"\nset ylabel \"" << f.ylabel << "\"\n";
-  gp << "set grid\nset key left top\n";
+  // noenhanced: path names carry underscores, which enhanced text would turn into subscripts.
+  gp << "set termoption noenhanced\nset grid\nset key " << f.key << "\n";
+  if (!f.labels.empty()) gp << "set offsets graph 0.1, graph 0.3, graph 0.15, graph 0.15\n";
   if (f.logx) gp << "set logscale x\n";
   if (f.logy) gp << "set logscale y\n";
   std::string plot;
@@ -110,7 +113,8 @@ std::vector<Figure> figures(const json& doc) {
   for (const char* side : {"request", "commit"}) {
     Figure f{.name = std::string(side) + "_cdf",
              .title = fmt::format("{} latency CDF, {} devices, 1 client", side, sweep),
-             .xlabel = "latency (us, log)", .ylabel = "fraction at or below", .logx = true, .style = "steps"};
+             .xlabel = "latency (us, log)", .ylabel = "fraction at or below", .logx = true, .style = "steps",
+             .key = "right bottom"};
     for (const auto& r : rows) {
       if (!ok(r) || !is_default(r) || num(r, "devices") != sweep || num(r, "clients") != 1) continue;
       std::vector<std::vector<double>> pts;
@@ -143,7 +147,6 @@ std::vector<Figure> figures(const json& doc) {
              .xlabel = "core + provider CPU per request (us)", .ylabel = "request p50 (us)", .logy = true};
   for (const auto& r : rows) {
     if (!ok(r) || num(r, "devices") != sweep || num(r, "clients") != 1) continue;
-    if (str(r, "path") == "floe" && is_default(r)) continue;  // the strategies name their backend
     cpu.labels.emplace_back(num(r, "cpu_ns_per_request") / 1000.0, num(r, "request_p50_ns") / 1000.0, label(r));
   }
   out.push_back(std::move(cpu));
