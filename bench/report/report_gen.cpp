@@ -144,7 +144,8 @@ std::vector<Figure> figures(const json& doc) {
   out.push_back(std::move(cli));
 
   Figure cpu{.name = "cpu_vs_latency", .title = fmt::format("CPU per request vs request p50, {} devices, 1 client", sweep),
-             .xlabel = "core + provider CPU per request (us)", .ylabel = "request p50 (us)", .logy = true};
+             .xlabel = "core + provider CPU per request (us, log)", .ylabel = "request p50 (us, log)", .logx = true,
+             .logy = true};
   for (const auto& r : rows) {
     if (!ok(r) || num(r, "devices") != sweep || num(r, "clients") != 1) continue;
     cpu.labels.emplace_back(num(r, "cpu_ns_per_request") / 1000.0, num(r, "request_p50_ns") / 1000.0, label(r));
