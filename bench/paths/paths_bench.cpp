@@ -578,6 +578,10 @@ int run_paths_bench(PathsConfig cfg) {
     fmt::print(stderr, "floe-bench paths: --load-rps x --phase-s must stay below {}\n", kMaxSeq);
     return 2;
   }
+  if (!cfg.json_path.empty() && !std::ofstream(cfg.json_path)) {
+    fmt::print(stderr, "floe-bench paths: cannot write {}\n", cfg.json_path);
+    return 2;
+  }
   raise_fd_limit();
 
   const MachineInfo machine = probe_machine();
