@@ -131,6 +131,17 @@ Result<std::string> Handshake::decrypt_and_hash(std::string_view ciphertext) {
   return p;
 }
 
+Result<void> Handshake::mix_ee(const char* op) {
+  Key shared{};
+  if (crypto_scalarmult_curve25519(shared.data(), e_priv_.data(), re_.data()) != 0) {
+    failed_ = true;
+    return logic_error(op, "peer's ephemeral key is a low-order point");
+  }
+  mix_key(view(shared));
+  sodium_memzero(shared.data(), shared.size());
+  return {};
+}
+
 Result<std::string> Handshake::write_message(std::string_view payload) {
   const bool mine = (role_ == Role::kInitiator && step_ == 0) || (role_ == Role::kResponder && step_ == 1);
   if (failed_ || !mine) return logic_error("noise.write_message", "not this side's turn in the handshake");
@@ -140,15 +151,7 @@ Result<std::string> Handshake::write_message(std::string_view payload) {
   msg.append(view(e_pub_));
   mix_hash(view(e_pub_));
   mix_key(view(e_pub_));
-  if (step_ == 1) {  // <- ee
-    Key shared{};
-    if (crypto_scalarmult_curve25519(shared.data(), e_priv_.data(), re_.data()) != 0) {
-      failed_ = true;
-      return logic_error("noise.write_message", "peer's ephemeral key is a low-order point");
-    }
-    mix_key(view(shared));
-    sodium_memzero(shared.data(), shared.size());
-  }
+  if (step_ == 1) FLOE_TRY(mix_ee("noise.write_message"));  // <- ee
   auto c = encrypt_and_hash(payload);
   if (!c) {
     failed_ = true;
@@ -170,15 +173,7 @@ Result<std::string> Handshake::read_message(std::string_view message) {
   std::memcpy(re_.data(), message.data(), kKeyLen);
   mix_hash(view(re_));
   mix_key(view(re_));
-  if (step_ == 1) {
-    Key shared{};
-    if (crypto_scalarmult_curve25519(shared.data(), e_priv_.data(), re_.data()) != 0) {
-      failed_ = true;
-      return logic_error("noise.read_message", "peer's ephemeral key is a low-order point");
-    }
-    mix_key(view(shared));
-    sodium_memzero(shared.data(), shared.size());
-  }
+  if (step_ == 1) FLOE_TRY(mix_ee("noise.read_message"));
   auto p = decrypt_and_hash(message.substr(kKeyLen));
   if (!p) {
     failed_ = true;

@@ -208,6 +208,26 @@ class NoiseBase : public TransportBase {
     return noise_frame(*sealed);
   }
 
+  // Splits the buffer into frames: data frames are decrypted into `out`, the others go to
+  // handshake_frame() of the concrete end.
+  Result<void> feed_frames(std::span<const std::byte> in, std::vector<Message>& out, std::string& reply) {
+    append(in);
+    std::size_t at = 0;
+    for (;;) {
+      auto frame = next_frame(at);
+      if (!frame) return tl::unexpected(frame.error());
+      if (!*frame) break;
+      if (data_) {
+        FLOE_TRY(decode_data(**frame, out));
+      } else {
+        FLOE_TRY(handshake_frame(**frame, reply));
+      }
+    }
+    consume(at);
+    return {};
+  }
+
+  virtual Result<void> handshake_frame(std::string_view body, std::string& reply) = 0;
   virtual tl::unexpected<Error> bad_indicator(std::uint8_t byte) = 0;
   virtual tl::unexpected<Error> oversized_handshake(std::size_t size) = 0;
 
@@ -243,29 +263,16 @@ class NoiseClient final : public NoiseBase {
     return out;
   }
 
-  Result<void> feed(std::span<const std::byte> in, std::vector<Message>& out, std::string& /*reply*/) override {
+  Result<void> feed(std::span<const std::byte> in, std::vector<Message>& out, std::string& reply) override {
     FLOE_TRY(check_failed());
     if (!started_) return fail("received data before start() sent the client hello");
-    append(in);
-    std::size_t at = 0;
-    for (;;) {
-      auto frame = next_frame(at);
-      if (!frame) return tl::unexpected(frame.error());
-      if (!*frame) break;
-      const std::string_view body = **frame;
-      if (data_) {
-        FLOE_TRY(decode_data(body, out));
-      } else if (!got_hello_) {
-        FLOE_TRY(server_hello(body));
-      } else {
-        FLOE_TRY(server_handshake(body));
-      }
-    }
-    consume(at);
-    return {};
+    return feed_frames(in, out, reply);
   }
 
  private:
+  Result<void> handshake_frame(std::string_view body, std::string& /*reply*/) override {
+    return got_hello_ ? server_handshake(body) : server_hello(body);
+  }
   tl::unexpected<Error> bad_indicator(std::uint8_t byte) override {
     if (byte == 0x00 && !data_)
       return fail("device does not use encryption (plaintext peer) but a key is configured");
@@ -321,27 +328,16 @@ class NoiseServer final : public NoiseBase {
 
   Result<void> feed(std::span<const std::byte> in, std::vector<Message>& out, std::string& reply) override {
     FLOE_TRY(check_failed());
-    append(in);
     reply_ = &reply;
-    std::size_t at = 0;
-    for (;;) {
-      auto frame = next_frame(at);
-      if (!frame) return tl::unexpected(frame.error());
-      if (!*frame) break;
-      const std::string_view body = **frame;
-      if (data_) {
-        FLOE_TRY(decode_data(body, out));
-      } else if (!hs_) {
-        client_hello(body, reply);
-      } else {
-        FLOE_TRY(client_handshake(body, reply));
-      }
-    }
-    consume(at);
-    return {};
+    return feed_frames(in, out, reply);
   }
 
  private:
+  Result<void> handshake_frame(std::string_view body, std::string& reply) override {
+    if (hs_) return client_handshake(body, reply);
+    client_hello(body, reply);
+    return {};
+  }
   // Refusals go to the peer as a Noise frame [0x01][reason] before closing, as firmware does.
   tl::unexpected<Error> reject(std::string_view reason, std::string message) {
     if (reply_ != nullptr) reply_->append(noise_frame(std::string(1, '\x01') + std::string(reason)));

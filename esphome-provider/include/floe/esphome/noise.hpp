@@ -74,6 +74,8 @@ class Handshake {
   [[nodiscard]] Result<std::string> encrypt_and_hash(std::string_view plaintext);
   [[nodiscard]] Result<std::string> decrypt_and_hash(std::string_view ciphertext);
   void make_ephemeral(std::optional<Key> fixed);
+  // DH(e, re) mixed into the key: the pattern's "ee" token.
+  [[nodiscard]] Result<void> mix_ee(const char* op);
 
   Role role_;
   Key psk_;
