@@ -220,7 +220,9 @@ struct EsphomeProvider::Impl {
     for (const auto& c : connections) {
       if (c->phase == Phase::kWaiting) next = std::min(next, c->next_attempt);
       if (c->phase != Phase::kWaiting && c->phase != Phase::kLive) next = std::min(next, c->step_deadline);
-      if (c->phase == Phase::kLive) next = std::min(next, c->last_rx + config.keepalive);
+      if (c->phase == Phase::kLive) {
+        next = std::min(next, c->last_rx + config.keepalive + (c->ping_outstanding ? kStepTimeout : 0s));
+      }
       for (const auto& p : c->pending) next = std::min(next, p.deadline);
     }
     return next;
@@ -395,6 +397,7 @@ struct EsphomeProvider::Impl {
         return drop(c, "the device closed the connection");
       }
       c.last_rx = Clock::now();
+      c.ping_outstanding = false;  // anything the device sends shows it is alive
       std::vector<Message> messages;
       std::string reply;
       auto fed = c.transport->feed(std::span<const std::byte>(buf.data(), static_cast<std::size_t>(n)), messages, reply);
