@@ -352,11 +352,15 @@ void measure_row(Instance& inst, Row& row, const PathsConfig& cfg, bool with_ram
     ++row.repetitions;
   }
   if (!with_ramp) return;
-  const double top = row.max_rps.median();
-  for (double f : {0.25, 0.5, 0.75, 0.9, 1.0, 1.25}) {
-    auto r = run_phase(inst, PhaseKind::kRequestOpen, row.clients, f * top, cfg.phase_s);
+  // From a quarter of the measured maximum up by 1.5x until the path falls behind its schedule
+  // (achieved < 90% of offered): the saturation point, whatever the noisy maximum said.
+  double offered = std::max(1.0, row.max_rps.median() / 4);
+  for (int step = 0; step < 12 && offered * cfg.phase_s < static_cast<double>(kMaxSeq - 1); ++step) {
+    auto r = run_phase(inst, PhaseKind::kRequestOpen, row.clients, offered, cfg.phase_s);
     if (!r.ok) break;
-    row.ramp.push_back({f * top, r.achieved_rps, r.hist.percentile(0.5), r.hist.percentile(0.99)});
+    row.ramp.push_back({offered, r.achieved_rps, r.hist.percentile(0.5), r.hist.percentile(0.99)});
+    if (r.achieved_rps < 0.9 * offered) break;
+    offered *= 1.5;
   }
 }
 
