@@ -523,6 +523,7 @@ Result<BoundQuery> bind(const Query& q, const Snapshot& snap, const BindOptions&
     b.scope_words = std::move(acc->words.at);
     b.scope_word_masks = std::move(acc->words.masks);
   }
+  b.plan = detail::plan_scan(b, snap);
   return b;
 }
 

@@ -22,22 +22,12 @@ using ValuePtr = const std::atomic<Word>*;
 
 constexpr Word kAllOnes = ~Word{0};
 
+// What a kernel works with: the plan bind() resolved, and the query, snapshot and result it runs for.
 struct Plan {
-  const Word* lead = nullptr;
-  const Word* live = nullptr;
-  std::array<const Word*, detail::kMaxRequired> others;  // [0, n_others) set
-  std::array<const Word*, detail::kMaxExcluded> excluded;  // [0, n_excluded) set
-  std::uint32_t n_others = 0;
-  std::uint32_t n_excluded = 0;
-  std::uint32_t count = 0;  // slot words, or scope entries when gathering
-  bool gather = false;
-  int shape = 0;  // 0..2: no exclusions, no residual, that many `others`; 3: the general scan
-  const std::uint32_t* scope_words = nullptr;
-  const Word* scope_masks = nullptr;
-  // Residual program context.
-  const BoundQuery* query = nullptr;
-  const Snapshot* snapshot = nullptr;
-  std::uint64_t* unreadable = nullptr;
+  const detail::ScanPlan& s;
+  const BoundQuery& query;
+  const Snapshot& snapshot;
+  std::uint64_t* unreadable;
 };
 
 // ---- Residual program ---------------------------------------------------------------------------
@@ -70,13 +60,13 @@ Word presence_of(const HomeSlots& home, Component c, std::uint32_t w) noexcept {
 }
 
 Word compare_mask(const Plan& p, const FilterStep& st, std::uint32_t w, Word m) {
-  const HomeSlots& home = p.snapshot->home().slots;
+  const HomeSlots& home = p.snapshot.home().slots;
   const std::size_t base = std::size_t{w} * 64;
   Word out = 0;
   if (st.compare == CompareKind::kText) {
     for (; m != 0; m &= m - 1) {
       const int s = std::countr_zero(m);
-      const DeviceRecord& d = p.snapshot->devices()[home.slot_device[base + static_cast<std::size_t>(s)]];
+      const DeviceRecord& d = p.snapshot.devices()[home.slot_device[base + static_cast<std::size_t>(s)]];
       auto text = d.reader().read_text(home.slot_entity[base + static_cast<std::size_t>(s)], st.component);
       if (!text) {
         ++*p.unreadable;
@@ -114,8 +104,8 @@ Word compare_mask(const Plan& p, const FilterStep& st, std::uint32_t w, Word m) 
 Word run_residual(const Plan& p, std::uint32_t g, Word base) {
   std::array<Word, 66> stack;  // bind() caps the depth at 64
   std::size_t sp = 0;
-  const HomeSlots& home = p.snapshot->home().slots;
-  for (const FilterStep& st : p.query->residual) {
+  const HomeSlots& home = p.snapshot.home().slots;
+  for (const FilterStep& st : p.query.residual) {
     switch (st.kind) {
       case FilterStep::Kind::kAll: stack[sp++] = base; break;
       case FilterStep::Kind::kHas: stack[sp++] = base & presence_of(home, st.component, g); break;
@@ -145,23 +135,26 @@ Word run_residual(const Plan& p, std::uint32_t g, Word base) {
 /// kOthers: 0..2 for the specialised shapes (no exclusions, no residual), -1 for the general one.
 template <int kOthers, bool kGather, typename Sink>
 void scan(const Plan& p, Sink& sink) {
-  const std::uint32_t n = p.count;
-  const Word* const lead = p.lead;
-  const Word* const live = p.live;
-  const Word* const o0 = kOthers >= 1 ? p.others[0] : nullptr;  // only the first n_others are set
-  const Word* const o1 = kOthers >= 2 ? p.others[1] : nullptr;
+  const detail::ScanPlan& s = p.s;
+  const std::uint32_t n = s.count;
+  const Word* const lead = s.lead;
+  const Word* const live = s.live;
+  const Word* const o0 = kOthers >= 1 ? s.others[0] : nullptr;  // only the first n_others are set
+  const Word* const o1 = kOthers >= 2 ? s.others[1] : nullptr;
+  const std::uint32_t* const scope_words = p.query.scope_words.data();
+  const Word* const scope_masks = p.query.scope_word_masks.data();
   const auto step = [&]<int kLane>(std::uint32_t i) {
-    const std::uint32_t w = kGather ? p.scope_words[i] : i;
+    const std::uint32_t w = kGather ? scope_words[i] : i;
     Word m = lead[w];
-    if constexpr (kGather) m &= p.scope_masks[i];
+    if constexpr (kGather) m &= scope_masks[i];
     if (m == 0) return;
     m &= live[w];
     if constexpr (kOthers >= 1) m &= o0[w];
     if constexpr (kOthers >= 2) m &= o1[w];
     if constexpr (kOthers < 0) {
-      for (std::size_t j = 0; j < p.n_others; ++j) m &= p.others[j][w];
-      for (std::size_t j = 0; j < p.n_excluded; ++j) m &= ~p.excluded[j][w];
-      if (m != 0 && !p.query->residual.empty()) m = run_residual(p, w, m);
+      for (std::size_t j = 0; j < s.n_others; ++j) m &= s.others[j][w];
+      for (std::size_t j = 0; j < s.n_excluded; ++j) m &= ~s.excluded[j][w];
+      if (m != 0 && !p.query.residual.empty()) m = run_residual(p, w, m);
     }
     if (m != 0) sink.template take<kLane>(w, m);
   };
@@ -171,24 +164,6 @@ void scan(const Plan& p, Sink& sink) {
     step.template operator()<1>(i + 1);
   }
   if (i < n) step.template operator()<0>(i);
-}
-
-template <typename Sink>
-void dispatch(const Plan& p, Sink& sink) {
-  if (p.gather) {
-    switch (p.shape) {
-      case 0: return scan<0, true>(p, sink);
-      case 1: return scan<1, true>(p, sink);
-      case 2: return scan<2, true>(p, sink);
-      default: return scan<-1, true>(p, sink);
-    }
-  }
-  switch (p.shape) {
-    case 0: return scan<0, false>(p, sink);
-    case 1: return scan<1, false>(p, sink);
-    case 2: return scan<2, false>(p, sink);
-    default: return scan<-1, false>(p, sink);
-  }
 }
 
 // ---- Sinks --------------------------------------------------------------------------------------
@@ -260,14 +235,18 @@ struct AggregateSink {
       m &= m - 1;
       return x;
     };
-    while (m != 0) {
+    // Rounds of four by the popcount, then the rest: no end-of-word test after every bit.
+    for (int round = std::popcount(m) / 4; round != 0; --round) {
       fold(a0, next());
-      if (m == 0) break;
       fold(a1, next());
-      if (m == 0) break;
       fold(a2, next());
-      if (m == 0) break;
       fold(a3, next());
+    }
+    switch (std::popcount(m)) {
+      case 3: fold(a2, next()); [[fallthrough]];
+      case 2: fold(a1, next()); [[fallthrough]];
+      case 1: fold(a0, next()); break;
+      default: break;
     }
     if constexpr (kWant == Want::kSum) {
       a0 += a1;
@@ -327,34 +306,6 @@ struct CollectSink {
   }
 };
 
-template <Num kNum, Want kWant>
-void aggregate_as(const Plan& p, const ValuePtr* values, Action action, QueryResult& r) {
-  AggregateSink<kNum, kWant> sink{values};
-  dispatch(p, sink);
-  r.count = sink.count();
-  if (r.count == 0) return;
-  const double x = sink.result();
-  r.number = action == Action::kAvg ? x / static_cast<double>(r.count) : x;
-}
-
-template <Want kWant>
-void aggregate(const Plan& p, const ValuePtr* values, Action action, ipc::Encoding enc, QueryResult& r) {
-  switch (enc) {
-    case ipc::Encoding::kReal: return aggregate_as<Num::kReal, kWant>(p, values, action, r);
-    case ipc::Encoding::kInt64: return aggregate_as<Num::kInt, kWant>(p, values, action, r);
-    default: return aggregate_as<Num::kBool, kWant>(p, values, action, r);
-  }
-}
-
-template <ipc::Encoding kEnc>
-void truth(const Plan& p, const ValuePtr* values, Action action, QueryResult& r) {
-  TruthSink<kEnc> sink{values};
-  dispatch(p, sink);
-  r.count = sink.n[0] + sink.n[1];
-  const std::uint64_t t = sink.truthy[0] + sink.truthy[1];
-  r.truth = action == Action::kAny ? t > 0 : t == r.count;
-}
-
 EntityValue read_value(const DeviceRecord& d, ipc::EntityIndex e, Component c, ipc::Encoding enc, ValuePtr v,
                        std::uint64_t& unreadable) {
   switch (enc) {
@@ -384,30 +335,85 @@ EntityValue read_value(const DeviceRecord& d, ipc::EntityIndex e, Component c, i
   }
 }
 
-void collect(const Plan& p, const BoundQuery& q, const Snapshot& snap, QueryResult& r) {
-  CollectSink sink;
-  dispatch(p, sink);
-  const HomeSlots& home = snap.home().slots;
-  const bool with_value = q.target.has_value() && q.action != Action::kSet;
-  const SlotColumn* col = q.target ? &home.column(*q.target) : nullptr;
-  for (const auto& [w, mask] : sink.hits) {
-    for (Word m = mask; m != 0; m &= m - 1) {
-      const std::size_t s = std::size_t{w} * 64 + static_cast<std::size_t>(std::countr_zero(m));
-      const DeviceRecord& d = snap.devices()[home.slot_device[s]];
-      const ipc::EntityIndex e = home.slot_entity[s];
-      QueryMatch match{.entity = {d.id, e}, .entity_id = d.data->entity_ids[e], .online = d.online, .value = {}};
-      if (with_value) {
-        const ValuePtr v = (col != nullptr && !col->values.empty()) ? col->values[s] : nullptr;
-        match.value = read_value(d, e, *q.target, q.target_encoding, v, r.unreadable);
-      }
-      r.matches.push_back(std::move(match));
-    }
-  }
-  r.count = r.matches.size();
-  if (q.action == Action::kSet) r.set_value = q.set_value;
-}
+// ---- Kernels: one per (action, target encoding, scan shape, scope), chosen at bind time ----------
 
-void finish_empty(const BoundQuery& q, QueryResult& r) {
+template <int kOthers, bool kGather>
+struct CountAction {
+  static void run(const Plan& p, QueryResult& r) {
+    CountSink sink;
+    scan<kOthers, kGather>(p, sink);
+    r.count = sink.count();
+  }
+};
+
+template <Num kNum, Want kWant>
+struct AggregateAction {
+  template <int kOthers, bool kGather>
+  struct Of {
+    static void run(const Plan& p, QueryResult& r) {
+      AggregateSink<kNum, kWant> sink{p.s.values};
+      scan<kOthers, kGather>(p, sink);
+      r.count = sink.count();
+      if (r.count == 0) return;
+      const double x = sink.result();
+      r.number = p.query.action == Action::kAvg ? x / static_cast<double>(r.count) : x;
+    }
+  };
+};
+
+template <ipc::Encoding kEnc>
+struct TruthAction {
+  template <int kOthers, bool kGather>
+  struct Of {
+    static void run(const Plan& p, QueryResult& r) {
+      TruthSink<kEnc> sink{p.s.values};
+      scan<kOthers, kGather>(p, sink);
+      r.count = sink.n[0] + sink.n[1];
+      const std::uint64_t t = sink.truthy[0] + sink.truthy[1];
+      r.truth = p.query.action == Action::kAny ? t > 0 : t == r.count;
+    }
+  };
+};
+
+/// any/all without a target: does anything match.
+template <int kOthers, bool kGather>
+struct MatchAction {
+  static void run(const Plan& p, QueryResult& r) {
+    CountAction<kOthers, kGather>::run(p, r);
+    r.truth = p.query.action == Action::kAny ? r.count > 0 : true;
+  }
+};
+
+/// get, list, set: the matching entities in home order.
+template <int kOthers, bool kGather>
+struct CollectAction {
+  static void run(const Plan& p, QueryResult& r) {
+    CollectSink sink;
+    scan<kOthers, kGather>(p, sink);
+    const BoundQuery& q = p.query;
+    const Snapshot& snap = p.snapshot;
+    const HomeSlots& home = snap.home().slots;
+    const bool with_value = q.target.has_value() && q.action != Action::kSet;
+    for (const auto& [w, mask] : sink.hits) {
+      for (Word m = mask; m != 0; m &= m - 1) {
+        const std::size_t s = std::size_t{w} * 64 + static_cast<std::size_t>(std::countr_zero(m));
+        const DeviceRecord& d = snap.devices()[home.slot_device[s]];
+        const ipc::EntityIndex e = home.slot_entity[s];
+        QueryMatch match{.entity = {d.id, e}, .entity_id = d.data->entity_ids[e], .online = d.online, .value = {}};
+        if (with_value) {
+          const ValuePtr v = p.s.values != nullptr ? p.s.values[s] : nullptr;
+          match.value = read_value(d, e, *q.target, q.target_encoding, v, r.unreadable);
+        }
+        r.matches.push_back(std::move(match));
+      }
+    }
+    r.count = r.matches.size();
+    if (q.action == Action::kSet) r.set_value = q.set_value;
+  }
+};
+
+/// Nothing can match (a required kind nobody has, or an empty home): no scan at all.
+void finish_empty(const detail::ScanPlan&, const BoundQuery& q, const Snapshot&, QueryResult& r) {
   switch (q.action) {
     case Action::kAny: r.truth = false; break;
     case Action::kAll: r.truth = true; break;
@@ -416,46 +422,78 @@ void finish_empty(const BoundQuery& q, QueryResult& r) {
   }
 }
 
-/// Fills `r` (the caller's, so evaluate() returns one named object: no move of the result).
-void run_plan(const Plan& p, const BoundQuery& q, const Snapshot& snap, QueryResult& r) {
-  const ValuePtr* values = nullptr;
-  if (q.target) {
-    const SlotColumn& col = snap.home().slots.column(*q.target);
-    values = col.values.empty() ? nullptr : col.values.data();
-  }
-  switch (q.action) {
-    case Action::kCount: {
-      CountSink sink;
-      dispatch(p, sink);
-      r.count = sink.count();
-      return;
-    }
-    case Action::kSum:
-    case Action::kAvg: return aggregate<Want::kSum>(p, values, q.action, q.target_encoding, r);
-    case Action::kMin: return aggregate<Want::kMin>(p, values, q.action, q.target_encoding, r);
-    case Action::kMax: return aggregate<Want::kMax>(p, values, q.action, q.target_encoding, r);
-    case Action::kAny:
-    case Action::kAll:
-      if (!q.target) {
-        CountSink sink;
-        dispatch(p, sink);
-        r.count = sink.count();
-        r.truth = q.action == Action::kAny ? r.count > 0 : true;
-        return;
-      }
-      switch (q.target_encoding) {
-        case ipc::Encoding::kMarker: return truth<ipc::Encoding::kMarker>(p, values, q.action, r);
-        case ipc::Encoding::kBool: return truth<ipc::Encoding::kBool>(p, values, q.action, r);
-        case ipc::Encoding::kReal: return truth<ipc::Encoding::kReal>(p, values, q.action, r);
-        default: return truth<ipc::Encoding::kInt64>(p, values, q.action, r);
-      }
-    case Action::kGet:
-    case Action::kList:
-    case Action::kSet: return collect(p, q, snap, r);
+template <template <int, bool> class A, int kOthers, bool kGather>
+void kernel(const detail::ScanPlan& s, const BoundQuery& q, const Snapshot& snap, QueryResult& r) {
+  A<kOthers, kGather>::run(Plan{s, q, snap, &r.unreadable}, r);
+}
+
+/// The instance of action A for the scan's shape (0..2 others and nothing else, or -1: general).
+template <template <int, bool> class A>
+detail::Kernel pick(int others, bool gather) noexcept {
+  switch (others) {
+    case 0: return gather ? &kernel<A, 0, true> : &kernel<A, 0, false>;
+    case 1: return gather ? &kernel<A, 1, true> : &kernel<A, 1, false>;
+    case 2: return gather ? &kernel<A, 2, true> : &kernel<A, 2, false>;
+    default: return gather ? &kernel<A, -1, true> : &kernel<A, -1, false>;
   }
 }
 
+template <Want kWant>
+detail::Kernel pick_aggregate(ipc::Encoding enc, int others, bool gather) noexcept {
+  switch (enc) {
+    case ipc::Encoding::kReal: return pick<AggregateAction<Num::kReal, kWant>::template Of>(others, gather);
+    case ipc::Encoding::kInt64: return pick<AggregateAction<Num::kInt, kWant>::template Of>(others, gather);
+    default: return pick<AggregateAction<Num::kBool, kWant>::template Of>(others, gather);
+  }
+}
+
+detail::Kernel pick_kernel(const BoundQuery& q, int others, bool gather) noexcept {
+  switch (q.action) {
+    case Action::kCount: return pick<CountAction>(others, gather);
+    case Action::kSum:
+    case Action::kAvg: return pick_aggregate<Want::kSum>(q.target_encoding, others, gather);
+    case Action::kMin: return pick_aggregate<Want::kMin>(q.target_encoding, others, gather);
+    case Action::kMax: return pick_aggregate<Want::kMax>(q.target_encoding, others, gather);
+    case Action::kAny:
+    case Action::kAll:
+      if (!q.target) return pick<MatchAction>(others, gather);
+      switch (q.target_encoding) {
+        case ipc::Encoding::kMarker: return pick<TruthAction<ipc::Encoding::kMarker>::template Of>(others, gather);
+        case ipc::Encoding::kBool: return pick<TruthAction<ipc::Encoding::kBool>::template Of>(others, gather);
+        case ipc::Encoding::kReal: return pick<TruthAction<ipc::Encoding::kReal>::template Of>(others, gather);
+        default: return pick<TruthAction<ipc::Encoding::kInt64>::template Of>(others, gather);
+      }
+    case Action::kGet:
+    case Action::kList:
+    case Action::kSet: return pick<CollectAction>(others, gather);
+  }
+  return &finish_empty;
+}
+
 }  // namespace
+
+detail::ScanPlan detail::plan_scan(const BoundQuery& q, const Snapshot& snap) noexcept {
+  ScanPlan p;
+  p.snapshot = &snap;
+  const HomeSlots& home = snap.home().slots;
+  if (q.matches_nothing || home.word_count == 0) {
+    p.kernel = &finish_empty;
+    return p;
+  }
+  p.live = q.include_offline ? home.occupied.data() : home.online.data();
+  p.lead = q.required.empty() ? p.live : home.column(q.required[0]).presence.data();
+  for (std::size_t i = 1; i < q.required.size(); ++i) p.others[p.n_others++] = home.column(q.required[i]).presence.data();
+  for (Component c : q.excluded) p.excluded[p.n_excluded++] = home.column(c).presence.data();
+  if (q.target) {
+    const SlotColumn& col = home.column(*q.target);
+    p.values = col.values.empty() ? nullptr : col.values.data();
+  }
+  const bool gather = !q.whole_home;
+  p.count = gather ? static_cast<std::uint32_t>(q.scope_words.size()) : home.word_count;
+  const bool general = p.n_excluded != 0 || !q.residual.empty() || p.n_others > 2;
+  p.kernel = pick_kernel(q, general ? -1 : static_cast<int>(p.n_others), gather);
+  return p;
+}
 
 QueryResult evaluate(const BoundQuery& q, const Snapshot& snap) {
   // One named result, returned on every path (NRVO: built in the caller's storage).
@@ -463,28 +501,13 @@ QueryResult evaluate(const BoundQuery& q, const Snapshot& snap) {
   r.action = q.action;
   if (q.snapshot_version != snap.version()) {
     r.stale_binding = true;
-    return r;
+  } else if (&snap == q.plan.snapshot) [[likely]] {
+    q.plan.kernel(q.plan, q, snap, r);
+  } else {
+    // The same version in another Snapshot object: resolve the pointers for this one.
+    const detail::ScanPlan p = detail::plan_scan(q, snap);
+    p.kernel(p, q, snap, r);
   }
-  const HomeSlots& home = snap.home().slots;
-  if (q.matches_nothing || home.word_count == 0) {
-    finish_empty(q, r);
-    return r;
-  }
-  Plan p;
-  p.live = q.include_offline ? home.occupied.data() : home.online.data();
-  p.lead = q.required.empty() ? p.live : home.column(q.required[0]).presence.data();
-  for (std::size_t i = 1; i < q.required.size(); ++i) p.others[p.n_others++] = home.column(q.required[i]).presence.data();
-  for (Component c : q.excluded) p.excluded[p.n_excluded++] = home.column(c).presence.data();
-  const bool general = p.n_excluded != 0 || !q.residual.empty() || p.n_others > 2;
-  p.shape = general ? 3 : static_cast<int>(p.n_others);
-  p.gather = !q.whole_home;
-  p.count = p.gather ? static_cast<std::uint32_t>(q.scope_words.size()) : home.word_count;
-  p.scope_words = q.scope_words.data();
-  p.scope_masks = q.scope_word_masks.data();
-  p.query = &q;
-  p.snapshot = &snap;
-  p.unreadable = &r.unreadable;
-  run_plan(p, q, snap, r);
   return r;
 }
 

@@ -1,12 +1,12 @@
 // Shared between engine.cpp (bind) and engine_eval.cpp (evaluate). Not a public header.
 #pragma once
 
-#include <cstddef>
+#include "floe/core/engine.hpp"
 
 namespace floe::core::detail {
 
-/// Presence words the scan ANDs / AND-NOTs per chunk directly; more go to the residual program.
-inline constexpr std::size_t kMaxRequired = 8;
-inline constexpr std::size_t kMaxExcluded = 8;
+/// Resolves `q`'s scan against `snapshot` and picks its kernel (engine_eval.cpp). bind() stores
+/// the result in the BoundQuery; evaluate() calls it only for another snapshot of the same version.
+[[nodiscard]] ScanPlan plan_scan(const BoundQuery& q, const Snapshot& snapshot) noexcept;
 
 }  // namespace floe::core::detail

@@ -4,11 +4,16 @@
 // `parse_query(to_string(q)) == q`.
 #include "floe/core/query.hpp"
 
+#include <algorithm>
 #include <charconv>
+#include <chrono>
 #include <cstdint>
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <tuple>
+#include <utility>
+#include <vector>
 
 #include "floe/core/query_parser.hpp"
 
@@ -56,6 +61,63 @@ void append_real(std::string& out, double v) {
   if (text.find_first_of(".eEni") == std::string_view::npos) out += ".0";
 }
 
+// Two (or four) digits, zero-padded.
+void append_digits(std::string& out, std::int64_t v, int width) {
+  char buf[8];
+  for (int i = width - 1; i >= 0; --i, v /= 10) buf[i] = static_cast<char>('0' + v % 10);
+  out.append(buf, static_cast<std::size_t>(width));
+}
+
+// Days since 1970-01-01 as YYYY-MM-DD; false (nothing appended) outside years 0000-9999, which the
+// parser cannot read back.
+bool append_date(std::string& out, std::int64_t days) {
+  constexpr std::int64_t kFirst = -719528;  // 0000-01-01
+  constexpr std::int64_t kLast = 2932896;   // 9999-12-31
+  if (days < kFirst || days > kLast) return false;
+  const std::chrono::year_month_day ymd{std::chrono::sys_days{std::chrono::days{days}}};
+  append_digits(out, static_cast<int>(ymd.year()), 4);
+  out += '-';
+  append_digits(out, static_cast<unsigned>(ymd.month()), 2);
+  out += '-';
+  append_digits(out, static_cast<unsigned>(ymd.day()), 2);
+  return true;
+}
+
+void append_time_of_day(std::string& out, std::int64_t seconds) {
+  append_digits(out, seconds / 3600, 2);
+  out += ':';
+  append_digits(out, seconds / 60 % 60, 2);
+  out += ':';
+  append_digits(out, seconds % 60, 2);
+}
+
+// Timestamp, Date and Time values print as ISO 8601 where the parser reads them back exactly
+// (docs/QUERY_LANGUAGE.md), as integers elsewhere.
+bool append_iso(std::string& out, Component component, std::int64_t v) {
+  if (component == Component::Date) return append_date(out, v);
+  if (component == Component::Time) {
+    if (v < 0 || v >= 86400) return false;
+    append_time_of_day(out, v);
+    return true;
+  }
+  const ipc::ComponentInfo* info = ipc::find_component(component);
+  if (info == nullptr || info->encoding != ipc::Encoding::kTimestamp) return false;
+  constexpr std::int64_t kUsPerDay = 86'400'000'000;
+  const std::int64_t days = v >= 0 ? v / kUsPerDay : -((-(v + 1)) / kUsPerDay) - 1;  // floor
+  if (!append_date(out, days)) return false;
+  const std::int64_t us = v - days * kUsPerDay;  // in range: the date is
+  out += 'T';
+  append_time_of_day(out, us / 1'000'000);
+  if (std::int64_t frac = us % 1'000'000; frac != 0) {
+    int width = 6;
+    for (; frac % 10 == 0; frac /= 10) --width;
+    out += '.';
+    append_digits(out, frac, width);
+  }
+  out += 'Z';
+  return true;
+}
+
 bool is_colour(std::string_view s) noexcept {
   if (s.size() != 7 || s[0] != '#') return false;
   for (const char c : s.substr(1)) {
@@ -68,7 +130,7 @@ void append_literal(std::string& out, Component component, const Literal& value)
   if (const auto* b = std::get_if<bool>(&value)) {
     out += *b ? "true" : "false";
   } else if (const auto* i = std::get_if<std::int64_t>(&value)) {
-    append_int(out, *i);
+    if (!append_iso(out, component, *i)) append_int(out, *i);
   } else if (const auto* d = std::get_if<double>(&value)) {
     append_real(out, *d);
   } else {
@@ -146,7 +208,46 @@ void append_filter(std::string& out, const Filter& f, int context) {
   if (parens) out += ')';
 }
 
+// Sorts the operands of every `and`/`or` below and at `f` by their canonical text and drops
+// repeated ones; a single remaining operand replaces its `and`/`or`.
+void canonicalize(Filter& f) {
+  for (Filter& c : f.children) canonicalize(c);
+  if (f.kind != Filter::Kind::kAnd && f.kind != Filter::Kind::kOr) return;
+  std::vector<std::pair<std::string, Filter>> keyed;
+  const auto add = [&](Filter&& c) {
+    std::string key;
+    append_filter(key, c, 1);
+    keyed.emplace_back(std::move(key), std::move(c));
+  };
+  for (Filter& c : f.children) {
+    // A child that collapsed to one operand may now be of f's own kind: flatten it again.
+    if (c.kind == f.kind) {
+      for (Filter& g : c.children) add(std::move(g));
+    } else {
+      add(std::move(c));
+    }
+  }
+  std::sort(keyed.begin(), keyed.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  keyed.erase(std::unique(keyed.begin(), keyed.end(), [](const auto& a, const auto& b) { return a.first == b.first; }),
+              keyed.end());
+  if (keyed.size() == 1) {
+    Filter only = std::move(keyed.front().second);
+    f = std::move(only);
+    return;
+  }
+  f.children.clear();
+  for (auto& [key, c] : keyed) f.children.push_back(std::move(c));
+}
+
 }  // namespace
+
+Query canonical(Query q) {
+  canonicalize(q.where);
+  const auto order = [](const Scope& s) { return std::tie(s.kind, s.name); };
+  std::sort(q.scopes.begin(), q.scopes.end(), [&](const Scope& a, const Scope& b) { return order(a) < order(b); });
+  q.scopes.erase(std::unique(q.scopes.begin(), q.scopes.end()), q.scopes.end());
+  return q;
+}
 
 std::string_view to_string(Action a) noexcept {
   switch (a) {

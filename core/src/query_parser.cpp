@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <array>
 #include <charconv>
+#include <chrono>
 #include <cstdint>
 #include <initializer_list>
 #include <limits>
@@ -121,6 +122,173 @@ std::string enum_values_list(const ComponentInfo& info) {
 }
 
 bool is_numeric(Encoding e) noexcept { return e == Encoding::kInt64 || e == Encoding::kReal; }
+
+// ---- ISO 8601 literals (Timestamp, Date, Time) ---------------------------------------------------
+//
+//   Timestamp  2026-11-27T10:00:00Z, 2026-11-27T10:00:00.25+01:00  -> microseconds since the epoch
+//   Date       2026-11-27                                           -> days since 1970-01-01
+//   Time       10:00, 10:00:00                                       -> seconds since midnight
+// Years 0000-9999 (proleptic Gregorian); a timestamp needs its UTC offset (`Z` or `+hh:mm`), since a
+// local time would mean whatever the core's time zone is.
+
+enum class IsoKind : std::uint8_t { kTimestamp, kDate, kTime };
+
+/// Where inside the literal it went wrong, and why.
+struct IsoError {
+  std::size_t offset = 0;
+  std::size_t length = 0;
+  std::string message;
+};
+
+class IsoReader {
+ public:
+  explicit IsoReader(std::string_view s) : s_(s) {}
+
+  /// The whole literal as `kind`, or the first error.
+  std::variant<std::int64_t, IsoError> read(IsoKind kind) {
+    std::int64_t v = 0;
+    bool ok = false;
+    switch (kind) {
+      case IsoKind::kDate: ok = date(v); break;
+      case IsoKind::kTime: ok = time_of_day(v, nullptr); break;
+      case IsoKind::kTimestamp: ok = timestamp(v); break;
+    }
+    if (ok && at_ != s_.size()) {
+      ok = fail(at_, s_.size() - at_, "unexpected '" + std::string(s_.substr(at_, 16)) + "' after the " + std::string(noun(kind)));
+    }
+    if (!ok) return std::move(error_);
+    return v;
+  }
+
+  static std::string_view noun(IsoKind kind) noexcept {
+    switch (kind) {
+      case IsoKind::kDate: return "date";
+      case IsoKind::kTime: return "time of day";
+      case IsoKind::kTimestamp: return "timestamp";
+    }
+    return "value";
+  }
+
+ private:
+  bool fail(std::size_t offset, std::size_t length, std::string message) {
+    error_ = IsoError{offset, length, std::move(message)};
+    return false;
+  }
+
+  // Exactly `n` digits, their value within [lo, hi].
+  bool field(std::size_t n, int lo, int hi, std::string_view what, int& out) {
+    const std::size_t from = at_;
+    int v = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      if (at_ >= s_.size() || !is_digit(s_[at_])) {
+        std::size_t end = from;
+        while (end < s_.size() && is_digit(s_[end])) ++end;
+        return fail(from, std::max<std::size_t>(end - from, 1),
+                    std::string(what) + ": expected " + std::to_string(n) + " digits");
+      }
+      v = v * 10 + (s_[at_] - '0');
+      ++at_;
+    }
+    if (at_ < s_.size() && is_digit(s_[at_])) {
+      return fail(from, n + 1, std::string(what) + ": expected " + std::to_string(n) + " digits");
+    }
+    if (v < lo || v > hi) {
+      const auto padded = [n](int x) {
+        std::string t = std::to_string(x);
+        return std::string(n > t.size() ? n - t.size() : 0, '0') + t;
+      };
+      return fail(from, n, std::string(what) + " " + std::string(s_.substr(from, n)) + " out of range " + padded(lo) +
+                               ".." + padded(hi));
+    }
+    out = v;
+    return true;
+  }
+
+  bool expect(char c, std::string_view what) {
+    if (at_ < s_.size() && s_[at_] == c) {
+      ++at_;
+      return true;
+    }
+    return fail(at_, at_ < s_.size() ? 1 : 0, "expected '" + std::string(1, c) + "' " + std::string(what));
+  }
+
+  // YYYY-MM-DD -> days since 1970-01-01.
+  bool date(std::int64_t& days) {
+    const std::size_t from = at_;
+    int y = 0, m = 0, d = 0;
+    if (!field(4, 0, 9999, "year", y) || !expect('-', "after the year (YYYY-MM-DD)") ||
+        !field(2, 1, 12, "month", m) || !expect('-', "after the month (YYYY-MM-DD)") || !field(2, 1, 31, "day", d)) {
+      return false;
+    }
+    const std::chrono::year_month_day ymd{std::chrono::year{y}, std::chrono::month{static_cast<unsigned>(m)},
+                                          std::chrono::day{static_cast<unsigned>(d)}};
+    if (!ymd.ok()) return fail(from, at_ - from, "no such date: " + std::string(s_.substr(from, at_ - from)));
+    days = std::chrono::sys_days{ymd}.time_since_epoch().count();
+    return true;
+  }
+
+  // hh:mm[:ss[.f{1,6}]] -> seconds since midnight (and microseconds, if `micros` may take them).
+  bool time_of_day(std::int64_t& seconds, std::int64_t* micros) {
+    int h = 0, mi = 0, sec = 0;
+    if (!field(2, 0, 23, "hour", h) || !expect(':', "after the hour (hh:mm:ss)") || !field(2, 0, 59, "minute", mi)) {
+      return false;
+    }
+    if (at_ < s_.size() && s_[at_] == ':') {
+      ++at_;
+      if (!field(2, 0, 59, "second", sec)) return false;
+      if (at_ < s_.size() && s_[at_] == '.') {
+        const std::size_t from = at_;
+        ++at_;
+        std::int64_t f = 0;
+        std::size_t n = 0;
+        while (at_ < s_.size() && is_digit(s_[at_])) {
+          if (n < 6) f = f * 10 + (s_[at_] - '0');
+          ++n;
+          ++at_;
+        }
+        if (micros == nullptr) return fail(from, at_ - from, "a time of day is whole seconds: no fraction");
+        if (n == 0 || n > 6) return fail(from, std::max<std::size_t>(at_ - from, 1), "fraction of a second: 1 to 6 digits (microseconds)");
+        for (; n < 6; ++n) f *= 10;
+        *micros = f;
+      }
+    }
+    seconds = std::int64_t{h} * 3600 + std::int64_t{mi} * 60 + sec;
+    return true;
+  }
+
+  // date 'T' time ('Z' | ('+' | '-') hh:mm) -> microseconds since the epoch, UTC.
+  bool timestamp(std::int64_t& us) {
+    std::int64_t days = 0, seconds = 0, micros = 0;
+    if (!date(days)) return false;
+    if (at_ >= s_.size() || (s_[at_] != 'T' && s_[at_] != 't')) {
+      return fail(at_, at_ < s_.size() ? 1 : 0,
+                  "expected 'T' and a time with its UTC offset after the date (2026-11-27T10:00:00Z)");
+    }
+    ++at_;
+    if (!time_of_day(seconds, &micros)) return false;
+    std::int64_t offset = 0;
+    if (at_ < s_.size() && (s_[at_] == 'Z' || s_[at_] == 'z')) {
+      ++at_;
+    } else if (at_ < s_.size() && (s_[at_] == '+' || s_[at_] == '-')) {
+      const bool minus = s_[at_] == '-';
+      ++at_;
+      int oh = 0, om = 0;
+      if (!field(2, 0, 23, "offset hour", oh) || !expect(':', "in the UTC offset (+hh:mm)") ||
+          !field(2, 0, 59, "offset minute", om)) {
+        return false;
+      }
+      offset = (std::int64_t{oh} * 3600 + std::int64_t{om} * 60) * (minus ? -1 : 1);
+    } else {
+      return fail(at_, at_ < s_.size() ? 1 : 0, "expected the UTC offset: 'Z' or +hh:mm / -hh:mm");
+    }
+    us = ((days * 86400) + seconds - offset) * 1'000'000 + micros;
+    return true;
+  }
+
+  std::string_view s_;
+  std::size_t at_ = 0;
+  IsoError error_;
+};
 
 enum class Tok : std::uint8_t { kWord, kInteger, kReal, kString, kColour, kOp, kLParen, kRParen, kEnd };
 
@@ -297,7 +465,11 @@ class Parser {
     }
     tok_.kind = real ? Tok::kReal : Tok::kInteger;
     if (at_ < text_.size() && is_word_char(text_[at_])) {
-      while (at_ < text_.size() && is_word_char(text_[at_])) ++at_;
+      // A '+' between digits stays in the word: the UTC offset of 2026-11-27T10:00:00+01:00.
+      const auto offset_plus = [&] {
+        return text_[at_] == '+' && is_digit(text_[at_ - 1]) && at_ + 1 < text_.size() && is_digit(text_[at_ + 1]);
+      };
+      while (at_ < text_.size() && (is_word_char(text_[at_]) || offset_plus())) ++at_;
       tok_.kind = Tok::kWord;
     }
   }
@@ -572,8 +744,13 @@ class Parser {
         return wrong("true or false");
       case Encoding::kInt64:
       case Encoding::kTimestamp: {
-        std::string expected = info.encoding == Encoding::kInt64 ? "an integer"
-                                                                 : "an integer (microseconds since 1970-01-01 UTC)";
+        const std::optional<IsoKind> iso = iso_kind(info);
+        std::string expected = !iso                          ? "an integer"
+                               : *iso == IsoKind::kTimestamp ? "an integer (microseconds since 1970-01-01 UTC) or a "
+                                                               "UTC time such as 2026-11-27T10:00:00Z"
+                               : *iso == IsoKind::kDate ? "an integer (days since 1970-01-01) or a date such as 2026-11-27"
+                                                        : "an integer (seconds since midnight) or a time such as 10:00:00";
+        if (iso && tok_.kind == Tok::kWord && is_digit(tok_.text.front())) return parse_iso(*iso, expected, out);
         if (tok_.kind != Tok::kInteger) return wrong(std::move(expected));
         std::int64_t v = 0;
         if (!parse_int(v)) return false;
@@ -640,6 +817,26 @@ class Parser {
       case Encoding::kList: break;  // refused by the callers
     }
     return wrong("a value");
+  }
+
+  static std::optional<IsoKind> iso_kind(const ComponentInfo& info) noexcept {
+    if (info.encoding == Encoding::kTimestamp) return IsoKind::kTimestamp;
+    if (info.id == Component::Date) return IsoKind::kDate;
+    if (info.id == Component::Time) return IsoKind::kTime;
+    return std::nullopt;
+  }
+
+  // The current word as an ISO 8601 literal; an error points into it.
+  bool parse_iso(IsoKind kind, const std::string& expected, Literal& out) {
+    auto r = IsoReader(tok_.text).read(kind);
+    if (auto* v = std::get_if<std::int64_t>(&r)) {
+      out = *v;
+      return true;
+    }
+    const IsoError& e = std::get<IsoError>(r);
+    return fail(tok_.position + e.offset, e.length, expected,
+                "bad " + std::string(IsoReader::noun(kind)) + " '" + std::string(tok_.text.substr(0, 64)) + "': " +
+                    e.message);
   }
 
   bool parse_int(std::int64_t& v) {

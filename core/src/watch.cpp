@@ -222,7 +222,9 @@ Result<WatchHandle> WatchHub::subscribe(const Query& query, WatchCallback callba
   if (query.action == Action::kSet) {
     return logic_error("watch.subscribe", "a set query is a request, not a result to watch");
   }
-  std::string key = to_string(query);
+  // Operand order does not change the result: `a and b` and `b and a` are one watcher.
+  Query canonical_query = canonical(query);
+  std::string key = to_string(canonical_query);
   auto sub = std::make_shared<Subscriber>();
   sub->callback = std::move(callback);
   for (;;) {
@@ -232,7 +234,7 @@ Result<WatchHandle> WatchHub::subscribe(const Query& query, WatchCallback callba
       if (auto it = watchers_.find(key); it != watchers_.end()) {
         w = it->second;
       } else {
-        w = std::make_shared<Watcher>(key, query);
+        w = std::make_shared<Watcher>(key, canonical_query);
         watchers_.emplace(key, w);
         reindex_locked();
       }
@@ -336,7 +338,7 @@ std::size_t WatchHub::subscriber_count(const Query& query) const {
   std::shared_ptr<Watcher> w;
   {
     std::shared_lock il(index_mu_);
-    auto it = watchers_.find(to_string(query));
+    auto it = watchers_.find(to_string(canonical(query)));
     if (it == watchers_.end()) return 0;
     w = it->second;
   }

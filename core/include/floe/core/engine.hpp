@@ -8,7 +8,11 @@
 //   required components   presence words AND-ed (the target, `Light`, every compared component)
 //   excluded components   presence words AND-NOT-ed (`without Light`, `not Light`)
 //   a residual program    per-chunk bitset algebra for value comparisons, `or` and complex `not`
-// and the scopes into a list of (slot word, mask) pairs (or "the whole home").
+// and the scopes into a list of (slot word, mask) pairs (or "the whole home"). It also resolves the
+// scan for that snapshot (BoundQuery::plan: the presence-word and value-column pointers, and one
+// kernel compiled for the action, target encoding and filter shape), so an evaluate() against the
+// same Snapshot object (address and version) calls that kernel directly, with no per-call look-ups.
+// Another Snapshot object of the same version (another registry's) is resolved afresh per call.
 //
 // evaluate() walks the packed home (HomeSlots: every entity of the home numbered consecutively,
 // 64 home slots per word, devices sharing words): per word, the sparsest required presence word
@@ -26,6 +30,8 @@
 // min/max skip NaN readings (all NaN: NaN); sum/avg propagate NaN. Nothing matched: no number.
 #pragma once
 
+#include <array>
+#include <atomic>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -73,6 +79,36 @@ struct SetValue {
   friend bool operator==(const SetValue&, const SetValue&) = default;
 };
 
+struct BoundQuery;
+struct QueryResult;
+
+namespace detail {
+
+/// What bind() resolves for evaluate() on the snapshot it bound to: the words the scan ANDs, the
+/// target's value column and the kernel compiled for this action, target encoding and filter
+/// shape. Pointers into that snapshot (identified by its address and version), never into the
+/// BoundQuery itself, so a copied or moved BoundQuery keeps a valid plan.
+struct ScanPlan;
+using Kernel = void (*)(const ScanPlan&, const BoundQuery&, const Snapshot&, QueryResult&);
+
+inline constexpr std::size_t kMaxRequired = 8;  // presence words the scan ANDs; more go to the residual
+inline constexpr std::size_t kMaxExcluded = 8;  // presence words the scan AND-NOTs; likewise
+
+struct ScanPlan {
+  const Snapshot* snapshot = nullptr;  // the pointers below belong to it
+  Kernel kernel = nullptr;
+  const std::uint64_t* lead = nullptr;  // the sparsest required presence word (or live)
+  const std::uint64_t* live = nullptr;  // online (or occupied) slots
+  std::array<const std::uint64_t*, kMaxRequired> others{};  // [0, n_others)
+  std::array<const std::uint64_t*, kMaxExcluded> excluded{};  // [0, n_excluded)
+  std::uint32_t n_others = 0;
+  std::uint32_t n_excluded = 0;
+  std::uint32_t count = 0;  // slot words, or scope entries
+  const std::atomic<std::uint64_t>* const* values = nullptr;  // the target's column, one per home slot
+};
+
+}  // namespace detail
+
 /// A query resolved against one snapshot. Valid only with that snapshot (same version()).
 struct BoundQuery {
   Action action = Action::kCount;
@@ -96,6 +132,9 @@ struct BoundQuery {
   std::vector<std::uint64_t> scope_word_masks;  // the home slots of each scoped word
 
   std::optional<SetValue> set_value;
+
+  /// Resolved for the bound snapshot; evaluate() resolves afresh for another one of that version.
+  detail::ScanPlan plan;
 };
 
 /// What a matching entity carries for get/list: nothing (no target), a small value, a text or a

@@ -84,7 +84,12 @@ struct Query {
 
 [[nodiscard]] std::string_view to_string(Action a) noexcept;
 [[nodiscard]] std::string_view to_string(CompareOp op) noexcept;
-/// Canonical text of a query (parse(to_string(q)) == q): used to deduplicate watchers.
+/// Canonical text of a query (parse(to_string(q)) == q). Keeps the order of operands and scopes
+/// as written; see canonical().
 [[nodiscard]] std::string to_string(const Query& q);
+/// The same query with the operands of every `and` / `or` and its scopes in one order (by their
+/// canonical text) and repeats dropped: `a and b`, `b and a` and `b and a and b` all become
+/// `a and b`. The meaning is unchanged. Watchers are deduplicated by to_string(canonical(q)).
+[[nodiscard]] Query canonical(Query q);
 
 }  // namespace floe::core

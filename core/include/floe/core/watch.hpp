@@ -9,9 +9,10 @@
 //   if (rx.header().overflow.exchange(0, std::memory_order_acq_rel)) feed->on_overflow();
 //   hub.flush();                                // re-evaluates each triggered watcher once, reports
 //
-// Deduplication: watchers are keyed by the canonical text of their query (to_string(Query)), so
-// `AVG dimmer WHERE light` and `avg Dimmer where Light` share one watcher, one evaluation and one
-// last result; every subscription holds a reference and the last unsubscribe frees the watcher.
+// Deduplication: watchers are keyed by the canonical text of their query with its operands in
+// canonical order (to_string(canonical(Query))), so `AVG dimmer WHERE light` and `avg Dimmer where
+// Light`, or `... where Light and Switch` and `... where Switch and Light`, share one watcher, one
+// evaluation and one last result; every subscription holds a reference and the last unsubscribe frees the watcher.
 //
 // Interest: per snapshot version, each watcher's *candidate slots* (the entities its scope covers,
 // online, with every required component and no excluded one: presence is fixed per snapshot) and
@@ -119,7 +120,7 @@ class WatchHandle {
   /// Unsubscribes now (idempotent).
   void reset() noexcept;
   [[nodiscard]] bool active() const noexcept { return sub_ != nullptr; }
-  /// The canonical text of the watched query ("" if not active).
+  /// The canonical text of the watched query, operands in canonical order ("" if not active).
   [[nodiscard]] const std::string& key() const noexcept;
 
  private:
