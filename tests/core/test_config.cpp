@@ -19,6 +19,8 @@ TEST(Config, EmptyTextKeepsEveryDefault) {
   EXPECT_EQ(c->rx_capacity, 64U * 1024);
   EXPECT_EQ(c->notify, ipc::NotifyMode::kEventfd);
   EXPECT_EQ(c->log_level, "info");
+  EXPECT_EQ(c->provider_timeout, std::chrono::milliseconds(10000));
+  EXPECT_EQ(c->poll_interval, std::chrono::microseconds(1000));
 }
 
 TEST(Config, ResolveDefaultsFillsSocketDirStateFileThreadsAndUids) {
@@ -40,13 +42,15 @@ state_file = "/var/lib/x.json"
 worker_threads = 3
 allowed_uids = [1000, 0]
 request_timeout_ms = 250
+provider_timeout_ms = 700
 max_clients = 9
 log_level = "debug"
 loop_backend = "epoll"
 [rings]
 tx_capacity = 4096
 rx_capacity = 131072
-notify = "eventfd"
+notify = "futex"
+poll_interval_us = 200
 )");
   ASSERT_TRUE(c) << c.error().to_string();
   EXPECT_EQ(c->socket_dir, "/run/x");
@@ -59,6 +63,9 @@ notify = "eventfd"
   EXPECT_EQ(c->loop_backend, ipc::LoopBackend::kEpoll);
   EXPECT_EQ(c->tx_capacity, 4096U);
   EXPECT_EQ(c->rx_capacity, 131072U);
+  EXPECT_EQ(c->provider_timeout, std::chrono::milliseconds(700));
+  EXPECT_EQ(c->notify, ipc::NotifyMode::kFutex);
+  EXPECT_EQ(c->poll_interval, std::chrono::microseconds(200));
   Config r = *c;
   resolve_defaults(r);
   EXPECT_EQ(r.socket_dir, "/run/x");
@@ -72,6 +79,15 @@ void expect_error(const char* text, const char* needle) {
   EXPECT_NE(c.error().message.find(needle), std::string::npos) << c.error().message;
 }
 
+TEST(Config, EveryNotifyStrategyIsAccepted) {
+  for (auto [text, mode] : {std::pair{"eventfd", ipc::NotifyMode::kEventfd}, std::pair{"futex", ipc::NotifyMode::kFutex},
+                            std::pair{"spin", ipc::NotifyMode::kSpin}, std::pair{"poll", ipc::NotifyMode::kPoll}}) {
+    auto c = parse_config(std::string("[rings]\nnotify = \"") + text + "\"");
+    ASSERT_TRUE(c) << text << ": " << c.error().to_string();
+    EXPECT_EQ(c->notify, mode) << text;
+  }
+}
+
 TEST(Config, UnknownKeysAreNamed) {
   expect_error("sokcet_dir = \"/x\"", "key 'sokcet_dir': unknown key");
   expect_error("[rings]\ntx_capacty = 1024", "key 'rings.tx_capacty': unknown key");
@@ -83,7 +99,9 @@ TEST(Config, WrongTypesAndRangesAreNamed) {
   expect_error("request_timeout_ms = 0", "out of range");
   expect_error("allowed_uids = 5", "key 'allowed_uids'");
   expect_error("[rings]\ntx_capacity = 1000", "not a power of two");
-  expect_error("[rings]\nnotify = \"spin\"", "rings.notify");
+  expect_error("[rings]\nnotify = \"semaphore\"", "key 'rings.notify': 'semaphore' is not one of eventfd");
+  expect_error("[rings]\npoll_interval_us = 0", "key 'rings.poll_interval_us'");
+  expect_error("provider_timeout_ms = 10", "key 'provider_timeout_ms'");
   expect_error("log_level = \"loud\"", "key 'log_level'");
   expect_error("loop_backend = \"kqueue\"", "key 'loop_backend'");
   expect_error("rings = 3", "key 'rings': expected a table");

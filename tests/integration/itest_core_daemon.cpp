@@ -1,18 +1,30 @@
 // floe-core as a real process: a raw-protocol provider (its own child process) and an in-test
 // client exercise the handshake, grants, get/set through the rings, crash, reconnect and shutdown.
+// An SDK provider (a child driven over a control socket) covers the device lifecycle: a device
+// becoming unreachable and reachable (Device::set_available), a device withdrawn
+// (Provider::remove_device), declared groups on every registration, watch events while the
+// client's own set waits; a silent raw provider is timed out; floectl and virtual-lights run the
+// request path in every ring notification strategy. Waits are bounded polls, never thresholds.
 #include <dirent.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <deque>
 #include <filesystem>
 #include <fstream>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <thread>
 
@@ -24,8 +36,11 @@
 #include "floe/ipc/region.hpp"
 #include "floe/ipc/ring.hpp"
 #include "floe/ipc/tree.hpp"
+#include "floe/sdk/provider.hpp"
 #include "management.pb.h"
 #include "support/child_process.hpp"
+
+extern char** environ;
 
 #ifdef FLOE_CORE_BIN
 
@@ -33,8 +48,11 @@ namespace floe::core {
 namespace {
 
 using namespace std::chrono_literals;
+using sdk::Component;
 
-bool wait_readable(int fd, int timeout_ms) {
+constexpr int kGuardMs = 30000;  // hang guard for one answer (sanitizer builds on a busy machine)
+
+bool wait_readable(int fd, int timeout_ms = kGuardMs) {
   pollfd p{fd, POLLIN, 0};
   int r = 0;
   do {
@@ -44,7 +62,7 @@ bool wait_readable(int fd, int timeout_ms) {
 }
 
 template <typename F>
-bool eventually(F&& f, std::chrono::milliseconds limit = 20s) {
+bool eventually(F&& f, std::chrono::milliseconds limit = 60s) {
   const auto end = std::chrono::steady_clock::now() + limit;
   while (std::chrono::steady_clock::now() < end) {
     if (f()) return true;
@@ -53,16 +71,42 @@ bool eventually(F&& f, std::chrono::milliseconds limit = 20s) {
   return f();
 }
 
+std::string slurp(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// Text commands over a SOCK_SEQPACKET pair, one per packet.
+bool send_text(int fd, const std::string& s) { return ::send(fd, s.data(), s.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(s.size()); }
+std::optional<std::string> recv_text(int fd, int timeout_ms = kGuardMs) {
+  if (!wait_readable(fd, timeout_ms)) return std::nullopt;
+  char buf[512];
+  const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+  if (n <= 0) return std::nullopt;
+  return std::string(buf, static_cast<std::size_t>(n));
+}
+
 int child_fail(int code, const std::string& what) {
   std::fprintf(stderr, "provider child: %s\n", what.c_str());
   return code;
 }
 
-// floe-core itself, with FLOE_SOCKET_DIR = args[0]; extra args follow.
+// floe-core itself, with FLOE_SOCKET_DIR = args[0]; args[1] = "log=FILE" sends its output (at
+// level info) to FILE; extra args follow.
 FLOE_CHILD_ROLE(core) {
   ::setenv("FLOE_SOCKET_DIR", args.at(0).c_str(), 1);
-  std::vector<std::string> argv_s = {FLOE_CORE_BIN, "--log-level", "warn"};
-  for (std::size_t i = 1; i < args.size(); ++i) argv_s.push_back(args[i]);
+  std::size_t first = 1;
+  std::string level = "warn";
+  if (args.size() > 1 && args[1].starts_with("log=")) {
+    const int log = ::open(args[1].substr(4).c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (log < 0 || ::dup2(log, 1) < 0 || ::dup2(log, 2) < 0) return 126;
+    level = "info";
+    first = 2;
+  }
+  std::vector<std::string> argv_s = {FLOE_CORE_BIN, "--log-level", level};
+  for (std::size_t i = first; i < args.size(); ++i) argv_s.push_back(args[i]);
   std::vector<char*> argv;
   for (auto& a : argv_s) argv.push_back(a.data());
   argv.push_back(nullptr);
@@ -126,7 +170,12 @@ FLOE_CHILD_ROLE(provider) {
     if (tx->prepare_sleep()) {
       pollfd p[2] = {{tx_efd, POLLIN, 0}, {ch->fd(), POLLIN, 0}};
       ::poll(p, 2, 200);
-      if (p[1].revents != 0) return 0;  // the core closed the socket
+      if (p[1].revents != 0) {
+        // The core's liveness probe is answered; anything else (EOF first) ends the provider.
+        proto::Envelope in;
+        if (!ch->receive(in) || !in.has_heartbeat()) return 0;
+        if (!ch->send(in)) return 0;
+      }
       (void)ipc::eventfd_drain(tx_efd);
     }
     tx->finish_sleep();
@@ -149,6 +198,109 @@ FLOE_CHILD_ROLE(provider) {
   }
 }
 
+sdk::DeviceSpec lamp_spec() {
+  return {.id = "lamp", .name = "Lamp", .groups = {"kitchen"},
+          .entities = {{.id = "lamp_light", .name = "Lamp light",
+                        .components = {Component::Light, Component::Switch, Component::Dimmer}}}};
+}
+sdk::DeviceSpec fan_spec() {
+  return {.id = "fan", .name = "Fan", .groups = {"bedroom"},
+          .entities = {{.id = "fan_switch", .name = "Fan switch", .components = {Component::Switch}}}};
+}
+
+// An SDK provider with devices "lamp" and "fan", driven through fd 3 (a control socket) with
+// commands answered "ok" (or an error text): "unavail REASON", "avail", "remove ID", "add fan",
+// "hold" (keep requests unanswered; each one reported as "request"), "answer" (succeed the held
+// ones), "dimmer X" (write lamp_light Dimmer). args: socket dir.
+FLOE_CHILD_ROLE(sdk_provider) {
+  const int ctl = 3;
+  sdk::Provider provider({.name = "lifecycle", .socket_dir = args.at(0)});
+  sdk::Device* lamp = &provider.add_device(lamp_spec());
+  provider.add_device(fan_spec());
+  bool hold = false;
+  std::deque<sdk::Request> held;
+  provider.on_request([&](sdk::Request& r) {
+    if (r.value() == nullptr) return r.fail("text is not supported here");
+    if (auto s = r.device().set(r.entity(), r.component(), *r.value()); s != sdk::WriteStatus::kOk) {
+      return r.fail(std::string(ipc::to_string(s)));
+    }
+    if (!hold) return r.succeed();
+    held.push_back(std::move(r));
+    (void)send_text(ctl, "request");
+  });
+  for (;;) {
+    pollfd p[2] = {{provider.fd(), POLLIN, 0}, {ctl, POLLIN, 0}};
+    if (::poll(p, 2, -1) < 0 && errno != EINTR) return 2;
+    if (p[0].revents != 0 && !provider.process()) return 3;
+    if (p[1].revents == 0) continue;
+    char buf[256];
+    const ssize_t n = ::recv(ctl, buf, sizeof buf, 0);
+    if (n <= 0) return 0;  // the test closed the control socket
+    const std::string cmd(buf, static_cast<std::size_t>(n));
+    const std::string arg = cmd.find(' ') == std::string::npos ? "" : cmd.substr(cmd.find(' ') + 1);
+    std::string reply = "ok";
+    if (cmd.starts_with("unavail")) {
+      lamp->set_available(false, arg);
+    } else if (cmd == "avail") {
+      lamp->set_available(true);
+    } else if (cmd.starts_with("remove ")) {
+      if (arg == "lamp") lamp = nullptr;
+      if (auto r = provider.remove_device(arg); !r) reply = r.error().to_string();
+    } else if (cmd == "add fan") {
+      if (auto r = provider.try_add_device(fan_spec()); !r) reply = r.error().to_string();
+    } else if (cmd == "hold") {
+      hold = true;
+    } else if (cmd == "answer") {
+      for (auto& r : held) r.succeed();
+      held.clear();
+    } else if (cmd.starts_with("dimmer ")) {
+      if (lamp == nullptr || lamp->set(0, Component::Dimmer, std::stod(arg)) != sdk::WriteStatus::kOk) reply = "write failed";
+    } else {
+      reply = "unknown command";
+    }
+    (void)send_text(ctl, reply);
+  }
+}
+
+// A raw-protocol provider that declares device "mute" and then never reads its socket again
+// (a stuck provider). It waits for the test to close fd 3, then reports 0 if the core has
+// closed the management socket meanwhile. args: socket dir.
+FLOE_CHILD_ROLE(silent_provider) {
+  auto ch = ipc::Channel::connect(args.at(0) + "/provider.sock");
+  if (!ch) return 10;
+  proto::Envelope hello;
+  hello.set_id(1);
+  hello.mutable_hello()->set_protocol_version(ipc::kProtocolVersion);
+  hello.mutable_hello()->set_peer_name("silent");
+  hello.mutable_hello()->set_role(proto::PEER_ROLE_PROVIDER);
+  if (!ch->send(hello)) return 11;
+  // Hello and AddDevice are both sent before anything is awaited, so however slowly this
+  // process runs, the core has them before it can judge the provider silent.
+  proto::Envelope add;
+  add.set_id(2);
+  add.mutable_add_device()->set_device_id("mute");
+  auto* e = add.mutable_add_device()->add_entities();
+  e->set_id("mute_switch");
+  e->add_components()->set_component(ipc::to_id(Component::Switch));
+  if (!ch->send(add)) return 13;
+  proto::Envelope welcome;
+  if (!ch->receive(welcome) || !welcome.has_welcome()) return 12;
+  proto::Envelope grant;
+  if (!ch->receive(grant) || !grant.has_device_grant()) return 14;
+  (void)send_text(3, "declared");
+  // Silent from here on: block until the test closes the control socket.
+  char c;
+  while (::recv(3, &c, 1, 0) > 0) {
+  }
+  // Whatever the core sent (its probe) precedes the end of the stream.
+  for (;;) {
+    proto::Envelope in;
+    auto r = ch->receive(in);
+    if (!r) return r.error().code == ECONNRESET || r.error().code == 0 || r.error().code == EPIPE ? 0 : 20;
+    if (!in.has_heartbeat()) return 21;
+  }
+}
+
 class Client {
  public:
   explicit Client(const std::string& dir) {
@@ -163,14 +315,17 @@ class Client {
     if (!channel_->receive(resp)) return std::nullopt;
     return resp;
   }
-  std::optional<proto::ClientResponse> call(proto::ClientRequest req) {
+  std::uint64_t post(proto::ClientRequest req) {
     req.set_id(++id_);
-    if (!channel_->send(req)) return std::nullopt;
-    auto r = receive();
-    if (r) {
-      EXPECT_EQ(r->id(), req.id());
+    if (!channel_ || !channel_->send(req)) return 0;
+    return id_;
+  }
+  std::optional<proto::ClientResponse> call(proto::ClientRequest req) {
+    const std::uint64_t id = post(std::move(req));
+    for (;;) {
+      auto r = receive();
+      if (!r || r->id() == id || r->id() == 0) return r;  // skips watch events of earlier watches
     }
-    return r;
   }
   bool hello(std::uint32_t version = ipc::kProtocolVersion) {
     proto::ClientRequest req;
@@ -185,18 +340,39 @@ class Client {
     req.mutable_get()->set_component(component);
     return call(req);
   }
-  std::optional<proto::ClientResponse> set(const std::string& entity, const std::string& component,
-                                           const std::string& value) {
+  static proto::ClientRequest set_request(const std::string& entity, const std::string& component,
+                                          const std::string& value) {
     proto::ClientRequest req;
     req.mutable_set()->set_entity(entity);
     req.mutable_set()->set_component(component);
     req.mutable_set()->set_value(value);
-    return call(req);
+    return req;
+  }
+  std::optional<proto::ClientResponse> set(const std::string& entity, const std::string& component,
+                                           const std::string& value) {
+    return call(set_request(entity, component, value));
   }
   std::optional<proto::ClientResponse> devices() {
     proto::ClientRequest req;
     req.mutable_list_devices();
     return call(req);
+  }
+  /// The device named `name` in ListDevices, if listed.
+  std::optional<proto::DeviceInfo> device(const std::string& name) {
+    auto r = devices();
+    if (!r || !r->has_devices()) return std::nullopt;
+    for (const auto& d : r->devices().devices()) {
+      if (d.name() == name) return d;
+    }
+    return std::nullopt;
+  }
+  bool online(const std::string& name) {
+    auto d = device(name);
+    return d && d->online();
+  }
+  bool in_group(const std::string& name, const std::string& group) {
+    auto d = device(name);
+    return d && std::find(d->groups().begin(), d->groups().end(), group) != d->groups().end();
   }
   ipc::Channel& channel() { return *channel_; }
 
@@ -218,10 +394,24 @@ class CoreDaemon : public ::testing::Test {
     char tmpl[] = "/tmp/floe-itest-core-XXXXXX";
     dir_ = ::mkdtemp(tmpl);
     sock_dir_ = dir_ + "/sock";
+    log_ = dir_ + "/core.log";
   }
   void TearDown() override {
+    if (ctl_ >= 0) ::close(ctl_);
+    provider_.reset();
     core_.reset();
+    if (HasFailure() && std::filesystem::exists(log_)) std::fprintf(stderr, "---- floe-core log ----\n%s\n", slurp(log_).c_str());
     std::filesystem::remove_all(dir_);
+  }
+  /// floe-core with its log in log_ and, if given, this configuration.
+  void start_logged_core(const std::string& config = {}) {
+    std::vector<std::string> extra = {"log=" + log_};
+    if (!config.empty()) {
+      std::ofstream(dir_ + "/core.toml") << config;
+      extra.push_back("--config");
+      extra.push_back(dir_ + "/core.toml");
+    }
+    start_core(extra);
   }
   void start_core(std::vector<std::string> extra = {}) {
     std::vector<std::string> args = {sock_dir_};
@@ -247,8 +437,37 @@ class CoreDaemon : public ::testing::Test {
     return last;
   }
 
-  std::string dir_, sock_dir_;
+  // The SDK provider child (role sdk_provider) with its control socket in ctl_.
+  void start_provider() {
+    int sv[2];
+    ASSERT_EQ(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
+    auto p = test::spawn_child("sdk_provider", {sock_dir_}, {sv[1]});
+    ::close(sv[1]);
+    ASSERT_TRUE(p) << p.error().to_string();
+    provider_.emplace(std::move(*p));
+    ctl_ = sv[0];
+  }
+  /// A logged core, a hello'd client and the SDK provider with both its devices online.
+  Client start_core_and_provider() {
+    start_logged_core();
+    Client client(sock_dir_);
+    EXPECT_TRUE(client.hello());
+    start_provider();
+    if (!eventually([&] { return client.online("lamp") && client.online("fan"); })) {
+      ADD_FAILURE() << "the SDK provider's devices did not come online";
+    }
+    return client;
+  }
+  std::string command(const std::string& cmd) {
+    if (!send_text(ctl_, cmd)) return "control socket closed";
+    auto r = recv_text(ctl_);
+    return r ? *r : "no answer";
+  }
+
+  std::string dir_, sock_dir_, log_;
   std::optional<test::Child> core_;
+  std::optional<test::Child> provider_;
+  int ctl_ = -1;
 };
 
 TEST_F(CoreDaemon, RefusesAWrongProtocolVersionWithAClearError) {
@@ -417,10 +636,257 @@ TEST_F(CoreDaemon, ASecondCoreRefusesALiveOneAndReplacesAKilledOneAtOnce) {
   EXPECT_EQ(core_->wait(30s), 128 + SIGKILL);
   core_.reset();
   start_core();
-  Client c(sock_dir_);
-  EXPECT_TRUE(c.hello());
+  // start_core() may have connected to the dying listener: the new core is there once a Hello
+  // is answered (it replaces the stale socket files without anyone removing them).
+  EXPECT_TRUE(eventually([&] {
+    auto ch = ipc::Channel::connect(sock_dir_ + "/client.sock");
+    if (!ch) return false;
+    proto::ClientRequest req;
+    req.set_id(1);
+    req.mutable_hello()->set_protocol_version(ipc::kProtocolVersion);
+    if (!ch->send(req) || !wait_readable(ch->fd(), kGuardMs)) return false;
+    proto::ClientResponse resp;
+    return ch->receive(resp) && resp.has_welcome();
+  }));
   EXPECT_EQ(stop_core(), 0);
 }
+
+TEST_F(CoreDaemon, UnavailableDeviceGoesOfflineFailsRequestsAtOnceAndComesBack) {
+  Client client = start_core_and_provider();
+  ASSERT_FALSE(HasFailure());
+  auto ok = client.set("lamp_light", "Dimmer", "0.5");
+  ASSERT_TRUE(ok && ok->has_set()) << (ok && ok->has_error() ? ok->error().message() : "no answer");
+
+  ASSERT_EQ(command("unavail wifi lost"), "ok");
+  ASSERT_TRUE(eventually([&] { return !client.online("lamp"); }));
+  EXPECT_TRUE(client.online("fan"));  // only that device
+  auto refused = client.set("lamp_light", "Dimmer", "0.7");
+  ASSERT_TRUE(refused && refused->has_error());
+  EXPECT_EQ(refused->error().code(), proto::ERROR_CODE_OFFLINE);
+  proto::ClientRequest fan_out;  // a set query skips offline devices: nothing is asked
+  fan_out.mutable_query()->set_text("set Switch = true where Light");
+  auto fo = client.call(fan_out);
+  ASSERT_TRUE(fo && fo->has_set()) << (fo && fo->has_error() ? fo->error().message() : "no answer");
+  EXPECT_EQ(fo->set().results_size(), 0);
+  auto last = client.get("lamp_light", "Dimmer");  // the last value still reads, marked offline
+  ASSERT_TRUE(last && last->has_value());
+  EXPECT_FALSE(last->value().online());
+  EXPECT_EQ(last->value().value().real(), 0.5);
+  EXPECT_NE(slurp(log_).find("wifi lost"), std::string::npos);
+
+  // A restarted core hears it again when the provider reconnects: once "fan" (declared after
+  // "lamp") is online, lamp's availability has been processed too.
+  ASSERT_EQ(stop_core(), 0);
+  start_logged_core();
+  Client c2(sock_dir_);
+  ASSERT_TRUE(c2.hello());
+  ASSERT_TRUE(eventually([&] { return c2.online("fan"); }));
+  EXPECT_FALSE(c2.online("lamp"));
+
+  ASSERT_EQ(command("avail"), "ok");
+  ASSERT_TRUE(eventually([&] { return c2.online("lamp"); }));
+  auto back = c2.set("lamp_light", "Dimmer", "0.25");
+  ASSERT_TRUE(back && back->has_set()) << (back && back->has_error() ? back->error().message() : "no answer");
+  auto now = c2.get("lamp_light", "Dimmer");
+  ASSERT_TRUE(now && now->has_value());
+  EXPECT_EQ(now->value().value().real(), 0.25);
+  EXPECT_EQ(stop_core(), 0);
+}
+
+TEST_F(CoreDaemon, RemovedDeviceIsGoneFromRegistryStateAndFdsAndCanReturn) {
+  Client client = start_core_and_provider();
+  ASSERT_FALSE(HasFailure());
+  const pid_t core_pid = core_->pid();
+  const std::size_t fds_with_fan = count_fds(core_pid);
+
+  ASSERT_EQ(command("remove fan"), "ok");
+  ASSERT_TRUE(eventually([&] { return !client.device("fan"); }));
+  auto gone = client.get("fan_switch", "Switch");
+  ASSERT_TRUE(gone && gone->has_error());
+  EXPECT_EQ(gone->error().code(), proto::ERROR_CODE_NOT_FOUND);
+  EXPECT_TRUE(client.online("lamp"));
+  // Its region and both eventfds are closed (a snapshot may hold the region a little longer).
+  EXPECT_TRUE(eventually([&] { return count_fds(core_pid) + 3 <= fds_with_fan; }))
+      << "core fds " << count_fds(core_pid) << ", with the fan " << fds_with_fan;
+  EXPECT_NE(command("remove fan").find("no device 'fan'"), std::string::npos)
+      << "a second removal is an error in the SDK";
+
+  // The state file forgets it: a restarted core does not list it.
+  ASSERT_EQ(stop_core(), 0);
+  EXPECT_EQ(slurp(sock_dir_ + "/state.json").find("fan_switch"), std::string::npos);
+  start_logged_core();
+  Client c2(sock_dir_);
+  ASSERT_TRUE(c2.hello());
+  ASSERT_TRUE(eventually([&] { return c2.online("lamp"); }));
+  EXPECT_FALSE(c2.device("fan"));
+
+  // Declared again: a new device, with its declared group, and requests work.
+  ASSERT_EQ(command("add fan"), "ok");
+  ASSERT_TRUE(eventually([&] { return c2.online("fan"); }));
+  EXPECT_TRUE(c2.in_group("fan", "bedroom"));
+  auto s = c2.set("fan_switch", "Switch", "true");
+  ASSERT_TRUE(s && s->has_set()) << (s && s->has_error() ? s->error().message() : "no answer");
+  EXPECT_EQ(stop_core(), 0);
+}
+
+TEST_F(CoreDaemon, DeclaredGroupsAreRejoinedOnEveryRegistration) {
+  Client client = start_core_and_provider();
+  ASSERT_FALSE(HasFailure());
+  ASSERT_TRUE(eventually([&] { return client.online("lamp") && client.in_group("lamp", "kitchen"); }));
+  proto::ClientRequest leave;
+  leave.mutable_edit_group()->set_group("kitchen");
+  leave.mutable_edit_group()->set_device("lamp");
+  leave.mutable_edit_group()->set_remove(true);
+  auto r = client.call(leave);
+  ASSERT_TRUE(r && r->has_ok()) << (r && r->has_error() ? r->error().message() : "no answer");
+  proto::ClientRequest join;
+  join.mutable_edit_group()->set_group("upstairs");
+  join.mutable_edit_group()->set_device("lamp");
+  ASSERT_TRUE(client.call(join));
+  EXPECT_FALSE(client.in_group("lamp", "kitchen"));
+
+  // A new registration (the core restarts, the provider reconnects) joins the declared group
+  // again; a group the user added stays.
+  ASSERT_EQ(stop_core(), 0);
+  start_logged_core();
+  Client c2(sock_dir_);
+  ASSERT_TRUE(c2.hello());
+  ASSERT_TRUE(eventually([&] { return c2.online("lamp"); }));
+  EXPECT_TRUE(c2.in_group("lamp", "kitchen"));
+  EXPECT_TRUE(c2.in_group("lamp", "upstairs"));
+  EXPECT_EQ(stop_core(), 0);
+}
+
+TEST_F(CoreDaemon, WatchEventsFlowWhileTheClientsOwnSetWaits) {
+  Client client = start_core_and_provider();
+  ASSERT_FALSE(HasFailure());
+  ASSERT_TRUE(eventually([&] { return client.online("lamp"); }));
+  ASSERT_EQ(command("dimmer 0.1"), "ok");
+  ASSERT_TRUE(eventually([&] {
+    auto g = client.get("lamp_light", "Dimmer");
+    return g && g->has_value() && g->value().value().real() == 0.1;
+  }));
+  proto::ClientRequest watch;
+  watch.mutable_watch()->set_text("avg Dimmer where Light");
+  auto started = client.call(watch);
+  ASSERT_TRUE(started && started->has_watch_started()) << (started && started->has_error() ? started->error().message() : "");
+  const std::uint64_t watch_req = started->id();
+
+  // The provider keeps the request; the client's set is pending until the test says "answer".
+  ASSERT_EQ(command("hold"), "ok");
+  auto held_set = Client::set_request("lamp_light", "Switch", "true");
+  held_set.mutable_set()->set_timeout_ms(600'000);  // the test, not a clock, decides when it ends
+  const std::uint64_t set_id = client.post(held_set);
+  ASSERT_NE(set_id, 0U);
+  ASSERT_EQ(recv_text(ctl_), "request");
+  ASSERT_EQ(command("dimmer 0.9"), "ok");
+  // The watch reports 0.9 while the set still waits (it cannot finish before "answer").
+  bool saw = false;
+  while (!saw) {
+    auto m = client.receive();
+    ASSERT_TRUE(m) << "no watch event while the set was pending";
+    ASSERT_NE(m->id(), set_id) << "the set finished without its answer";
+    if (m->id() == watch_req && m->has_watch_event() && m->watch_event().result().number() == 0.9) saw = true;
+  }
+  ASSERT_EQ(command("answer"), "ok");
+  for (;;) {
+    auto m = client.receive();
+    ASSERT_TRUE(m) << "the set never completed";
+    if (m->id() != set_id) continue;
+    ASSERT_TRUE(m->has_set()) << (m->has_error() ? m->error().message() : "");
+    EXPECT_TRUE(m->set().results(0).ok());
+    break;
+  }
+  EXPECT_EQ(stop_core(), 0);
+}
+
+TEST_F(CoreDaemon, SilentProviderIsDisconnectedWithAReasonAndItsDevicesGoOffline) {
+  start_logged_core("provider_timeout_ms = 300\n");
+  Client client(sock_dir_);
+  ASSERT_TRUE(client.hello());
+  int sv[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
+  auto silent = test::spawn_child("silent_provider", {sock_dir_}, {sv[1]});
+  ::close(sv[1]);
+  ASSERT_TRUE(silent);
+  ASSERT_EQ(recv_text(sv[0]), "declared");
+  // Online at first (the grant came), offline once the timeout has passed without a word.
+  ASSERT_TRUE(eventually([&] {
+    auto d = client.device("mute");
+    return d && !d->online() && slurp(log_).find("'silent'") != std::string::npos;
+  }));
+  const std::string log = slurp(log_);
+  EXPECT_NE(log.find("provider 'silent'"), std::string::npos) << log;
+  EXPECT_NE(log.find("silent for"), std::string::npos) << log;
+  EXPECT_NE(log.find("provider_timeout_ms = 300"), std::string::npos) << log;
+  ::close(sv[0]);
+  EXPECT_EQ(silent->wait(60s), 0) << "the core did not close the silent provider's socket";
+  auto r = client.set("mute_switch", "Switch", "true");
+  ASSERT_TRUE(r && r->has_error());
+  EXPECT_EQ(r->error().code(), proto::ERROR_CODE_OFFLINE);
+  EXPECT_EQ(stop_core(), 0);
+}
+
+#if defined(VIRTUAL_LIGHTS_BIN) && defined(FLOECTL_BIN)
+
+// Starts a program with stdout and stderr in `log`; its pid (-1: not started).
+pid_t spawn_program(const std::vector<std::string>& argv_s, const std::string& log) {
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_adddup2(&fa, 1, 2);
+  std::vector<char*> argv;
+  for (const auto& a : argv_s) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  pid_t pid = -1;
+  const int rc = ::posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  return rc == 0 ? pid : -1;
+}
+
+// Runs a program to completion; its exit code (-1: not run).
+int run_program(const std::vector<std::string>& argv_s, const std::string& log) {
+  const pid_t pid = spawn_program(argv_s, log);
+  if (pid < 0) return -1;
+  int st = 0;
+  while (::waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+  }
+  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+class NotifyModes : public CoreDaemon, public ::testing::WithParamInterface<const char*> {};
+
+TEST_P(NotifyModes, FloectlSetReachesTheProviderAndTheChangeIsVisible) {
+  start_logged_core(std::string("worker_threads = 1\n[rings]\nnotify = \"") + GetParam() + "\"\n");
+  const std::string vl_log = dir_ + "/virtual-lights.log";
+  const pid_t vl = spawn_program({VIRTUAL_LIGHTS_BIN, "--count", "2", "--socket-dir", sock_dir_}, vl_log);
+  ASSERT_GT(vl, 0);
+  test::Child lights(vl);  // killed and reaped at the end
+
+  Client client(sock_dir_);
+  ASSERT_TRUE(client.hello());
+  ASSERT_TRUE(eventually([&] { return client.online("virtual-lights-2"); })) << slurp(vl_log);
+  const std::string out = dir_ + "/floectl.log";
+  const std::string ctl = FLOECTL_BIN;
+  for (const char* level : {"0.3", "0.8"}) {
+    ASSERT_EQ(run_program({ctl, "--timeout", "60", "--socket-dir", sock_dir_, "set", "light_2", "Dimmer", level}, out), 0) << slurp(out);
+    // The provider wrote the change record before its answer: the value is there at once.
+    ASSERT_EQ(run_program({ctl, "--timeout", "60", "--socket-dir", sock_dir_, "--json", "get", "light_2", "Dimmer"}, out), 0) << slurp(out);
+    EXPECT_NE(slurp(out).find(level), std::string::npos) << slurp(out);
+    auto g = client.get("light_2", "Dimmer");
+    ASSERT_TRUE(g && g->has_value());
+    EXPECT_EQ(g->value().value().real(), std::stod(level));
+  }
+  // A refusal travels back the same way.
+  EXPECT_NE(run_program({ctl, "--timeout", "60", "--socket-dir", sock_dir_, "set", "light_1", "Dimmer", "1.5"}, out), 0);
+  EXPECT_NE(slurp(out).find("0.0 .. 1.0"), std::string::npos) << slurp(out);
+  EXPECT_EQ(stop_core(), 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(EveryStrategy, NotifyModes, ::testing::Values("eventfd", "futex", "spin", "poll"),
+                         [](const auto& info) { return std::string(info.param); });
+
+#endif  // VIRTUAL_LIGHTS_BIN && FLOECTL_BIN
 
 }  // namespace
 }  // namespace floe::core

@@ -179,10 +179,13 @@ class FakeCore {
   std::vector<std::unique_ptr<FakeDevice>>& devices() { return devices_; }
 
  private:
+  // The next envelope that is not the SDK's periodic Heartbeat (which this fake leaves unanswered).
   bool receive(proto::Envelope& env, std::chrono::milliseconds timeout = 10s) {
-    if (!wait_readable(channel_->fd(), timeout)) return false;
-    auto fds = channel_->receive(env);
-    return fds.has_value();
+    do {
+      if (!wait_readable(channel_->fd(), timeout)) return false;
+      if (!channel_->receive(env)) return false;
+    } while (env.has_heartbeat());
+    return true;
   }
 
   FakeDevice* grant(const proto::Envelope& env) {

@@ -1,5 +1,5 @@
-// What a Provider does without a core: schema checks, offline writes remembered, fd()/process()
-// with nothing listening, stop() before run().
+// What a Provider does without a core: schema checks, offline writes and availability remembered,
+// removed devices, fd()/process() with nothing listening, stop() before run().
 #include "floe/sdk/provider.hpp"
 
 #include <poll.h>
@@ -63,6 +63,31 @@ TEST(Provider, OfflineWritesAreCheckedAndRemembered) {
   EXPECT_EQ(d.set_text(0, Component::Text, "123456789"), WriteStatus::kTooLong);
   EXPECT_EQ(d.set_text(0, Component::Dimmer, "x"), WriteStatus::kWrongType);
   EXPECT_EQ(d.value(0, Component::Dimmer), Value{0.5}) << "a refused write changes nothing";
+}
+
+TEST(Provider, AvailabilityIsRememberedOffline) {
+  Provider p(nowhere());
+  Device& d = p.add_device(lamp());
+  EXPECT_TRUE(d.available()) << "available until said otherwise";
+  d.set_available(false, "unplugged");
+  EXPECT_FALSE(d.available());
+  EXPECT_FALSE(d.online());
+  EXPECT_TRUE(p.process()) << "the wake it causes is harmless without a core";
+  d.set_available(true);
+  EXPECT_TRUE(d.available());
+}
+
+TEST(Provider, RemovedDevicesAreGoneAndTheirIdCanReturn) {
+  Provider p(nowhere());
+  p.add_device(lamp());
+  EXPECT_FALSE(p.remove_device("nope")) << "unknown id";
+  ASSERT_TRUE(p.remove_device("lamp"));
+  EXPECT_FALSE(p.remove_device("lamp")) << "already removed";
+  EXPECT_TRUE(p.process());
+  auto again = p.try_add_device(lamp());
+  ASSERT_TRUE(again) << "the id is free again";
+  EXPECT_EQ(again->get().set("lamp_1", Component::Dimmer, 0.25), WriteStatus::kOk);
+  EXPECT_FALSE(again->get().value(0, Component::Switch)) << "a new device: nothing remembered";
 }
 
 TEST(Provider, ConcurrentOfflineWritesAreSafe) {
