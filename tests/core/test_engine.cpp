@@ -679,6 +679,51 @@ TEST_F(SmallHome, ABindingFromAnOlderSnapshotIsRefusedNotMisread) {
   EXPECT_EQ(evaluate(*b, *old).count, 3U) << "still fine against its own snapshot";
 }
 
+TEST_F(SmallHome, ACopiedBindingOutlivesItsOriginal) {
+  auto snap = r.snapshot();
+  std::optional<BoundQuery> copy;
+  {
+    auto b = bind(query(Action::kAvg, C::Dimmer, has(C::Light), {in_group("downstairs"), in_entity("*_c*")}), *snap);
+    ASSERT_TRUE(b);
+    copy = *b;  // the original's scope vectors are freed at the end of this block
+  }
+  const QueryResult res = evaluate(*copy, *snap);
+  EXPECT_EQ(res.count, 2U);  // kitchen_ceiling, kitchen_counter
+  EXPECT_DOUBLE_EQ(*res.number, 0.3);
+}
+
+// bind() resolves the scan for the snapshot it binds to; another snapshot of the same version (two
+// registries built alike) must be read through its own columns, not the first one's.
+TEST(Engine, ASnapshotOfTheSameVersionInAnotherRegistryIsReadThroughItsOwnColumns) {
+  ipc::TreeSchema s;
+  for (int i = 0; i < 3; ++i) s.entities.push_back({{{C::Light}, {C::Dimmer}}});
+  s.entities.push_back({{{C::Dimmer}}});
+  Registry ra, rb;
+  TestDevice a = make_device(s), b = make_device(s);
+  for (ipc::EntityIndex e = 0; e < 4; ++e) {
+    set(a, e, C::Dimmer, ipc::Value{0.1 * (e + 1)});
+    set(b, e, C::Dimmer, ipc::Value{0.5 + 0.1 * (e + 1)});
+  }
+  ASSERT_TRUE(add(ra, a, "lamps", {"l0", "l1", "l2", "l3"}));
+  ASSERT_TRUE(add(rb, b, "lamps", {"l0", "l1", "l2", "l3"}));
+  auto sa = ra.snapshot();
+  auto sb = rb.snapshot();
+  ASSERT_EQ(sa->version(), sb->version());
+  for (const Query& q : {query(Action::kAvg, C::Dimmer, has(C::Light)),
+                         query(Action::kMax, C::Dimmer, has(C::Light), {in_device("lamps")}),
+                         query(Action::kList, C::Dimmer, cmp(C::Dimmer, CompareOp::kGt, 0.25))}) {
+    SCOPED_TRACE(describe(q));
+    auto bound = bind(q, *sa);
+    ASSERT_TRUE(bound);
+    const QueryResult on_a = evaluate(*bound, *sa);
+    const QueryResult on_b = evaluate(*bound, *sb);
+    EXPECT_FALSE(on_b.stale_binding);
+    expect_same(on_a, *run(q, *sa), q);
+    expect_same(on_b, *run(q, *sb), q);
+    EXPECT_NE(on_a.number.value_or(0) + static_cast<double>(on_a.count), on_b.number.value_or(0) + static_cast<double>(on_b.count));
+  }
+}
+
 TEST_F(SmallHome, ValuesWrittenAfterBindingAreSeenByTheNextEvaluation) {
   auto snap = r.snapshot();
   auto b = bind(query(Action::kMax, C::Dimmer, has(C::Light)), *snap);

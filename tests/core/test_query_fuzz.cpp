@@ -77,6 +77,15 @@ bool check(std::string_view text, Outcome& outcome) {
                   << escaped(to_string(std::get<Query>(again))) << "\"";
     return false;
   }
+  // Operand order (watcher deduplication): canonical() is idempotent and its text parses back to it.
+  const Query ordered = floe::core::canonical(q);
+  const std::string ordered_text = to_string(ordered);
+  auto ordered_again = parse_query_detailed(ordered_text);
+  const auto* oq = std::get_if<Query>(&ordered_again);
+  if (oq == nullptr || *oq != ordered || floe::core::canonical(ordered) != ordered) {
+    ADD_FAILURE() << "canonical() broke an invariant: \"" << escaped(text) << "\" -> \"" << escaped(ordered_text) << "\"";
+    return false;
+  }
   return true;
 }
 
@@ -157,7 +166,17 @@ class AstGenerator {
     switch (info.encoding) {
       case Encoding::kBool: return chance(2);
       case Encoding::kInt64:
-      case Encoding::kTimestamp: return integer();
+      case Encoding::kTimestamp: {
+        // Half of the timestamps, dates and times within what prints as ISO 8601 (years 0000-9999).
+        constexpr std::int64_t kFirstDay = -719528, kDays = 719528 + 2932897;
+        if (chance(2) && info.encoding == Encoding::kTimestamp) {
+          const auto day = kFirstDay + static_cast<std::int64_t>(below(kDays));
+          return day * 86'400'000'000 + static_cast<std::int64_t>(below(86'400'000'000));
+        }
+        if (chance(2) && info.id == ipc::Component::Date) return kFirstDay + static_cast<std::int64_t>(below(kDays));
+        if (chance(2) && info.id == ipc::Component::Time) return static_cast<std::int64_t>(below(86'400));
+        return integer();
+      }
       case Encoding::kReal: return real();
       case Encoding::kEnum: return std::string(info.enum_values[below(info.enum_values.size())]);
       case Encoding::kRgb: {
@@ -225,7 +244,9 @@ std::string token_soup(std::mt19937_64& rng) {
       "9223372036854775808", "-9223372036854775808", "\"temperature\"", "\"\"", "\"a\\\"b\"", "\"unterminated",
       "\"bad\\q\"", "#ff8000", "#FFF", "#", "open", "heat", "OPEN", "kitchen", "*_ceiling", "esp-kitchen", "Küche",
       "Light", "Switch", "Dimmer", "Dimer", "Color", "CoverState", "Sensor", "DeviceClass", "Real", "Integer", "Text",
-      "TextList", "Timestamp", "ClimateMode", "coverstate", "\t", "\n", ";", ",", "\x01", "\xff"};
+      "TextList", "Timestamp", "ClimateMode", "coverstate", "\t", "\n", ";", ",", "\x01", "\xff", "Date", "Time",
+      "2026-11-27T10:00:00Z", "2026-11-27T10:00:00.25+01:30", "2026-02-30", "2026-11-27", "10:00", "23:59:59", "T", "Z",
+      "+01:00", "-01:00", "24:00:00"};
   // Half the soups start like a query, so that the rest of the soup reaches deeper into the grammar.
   std::string s = rng() % 2 ? std::string(kVocabulary[rng() % 10]) + " " : std::string();
   for (std::uint64_t n = rng() % 16; n > 0; --n) {
@@ -299,6 +320,9 @@ TEST(QueryFuzz, MutatedValidQueriesNeverBreakAnInvariant) {
       "set Switch = true where Light in group kitchen in entity *_ceiling",
       "count where CoverState == open",
       "count where Color != #ff8000 and Integer >= -42 and Timestamp < 1700000000000000",
+      "count Timestamp where Timestamp > 2026-11-27T10:00:00Z",
+      "count where Timestamp <= 2026-11-27T10:00:00.123456-05:30 or Date == 2026-11-27 and Time < 10:00",
+      "count where Switch and Light or Sensor and (Real > 2 or Light) in group b in group a",
   };
   AstGenerator gen(rng);
   for (int i = 0; i < 200; ++i) seeds.push_back(to_string(gen.query()));

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cstdint>
 #include <limits>
 #include <ostream>
@@ -258,6 +259,51 @@ TEST(QueryParser, TimestampsAreMicrosecondIntegers) {
             compare(C::Timestamp, CompareOp::kGe, std::int64_t{1700000000000000}));
 }
 
+std::int64_t utc_us(std::chrono::sys_days day, std::chrono::microseconds time_of_day) {
+  return (std::chrono::sys_time<std::chrono::microseconds>(day) + time_of_day).time_since_epoch().count();
+}
+
+TEST(QueryParser, TimestampsTakeIso8601TimesWithTheirUtcOffset) {
+  using namespace std::chrono;
+  const std::int64_t ten = utc_us(sys_days{2026y / November / 27}, hours{10});
+  const Filter want = compare(C::Timestamp, CompareOp::kGt, ten);
+  EXPECT_EQ(parsed("count Timestamp where Timestamp > 2026-11-27T10:00:00Z").where, want);
+  EXPECT_EQ(parsed("count where Timestamp > 2026-11-27t10:00:00z").where, want);
+  EXPECT_EQ(parsed("count where Timestamp > 2026-11-27T11:30:00+01:30").where, want);
+  EXPECT_EQ(parsed("count where Timestamp > 2026-11-27T08:00:00-02:00").where, want);
+  EXPECT_EQ(parsed("count where Timestamp>2026-11-27T10:00Z").where, want) << "seconds may be left out";
+  EXPECT_EQ(parsed("count where Timestamp > 2026-11-27T10:00:00.25Z").where.value, Literal{ten + 250'000});
+  EXPECT_EQ(parsed("count where Timestamp > 2026-11-27T10:00:00.000001Z").where.value, Literal{ten + 1});
+  EXPECT_EQ(parsed("count where Timestamp > 1970-01-01T00:00:00Z").where.value, Literal{std::int64_t{0}});
+  EXPECT_EQ(parsed("count where Timestamp < 1969-12-31T23:59:59.999999Z").where.value, Literal{std::int64_t{-1}});
+  EXPECT_EQ(parsed("count where Timestamp > 2024-02-29T00:00:00Z").where.value,
+            Literal{utc_us(sys_days{2024y / February / 29}, {})});
+  EXPECT_EQ(parsed("count where Timestamp > 2026-11-27T00:30:00+01:00").where.value,
+            Literal{utc_us(sys_days{2026y / November / 26}, hours{23} + minutes{30})})
+      << "an offset can move the time to the day before";
+  EXPECT_EQ(parsed("count where Timestamp >= 1700000000000000").where.value, Literal{std::int64_t{1700000000000000}})
+      << "integers are still microseconds";
+}
+
+TEST(QueryParser, DatesAndTimesOfDayTakeIso8601Too) {
+  using namespace std::chrono;
+  EXPECT_EQ(parsed("count where Date == 2026-11-27").where,
+            compare(C::Date, CompareOp::kEq, std::int64_t{sys_days{2026y / November / 27}.time_since_epoch().count()}));
+  EXPECT_EQ(parsed("count where Date < 1969-12-31").where.value, Literal{std::int64_t{-1}});
+  EXPECT_EQ(parsed("count where Date < 0000-01-01").where.value, Literal{std::int64_t{-719528}});
+  EXPECT_EQ(parsed("count where Time >= 10:00").where, compare(C::Time, CompareOp::kGe, std::int64_t{36000}));
+  EXPECT_EQ(parsed("count where Time < 23:59:59").where.value, Literal{std::int64_t{86399}});
+  EXPECT_EQ(parsed("count where Time == 00:00:00").where.value, Literal{std::int64_t{0}});
+  EXPECT_EQ(parsed("count where Date == 20").where.value, Literal{std::int64_t{20}}) << "integers are days";
+}
+
+TEST(QueryParser, IsoWordsElsewhereAreStillNamesOrErrors) {
+  EXPECT_EQ(parsed("count in group 2026-11-27").scopes, std::vector<Scope>{scope(Scope::Kind::kGroup, "2026-11-27")});
+  EXPECT_EQ(parsed("count in group 2026-11-27T10:00:00+01:00").scopes,
+            std::vector<Scope>{scope(Scope::Kind::kGroup, "2026-11-27T10:00:00+01:00")});
+  EXPECT_EQ(to_string(parsed("count in group 2026-11-27T10:00:00+01:00")), "count in group \"2026-11-27T10:00:00+01:00\"");
+}
+
 TEST(QueryParser, StringsUnescapeQuotesAndBackslashes) {
   EXPECT_EQ(parsed(R"(count where Text == "say \"hi\" \\ bye")").where.value, text(R"(say "hi" \ bye)"));
   EXPECT_EQ(parsed(R"(count where Text == "")").where.value, text(""));
@@ -368,8 +414,41 @@ TEST(QueryParserErrors, LiteralOfTheWrongType) {
   expect_error({"count where DeviceClass == temperature", 27, 11, "a quoted string", "DeviceClass holds text"});
   expect_error({"count where Color == red", 21, 3, "a colour #rrggbb", "Color holds an rgb colour"});
   expect_error({"count where Color == #ff80", 21, 5, "a colour #rrggbb", "found '#ff80'"});
-  expect_error({"count where Timestamp > 1.5", 24, 3, "an integer (microseconds since 1970-01-01 UTC)", "timestamp"});
+  expect_error({"count where Timestamp > 1.5", 24, 3,
+                "an integer (microseconds since 1970-01-01 UTC) or a UTC time such as 2026-11-27T10:00:00Z", "timestamp"});
+  expect_error({"count where Integer == 2026-11-27", 23, 10, "an integer", "Integer holds an int64"});
   expect_error({"count where Switch ==", 21, 0, "true or false", "found end of query"});
+}
+
+TEST(QueryParserErrors, BadIso8601LiteralsPointAtTheBadField) {
+  constexpr const char* kTs = "an integer (microseconds since 1970-01-01 UTC) or a UTC time such as 2026-11-27T10:00:00Z";
+  constexpr const char* kDate = "an integer (days since 1970-01-01) or a date such as 2026-11-27";
+  constexpr const char* kTime = "an integer (seconds since midnight) or a time such as 10:00:00";
+  // "count where Timestamp > " is 24 bytes: the literal starts at 24.
+  expect_error({"count where Timestamp > 2026-13-27T10:00:00Z", 29, 2, kTs, "month 13 out of range 01..12"});
+  expect_error({"count where Timestamp > 2026-11-00T10:00:00Z", 32, 2, kTs, "day 00 out of range 01..31"});
+  expect_error({"count where Timestamp > 2026-02-29T10:00:00Z", 24, 10, kTs, "no such date: 2026-02-29"});
+  expect_error({"count where Timestamp > 2026-11-27T24:00:00Z", 35, 2, kTs, "hour 24 out of range 00..23"});
+  expect_error({"count where Timestamp > 2026-11-27T10:60:00Z", 38, 2, kTs, "minute 60 out of range 00..59"});
+  expect_error({"count where Timestamp > 2026-11-27T10:00:61Z", 41, 2, kTs, "second 61 out of range 00..59"});
+  expect_error({"count where Timestamp > 2026-11-27T10:00:00", 43, 0, kTs, "expected the UTC offset"});
+  expect_error({"count where Timestamp > 2026-11-27T10:00:00+1:00", 44, 1, kTs, "offset hour: expected 2 digits"});
+  expect_error({"count where Timestamp > 2026-11-27", 34, 0, kTs, "expected 'T' and a time"});
+  expect_error({"count where Timestamp > 2026-11-27 10:00:00Z", 34, 0, kTs, "expected 'T' and a time"});
+  expect_error({"count where Timestamp > 2026-11-27T10:00:00.1234567Z", 43, 8, kTs, "1 to 6 digits"});
+  expect_error({"count where Timestamp > 2026-11-27T10:00:00.Z", 43, 1, kTs, "1 to 6 digits"});
+  expect_error({"count where Timestamp > 26-11-27T10:00:00Z", 24, 2, kTs, "year: expected 4 digits"});
+  expect_error({"count where Timestamp > 2026-11-27T10:00:00Zulu", 44, 3, kTs, "unexpected 'ulu' after the timestamp"});
+  expect_error({"count where Timestamp > 2026-11-27T10.00Z", 37, 1, kTs, "expected ':' after the hour"});
+  // "count where Date == " is 20 bytes.
+  expect_error({"count where Date == 2026-11-27T10:00:00Z", 30, 10, kDate, "after the date"});
+  expect_error({"count where Date == 2026.11.27", 24, 1, kDate, "expected '-' after the year"});
+  expect_error({"count where Date > 2026-11", 26, 0, kDate, "expected '-' after the month"});
+  // "count where Time == " is 20 bytes.
+  expect_error({"count where Time == 10:00:00.5", 28, 2, kTime, "whole seconds"});
+  expect_error({"count where Time == 10-00", 22, 1, kTime, "expected ':' after the hour"});
+  expect_error({"count where Time == 10:00Z", 25, 1, kTime, "after the time of day"});
+  expect_error({"count where Time == 2026-11-27", 20, 3, kTime, "hour: expected 2 digits"});
 }
 
 TEST(QueryParserErrors, EnumLiteralMustNameAValueAndTheErrorListsThem) {
@@ -584,6 +663,56 @@ TEST(QueryPrinter, RealsKeepAPointAndPrintShortest) {
   EXPECT_EQ(to_string(parsed("count where Real == -0.0")), "count where Real == -0.0");
   const Query q = parsed("count where Real == 1e300");
   EXPECT_EQ(parsed(to_string(q)), q);
+}
+
+TEST(QueryPrinter, TimestampsDatesAndTimesPrintAsIso8601) {
+  EXPECT_EQ(to_string(parsed("count where Timestamp >= 1700000000000000")),
+            "count where Timestamp >= 2023-11-14T22:13:20Z");
+  EXPECT_EQ(to_string(parsed("count where Timestamp > 2026-11-27T11:30:00.250+01:30")),
+            "count where Timestamp > 2026-11-27T10:00:00.25Z");
+  EXPECT_EQ(to_string(parsed("count where Timestamp > -1")), "count where Timestamp > 1969-12-31T23:59:59.999999Z");
+  EXPECT_EQ(to_string(parsed("count where Date == 20")), "count where Date == 1970-01-21");
+  EXPECT_EQ(to_string(parsed("count where Time < 86399")), "count where Time < 23:59:59");
+  // Outside what ISO 8601 here can spell (years 0000-9999, a day's seconds): integers.
+  EXPECT_EQ(to_string(parsed("count where Timestamp < -9223372036854775808")),
+            "count where Timestamp < -9223372036854775808");
+  EXPECT_EQ(to_string(parsed("count where Date > 2932897")), "count where Date > 2932897");
+  EXPECT_EQ(to_string(parsed("count where Time > 86400")), "count where Time > 86400");
+  EXPECT_EQ(to_string(parsed("count where Time > -1")), "count where Time > -1");
+  EXPECT_EQ(to_string(parsed("count where Integer > 20")), "count where Integer > 20");
+  for (const char* text : {"count where Timestamp > 9999-12-31T23:59:59.999999Z", "count where Timestamp > 0000-01-01T00:00:00Z",
+                           "count where Date == 9999-12-31", "count where Date == 0000-01-01"}) {
+    EXPECT_EQ(to_string(parsed(text)), text);
+  }
+}
+
+TEST(QueryCanonical, OperandsOfAndAndOrAndScopesSortAndRepeatsGo) {
+  const auto canon = [](std::string_view text) { return to_string(canonical(parsed(text))); };
+  EXPECT_EQ(canon("count where Switch and Light"), "count where Light and Switch");
+  EXPECT_EQ(canon("count where Light and Switch"), "count where Light and Switch");
+  EXPECT_EQ(canon("count where Switch or Light"), "count where Light or Switch");
+  EXPECT_EQ(canon("count where Switch and Light and Switch"), "count where Light and Switch");
+  EXPECT_EQ(canon("count where Light and Light"), "count where Light");
+  EXPECT_EQ(canon("count where Dimmer > 0.5 and Light"), "count where Dimmer > 0.5 and Light");
+  EXPECT_EQ(canon("count where Light and Dimmer > 0.5"), "count where Dimmer > 0.5 and Light");
+  EXPECT_EQ(canon("count where (Switch or Light) and Sensor"), canon("count where Sensor and (Light or Switch)"));
+  EXPECT_EQ(canon("count where not (Switch or Light)"), "count where not (Light or Switch)");
+  // A collapsed repeat is flattened into its parent.
+  EXPECT_EQ(canon("count where (Switch and Light or Light and Switch) and Sensor"),
+            "count where Light and Sensor and Switch");
+  EXPECT_EQ(canon("count in group b in device a in group a in group b"), "count in device a in group a in group b");
+  // Different meanings stay different.
+  EXPECT_NE(canon("count where Light and not Switch"), canon("count where Switch and not Light"));
+  EXPECT_NE(canon("count where Light and Switch"), canon("count where Light or Switch"));
+  EXPECT_NE(canon("count where Light and (Switch or Sensor)"), canon("count where (Light and Switch) or Sensor"));
+}
+
+TEST(QueryCanonical, IsIdempotentAndRoundTrips) {
+  for (const char* text : kExamples) {
+    const Query c = canonical(parsed(text));
+    EXPECT_EQ(canonical(c), c) << text;
+    EXPECT_EQ(canonical(parsed(to_string(c))), c) << text;
+  }
 }
 
 TEST(QueryPrinter, ParenthesesOnlyWhereNeeded) {

@@ -147,6 +147,55 @@ TEST_F(WatchTest, IdenticalQueriesShareOneReferenceCountedWatcher) {
   EXPECT_EQ(hub_->subscriber_count(q("avg Dimmer where Light")), 0U);
 }
 
+TEST_F(WatchTest, OperandOrderOfAndOrAndScopesMakesNoNewWatcher) {
+  const std::vector<std::vector<const char*>> groups = {
+      {"avg Dimmer where Light and Dimmer > 0.1", "avg Dimmer where Dimmer > 0.1 and Light",
+       "avg Dimmer where Dimmer > 0.1 and (Light and Dimmer > 0.1)"},
+      {"count where Light or Switch", "count where Switch or Light", "count where (Switch or Light) or Switch"},
+      {"count where Dimmer and (Light or Switch) in group kitchen in device kitchen-lamps",
+       "count where (Switch or Light) and Dimmer in device kitchen-lamps in group kitchen"},
+  };
+  for (const auto& group : groups) {
+    SCOPED_TRACE(group.front());
+    std::vector<Sink> sinks(group.size());
+    std::vector<WatchHandle> handles;
+    for (std::size_t i = 0; i < group.size(); ++i) handles.push_back(subscribe(group[i], sinks[i]));
+    EXPECT_EQ(hub_->watcher_count(), 1U);
+    for (const char* text : group) EXPECT_EQ(hub_->subscriber_count(q(text)), group.size()) << text;
+    for (const WatchHandle& h : handles) EXPECT_EQ(h.key(), handles.front().key());
+    for (const Sink& s : sinks) {
+      ASSERT_EQ(s.got.size(), 1U);
+      EXPECT_EQ(s.last().count, sinks.front().last().count);
+    }
+    handles.clear();
+    EXPECT_EQ(hub_->watcher_count(), 0U);
+  }
+}
+
+TEST_F(WatchTest, ReorderedSubscribersShareTheReports) {
+  Sink a, b;
+  WatchHandle ha = subscribe("avg Dimmer where Light and Dimmer > 0.1 in group kitchen", a);
+  WatchHandle hb = subscribe("avg Dimmer where Dimmer > 0.1 and Light in group kitchen", b);
+  ASSERT_EQ(hub_->watcher_count(), 1U);
+  EXPECT_NEAR(*a.last().number, 0.3, 1e-12);
+  const ChangeRecord r = write(kitchen_, 0, C::Dimmer, 0.6);
+  kitchen_feed_->on_change({&r, 1});
+  hub_->flush();
+  ASSERT_EQ(a.got.size(), 2U);
+  ASSERT_EQ(b.got.size(), 2U);
+  EXPECT_NEAR(*a.last().number, 0.5, 1e-12);
+  EXPECT_NEAR(*b.last().number, 0.5, 1e-12);
+}
+
+TEST_F(WatchTest, OperandsThatChangeTheMeaningStayDifferentWatchers) {
+  Sink a, b;
+  WatchHandle ha = subscribe("count where Light and not Switch", a);
+  WatchHandle hb = subscribe("count where Switch and not Light", b);
+  EXPECT_EQ(hub_->watcher_count(), 2U);
+  EXPECT_EQ(a.last().count, 4U);
+  EXPECT_EQ(b.last().count, 1U);
+}
+
 TEST_F(WatchTest, ANewSubscriberGetsTheCurrentResultAtOnce) {
   Sink a, b;
   WatchHandle ha = subscribe("avg Dimmer where Light in group kitchen", a);
