@@ -1,0 +1,729 @@
+// floe-esphome end to end: real floe-core, real floe-esphome and floectl processes, and ESPHome
+// devices on real TCP sockets speaking the native API through the real codec (plaintext and Noise).
+// The devices are small ones served by a thread of this test (FakeDevice), so a test can change a
+// sensor, make a device go silent or vanish and come back on the same port. Hang guards are bounded
+// polls, never timing thresholds.
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "floe/esphome/messages.hpp"
+#include "floe/esphome/transport.hpp"
+#include "floe/ipc/fd.hpp"
+
+extern char** environ;
+
+namespace floe::test {
+namespace {
+
+#if defined(FLOE_CORE_BIN) && defined(FLOE_ESPHOME_BIN) && defined(FLOECTL_BIN)
+#define FLOE_ESPHOME_PROGRAMS 1
+#endif
+
+using namespace std::chrono_literals;
+namespace fs = std::filesystem;
+namespace pb = floe::esphome::api;
+using esphome::MsgType;
+using esphome::Psk;
+using esphome::Transport;
+using nlohmann::json;
+
+// Sanitizer builds start programs several times slower; the bound only stops a hang.
+constexpr auto kHangGuard = 60s;
+
+bool eventually(const std::function<bool()>& done, std::chrono::milliseconds bound = kHangGuard) {
+  for (const auto end = std::chrono::steady_clock::now() + bound; std::chrono::steady_clock::now() < end;) {
+    if (done()) return true;
+    std::this_thread::sleep_for(50ms);
+  }
+  return done();
+}
+
+std::string read_all(const std::string& path) {
+  std::ifstream in(path);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+Psk key_from(std::uint8_t seed) {
+  Psk k{};
+  for (std::size_t i = 0; i < k.size(); ++i) k[i] = static_cast<std::uint8_t>(seed + i * 13);
+  return k;
+}
+
+// ---- a program started with posix_spawn, output appended to a log; SIGKILLed if still running --
+class Process {
+ public:
+  /// stdout and stderr go to `log`, or stdout to `out` when it is given.
+  Process(const std::string& path, std::vector<std::string> args, const std::string& log, const std::string& out = "") {
+    args.insert(args.begin(), path);
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, 2, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (out.empty()) {
+      posix_spawn_file_actions_adddup2(&fa, 2, 1);
+    } else {
+      posix_spawn_file_actions_addopen(&fa, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    }
+    if (::posix_spawn(&pid_, path.c_str(), &fa, nullptr, argv.data(), environ) != 0) pid_ = -1;
+    posix_spawn_file_actions_destroy(&fa);
+  }
+  Process(const Process&) = delete;
+  Process& operator=(const Process&) = delete;
+  ~Process() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      (void)finish();
+    }
+  }
+  [[nodiscard]] bool alive() {
+    if (pid_ <= 0) return false;
+    int st = 0;
+    if (::waitpid(pid_, &st, WNOHANG) == 0) return true;
+    pid_ = -1;
+    code_ = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    return false;
+  }
+  void signal(int sig) const {
+    if (pid_ > 0) ::kill(pid_, sig);
+  }
+  /// The exit code (128+signal when killed), or -1 if it had to be killed after the hang guard.
+  int finish() {
+    if (eventually([&] { return !alive(); })) return code_;
+    ::kill(pid_, SIGKILL);
+    int st = 0;
+    ::waitpid(pid_, &st, 0);
+    pid_ = -1;
+    return -1;
+  }
+
+ private:
+  pid_t pid_ = -1;
+  int code_ = -1;
+};
+
+// ---- an ESPHome device served by a thread of the test -----------------------------------------
+//
+// Node `name` with a light (key 1), a switch (key 2), a temperature sensor (key 3) and, on its
+// sub-device 5 "Porch", another switch with key 2 (so only (key, device_id) tells them apart).
+// After SubscribeStates it sends all states, a GetTimeRequest and a message of an unknown type.
+class FakeDevice {
+ public:
+  FakeDevice(std::string name, std::optional<Psk> psk, std::uint16_t port = 0) : name_(std::move(name)), psk_(psk) {
+    listener_.reset(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    const int one = 1;
+    ::setsockopt(listener_.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(port);
+    bound_ = ::bind(listener_.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 && ::listen(listener_.get(), 8) == 0;
+    socklen_t len = sizeof a;
+    ::getsockname(listener_.get(), reinterpret_cast<sockaddr*>(&a), &len);
+    port_ = ntohs(a.sin_port);
+    wake_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    thread_ = std::thread([this] { serve(); });
+  }
+  FakeDevice(const FakeDevice&) = delete;
+  FakeDevice& operator=(const FakeDevice&) = delete;
+  ~FakeDevice() {
+    stop_ = true;
+    poke();
+    thread_.join();
+  }
+
+  [[nodiscard]] bool bound() const { return bound_; }
+  [[nodiscard]] std::uint16_t port() const { return port_; }
+  [[nodiscard]] int time_answers() const { return time_answers_.load(); }
+  [[nodiscard]] int commands() const { return commands_.load(); }
+  [[nodiscard]] bool porch_relay() {
+    std::lock_guard lock(mu_);
+    return porch_relay_;
+  }
+  /// A new temperature, reported to every subscribed client.
+  void set_temperature(float t) {
+    {
+      std::lock_guard lock(mu_);
+      temperature_ = t;
+    }
+    push_ = true;
+    poke();
+  }
+  /// A silent device takes commands and never reports the resulting state.
+  void set_silent(bool silent) { silent_ = silent; }
+  /// A frozen device reads everything and answers nothing, not even pings.
+  void set_frozen(bool frozen) { frozen_ = frozen; }
+  [[nodiscard]] int pings() const { return pings_.load(); }
+
+ private:
+  struct Client {
+    ipc::Fd fd;
+    std::unique_ptr<Transport> transport;
+    bool subscribed = false;
+  };
+
+  void poke() {
+    const std::uint64_t one = 1;
+    [[maybe_unused]] auto r = ::write(wake_.get(), &one, sizeof one);
+  }
+
+  void serve() {
+    std::vector<std::unique_ptr<Client>> clients;
+    while (!stop_) {
+      std::vector<pollfd> fds{{listener_.get(), POLLIN, 0}, {wake_.get(), POLLIN, 0}};
+      for (auto& c : clients) fds.push_back({c->fd.get(), POLLIN, 0});
+      if (::poll(fds.data(), fds.size(), 1000) < 0) continue;
+      if ((fds[1].revents & POLLIN) != 0) {
+        std::uint64_t n = 0;
+        [[maybe_unused]] auto r = ::read(wake_.get(), &n, sizeof n);
+      }
+      if (push_.exchange(false)) {
+        for (auto& c : clients) {
+          if (c->subscribed) send(*c, to_u16(MsgType::SensorStateResponse), sensor_state());
+        }
+      }
+      for (std::size_t i = 0; i < clients.size(); ++i) {
+        if ((fds[2 + i].revents & (POLLIN | POLLHUP | POLLERR)) != 0 && !receive(*clients[i])) clients[i]->fd.reset();
+      }
+      std::erase_if(clients, [](const auto& c) { return c->fd.get() < 0; });
+      if ((fds[0].revents & POLLIN) != 0) {
+        auto c = std::make_unique<Client>();
+        c->fd.reset(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+        c->transport = psk_ ? Transport::noise_server(*psk_, name_, "0123456789ab")
+                            : Transport::plaintext(Transport::Side::kServer);
+        if (c->fd.get() >= 0) clients.push_back(std::move(c));
+      }
+    }
+  }
+
+  static void write_all(int fd, std::string_view bytes) {
+    while (!bytes.empty()) {
+      const ssize_t n = ::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+      if (n <= 0) return;
+      bytes.remove_prefix(static_cast<std::size_t>(n));
+    }
+  }
+
+  void send(Client& c, std::uint16_t type, const google::protobuf::MessageLite& m) {
+    auto bytes = c.transport->encode(type, m.SerializeAsString());
+    if (bytes) write_all(c.fd.get(), *bytes);
+  }
+
+  pb::SensorStateResponse sensor_state() {
+    pb::SensorStateResponse s;
+    s.set_key(3);
+    std::lock_guard lock(mu_);
+    s.set_state(temperature_);
+    return s;
+  }
+  pb::LightStateResponse light_state() {
+    pb::LightStateResponse l;
+    l.set_key(1);
+    std::lock_guard lock(mu_);
+    l.set_state(light_on_);
+    l.set_brightness(brightness_);
+    l.set_red(1.0F);
+    l.set_green(1.0F);
+    l.set_blue(1.0F);
+    l.set_color_mode(pb::COLOR_MODE_RGB);
+    return l;
+  }
+  pb::SwitchStateResponse switch_state(std::uint32_t device_id) {
+    pb::SwitchStateResponse s;
+    s.set_key(2);
+    s.set_device_id(device_id);
+    std::lock_guard lock(mu_);
+    s.set_state(device_id == 5 ? porch_relay_ : relay_);
+    return s;
+  }
+
+  // False: close the client.
+  bool receive(Client& c) {
+    char buf[4096];
+    const ssize_t n = ::recv(c.fd.get(), buf, sizeof buf, 0);
+    if (n <= 0) return false;
+    std::vector<esphome::Message> in;
+    std::string reply;
+    auto fed = c.transport->feed(std::string_view(buf, static_cast<std::size_t>(n)), in, reply);
+    write_all(c.fd.get(), reply);
+    if (!fed) return false;
+    for (const auto& m : in) {
+      if (!handle(c, m)) return false;
+    }
+    return true;
+  }
+
+  bool handle(Client& c, const esphome::Message& m) {
+    if (frozen_) return true;
+    switch (static_cast<MsgType>(m.type)) {
+      case MsgType::HelloRequest: {
+        pb::HelloResponse r;
+        r.set_api_version_major(1);
+        r.set_api_version_minor(14);
+        r.set_server_info("fake 2026.1.0");
+        r.set_name(name_);
+        send(c, to_u16(MsgType::HelloResponse), r);
+        return true;
+      }
+      case MsgType::DeviceInfoRequest: {
+        pb::DeviceInfoResponse r;
+        r.set_name(name_);
+        r.set_mac_address("01:23:45:67:89:AB");
+        r.set_esphome_version("2026.1.0");
+        auto* porch = r.add_devices();
+        porch->set_device_id(5);
+        porch->set_name("Porch");
+        send(c, to_u16(MsgType::DeviceInfoResponse), r);
+        return true;
+      }
+      case MsgType::ListEntitiesRequest: {
+        pb::ListEntitiesLightResponse light;
+        light.set_object_id("light");
+        light.set_key(1);
+        light.set_name("Light");
+        light.add_supported_color_modes(pb::COLOR_MODE_RGB);
+        send(c, to_u16(MsgType::ListEntitiesLightResponse), light);
+        pb::ListEntitiesSwitchResponse relay;
+        relay.set_key(2);
+        relay.set_name("Relay");  // no object_id: derived from the name
+        send(c, to_u16(MsgType::ListEntitiesSwitchResponse), relay);
+        relay.set_device_id(5);
+        send(c, to_u16(MsgType::ListEntitiesSwitchResponse), relay);
+        pb::ListEntitiesSensorResponse temp;
+        temp.set_object_id("temperature");
+        temp.set_key(3);
+        temp.set_name("Temperature");
+        temp.set_unit_of_measurement("°C");
+        temp.set_accuracy_decimals(1);
+        temp.set_device_class("temperature");
+        send(c, to_u16(MsgType::ListEntitiesSensorResponse), temp);
+        send(c, to_u16(MsgType::ListEntitiesDoneResponse), pb::ListEntitiesDoneResponse{});
+        return true;
+      }
+      case MsgType::SubscribeStatesRequest:
+        c.subscribed = true;
+        send(c, to_u16(MsgType::LightStateResponse), light_state());
+        send(c, to_u16(MsgType::SwitchStateResponse), switch_state(0));
+        send(c, to_u16(MsgType::SwitchStateResponse), switch_state(5));
+        send(c, to_u16(MsgType::SensorStateResponse), sensor_state());
+        send(c, to_u16(MsgType::GetTimeRequest), pb::GetTimeRequest{});
+        send(c, 9999, pb::PingRequest{});  // a type nobody knows: must be ignored
+        return true;
+      case MsgType::GetTimeResponse: {
+        pb::GetTimeResponse r;
+        if (r.ParseFromString(m.payload) && r.epoch_seconds() > 1'600'000'000U) time_answers_.fetch_add(1);
+        return true;
+      }
+      case MsgType::PingRequest:
+        pings_.fetch_add(1);
+        send(c, to_u16(MsgType::PingResponse), pb::PingResponse{});
+        return true;
+      case MsgType::DisconnectRequest: send(c, to_u16(MsgType::DisconnectResponse), pb::DisconnectResponse{}); return false;
+      case MsgType::LightCommandRequest: {
+        pb::LightCommandRequest r;
+        if (!r.ParseFromString(m.payload) || r.key() != 1) return true;
+        commands_.fetch_add(1);
+        {
+          std::lock_guard lock(mu_);
+          if (r.has_state()) light_on_ = r.state();
+          if (r.has_brightness()) brightness_ = r.brightness();
+        }
+        if (!silent_) send(c, to_u16(MsgType::LightStateResponse), light_state());
+        return true;
+      }
+      case MsgType::SwitchCommandRequest: {
+        pb::SwitchCommandRequest r;
+        if (!r.ParseFromString(m.payload) || r.key() != 2) return true;
+        commands_.fetch_add(1);
+        {
+          std::lock_guard lock(mu_);
+          (r.device_id() == 5 ? porch_relay_ : relay_) = r.state();
+        }
+        if (!silent_) send(c, to_u16(MsgType::SwitchStateResponse), switch_state(r.device_id()));
+        return true;
+      }
+      default: return true;
+    }
+  }
+
+  std::string name_;
+  std::optional<Psk> psk_;
+  ipc::Fd listener_;
+  ipc::Fd wake_;
+  bool bound_ = false;
+  std::uint16_t port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::atomic<bool> push_{false};
+  std::atomic<bool> silent_{false};
+  std::atomic<bool> frozen_{false};
+  std::atomic<int> pings_{0};
+  std::atomic<int> time_answers_{0};
+  std::atomic<int> commands_{0};
+  std::mutex mu_;
+  bool light_on_ = false;
+  float brightness_ = 1.0F;
+  bool relay_ = false;
+  bool porch_relay_ = false;
+  float temperature_ = 20.0F;
+  std::thread thread_;
+};
+
+struct Ran {
+  int exit = -1;
+  std::string out;
+};
+
+class EsphomeProvider : public ::testing::Test {
+ protected:
+  void SetUp() override {
+#ifndef FLOE_ESPHOME_PROGRAMS
+    GTEST_SKIP() << "floe-core, floe-esphome or floectl is not built";
+#else
+    char tmpl[] = "/tmp/floe-esphome-it-XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    sockets_ = dir_ + "/sockets";
+#endif
+  }
+  void TearDown() override {
+    sim_.reset();
+    provider_.reset();
+    core_.reset();
+    if (HasFailure() && !dir_.empty()) {
+      for (const char* name : {"core.log", "esphome.log", "floe-esphome.yaml", "sim.log", "sim.yaml"}) {
+        std::string text = read_all(dir_ + "/" + name);
+        if (text.size() > 8000) text = text.substr(0, 3000) + "\n...\n" + text.substr(text.size() - 5000);
+        std::fprintf(stderr, "---- %s\n%s\n", name, text.c_str());
+      }
+    }
+    if (!dir_.empty()) fs::remove_all(dir_);
+  }
+
+#ifdef FLOE_ESPHOME_PROGRAMS
+  struct Entry {
+    std::string name;
+    std::uint16_t port;
+    std::optional<Psk> key;
+  };
+
+  // floe-esphome-sim serving `yaml`; the ports it chose (from its JSON line), empty if it failed.
+  std::vector<std::uint16_t> start_sim(const std::string& yaml) {
+#ifdef FLOE_ESPHOME_SIM_BIN
+    std::ofstream(dir_ + "/sim.yaml") << yaml;
+    const std::string out = dir_ + "/sim.out";
+    sim_.reset();
+    sim_.emplace(FLOE_ESPHOME_SIM_BIN,
+                 std::vector<std::string>{"--config", dir_ + "/sim.yaml", "--sensor-interval-ms", "100"},
+                 dir_ + "/sim.log", out);
+    std::vector<std::uint16_t> ports;
+    eventually([&] {
+      auto j = json::parse(read_all(out), nullptr, false);
+      if (j.is_discarded() || !j.contains("devices")) return !sim_->alive();
+      for (const auto& d : j["devices"]) ports.push_back(d["port"].get<std::uint16_t>());
+      return true;
+    });
+    return ports;
+#else
+    (void)yaml;
+    return {};
+#endif
+  }
+
+  void start(const std::vector<Entry>& devices, const std::string& extra = "") {
+    std::ofstream yaml(dir_ + "/floe-esphome.yaml");
+    yaml << "reconnect: {min_ms: 100, max_ms: 500}\n" << extra << "devices:\n";
+    for (const auto& d : devices) {
+      yaml << "  - host: 127.0.0.1\n    port: " << d.port << "\n    name: " << d.name << "\n    groups: [esphome]\n";
+      if (d.key) yaml << "    encryption_key: \"" << esphome::encode_psk(*d.key) << "\"\n";
+    }
+    yaml.close();
+    core_.emplace(FLOE_CORE_BIN, std::vector<std::string>{"--socket-dir", sockets_}, dir_ + "/core.log");
+    ASSERT_TRUE(eventually([&] { return fs::exists(sockets_ + "/client.sock") || !core_->alive(); }));
+    ASSERT_TRUE(core_->alive()) << "floe-core exited";
+    provider_.emplace(FLOE_ESPHOME_BIN,
+                      std::vector<std::string>{"--config", dir_ + "/floe-esphome.yaml", "--socket-dir", sockets_, "-v"},
+                      dir_ + "/esphome.log");
+  }
+
+  Ran floectl(std::vector<std::string> args) {
+    const std::string log = dir_ + "/floectl-" + std::to_string(runs_++) + ".out";
+    args.insert(args.begin(), {"--socket-dir", sockets_, "--timeout", "20"});
+    Process p(FLOECTL_BIN, args, log);
+    Ran r;
+    r.exit = p.finish();
+    r.out = read_all(log);
+    fs::remove(log);
+    return r;
+  }
+  json value_of(const std::string& entity, const std::string& component) {
+    auto r = floectl({"--json", "get", entity, component});
+    if (r.exit != 0) return nullptr;
+    auto j = json::parse(r.out, nullptr, false);
+    if (j.is_discarded() || !j.contains("value") || !j["value"].contains("value")) return nullptr;
+    return j["value"]["value"];
+  }
+  bool online(const std::string& device) {
+    auto r = floectl({"--json", "devices"});
+    if (r.exit != 0) return false;
+    auto j = json::parse(r.out, nullptr, false);
+    if (j.is_discarded()) return false;
+    for (const auto& d : j["devices"]) {
+      if (d["device"] == device) return d["online"] == true;
+    }
+    return false;
+  }
+  bool logged(const std::string& text) { return read_all(dir_ + "/esphome.log").find(text) != std::string::npos; }
+#endif
+
+  std::string dir_;
+  std::string sockets_;
+  std::optional<Process> core_;
+  std::optional<Process> provider_;
+  std::optional<Process> sim_;
+  int runs_ = 0;
+};
+
+#ifdef FLOE_ESPHOME_PROGRAMS
+
+TEST_F(EsphomeProvider, PlaintextAndEncryptedDevicesAppearReportStatesAndObeySets) {
+  FakeDevice plain("plain-node", std::nullopt);
+  FakeDevice secure("secure-node", key_from(3));
+  ASSERT_TRUE(plain.bound() && secure.bound());
+  start({{"plain", plain.port(), std::nullopt}, {"secure", secure.port(), key_from(3)}});
+
+  for (const char* d : {"plain", "plain-porch", "secure", "secure-porch"}) {
+    ASSERT_TRUE(eventually([&] { return online(d); })) << d << " never came online";
+  }
+  auto entities = floectl({"--json", "entities", "plain"});
+  ASSERT_EQ(entities.exit, 0) << entities.out;
+  for (const char* id : {"plain.light", "plain.relay", "plain.temperature"}) {
+    EXPECT_NE(entities.out.find(id), std::string::npos) << id << " missing from " << entities.out;
+  }
+  EXPECT_EQ(floectl({"query", "count where Light in group esphome"}).out, "2\n");
+
+  // Sensor values and their static components.
+  EXPECT_TRUE(eventually([&] { return value_of("plain.temperature", "Real") == json(20.0); }));
+  EXPECT_EQ(value_of("secure.temperature", "Unit"), json("°C"));
+  EXPECT_EQ(value_of("secure.temperature", "AccuracyDecimals"), json(1));
+  plain.set_temperature(23.5F);
+  EXPECT_TRUE(eventually([&] { return value_of("plain.temperature", "Real") == json(23.5); }))
+      << value_of("plain.temperature", "Real").dump();
+
+  // Sets: the device obeys, its state answer completes the request, the new state shows.
+  auto on = floectl({"set", "plain.light", "Switch", "true"});
+  EXPECT_EQ(on.exit, 0) << on.out;
+  EXPECT_EQ(value_of("plain.light", "Switch"), json(true));
+  auto dim = floectl({"set", "secure.light", "Dimmer", "0.5"});
+  EXPECT_EQ(dim.exit, 0) << dim.out;
+  EXPECT_EQ(value_of("secure.light", "Dimmer"), json(0.5));
+  auto relay = floectl({"set", "secure.relay", "Switch", "true"});
+  EXPECT_EQ(relay.exit, 0) << relay.out;
+  EXPECT_EQ(value_of("secure.relay", "Switch"), json(true));
+  EXPECT_EQ(value_of("secure-porch.relay", "Switch"), json(false)) << "same key, other sub-device";
+  auto porch = floectl({"set", "plain-porch.relay", "Switch", "true"});
+  EXPECT_EQ(porch.exit, 0) << porch.out;
+  EXPECT_TRUE(plain.porch_relay()) << "device_id echoed in the command";
+  EXPECT_EQ(value_of("plain-porch.relay", "Switch"), json(true));
+  EXPECT_EQ(value_of("plain.relay", "Switch"), json(false));
+
+  // A read-only sensor refuses; the devices answered GetTime and ignored the unknown type.
+  auto ro = floectl({"set", "plain.temperature", "Real", "5"});
+  EXPECT_NE(ro.exit, 0) << ro.out;
+  EXPECT_NE(ro.out.find("read-only"), std::string::npos) << ro.out;
+  EXPECT_GT(plain.time_answers(), 0);
+  EXPECT_GT(secure.time_answers(), 0);
+  EXPECT_TRUE(provider_->alive());
+}
+
+TEST_F(EsphomeProvider, WrongKeyAndEncryptionMismatchAreLoggedAndLeaveOthersAlone) {
+  FakeDevice good("good-node", std::nullopt);
+  FakeDevice locked("locked-node", key_from(7));
+  FakeDevice needs_key("needs-key-node", key_from(9));
+  FakeDevice open("open-node", std::nullopt);
+  start({{"good", good.port(), std::nullopt},
+         {"locked", locked.port(), key_from(8)},      // wrong key
+         {"needskey", needs_key.port(), std::nullopt},  // encrypted device, no key configured
+         {"open", open.port(), key_from(9)}});          // plaintext device, key configured
+  ASSERT_TRUE(eventually([&] { return online("good"); }));
+  // One clear line per device, naming it and the cause.
+  auto line = [&](const std::string& label, std::uint16_t port, const std::string& cause) {
+    return eventually([&] {
+      const std::string log = read_all(dir_ + "/esphome.log");
+      const auto at = log.find(label + " (127.0.0.1:" + std::to_string(port) + "): handshake failed: ");
+      return at != std::string::npos && log.find(cause, at) < log.find('\n', at);
+    });
+  };
+  EXPECT_TRUE(line("locked", locked.port(), "wrong encryption key"));
+  EXPECT_TRUE(line("needskey", needs_key.port(), "encryption"));
+  EXPECT_TRUE(line("open", open.port(), "encryption"));
+  for (const char* d : {"locked", "needskey", "open"}) EXPECT_FALSE(online(d)) << d;
+
+  auto set = floectl({"set", "good.relay", "Switch", "true"});
+  EXPECT_EQ(set.exit, 0) << set.out;
+  EXPECT_EQ(value_of("good.relay", "Switch"), json(true));
+  EXPECT_TRUE(provider_->alive());
+}
+
+TEST_F(EsphomeProvider, ABadConfigFileExitsTwoNamingFileAndLine) {
+  const std::string path = dir_ + "/bad.yaml";
+  std::ofstream(path) << "devices:\n  - host: 127.0.0.1\n    port: 99999\n";
+  const std::string log = dir_ + "/bad.log";
+  Process p(FLOE_ESPHOME_BIN, {"--config", path}, log);
+  EXPECT_EQ(p.finish(), 2);
+  EXPECT_NE(read_all(log).find(path + ":3: 'port' = 99999 is out of range [1, 65535]"), std::string::npos) << read_all(log);
+  Process missing(FLOE_ESPHOME_BIN, {"--config", dir_ + "/none.yaml"}, log);
+  EXPECT_EQ(missing.finish(), 2);
+  EXPECT_NE(read_all(log).find(dir_ + "/none.yaml"), std::string::npos) << read_all(log);
+}
+
+TEST_F(EsphomeProvider, SilentDeviceFailsTheRequestWithATimeout) {
+  FakeDevice quiet("quiet-node", std::nullopt);
+  start({{"quiet", quiet.port(), std::nullopt}}, "request_timeout_ms: 1000\n");
+  ASSERT_TRUE(eventually([&] { return online("quiet"); }));
+  quiet.set_silent(true);
+  auto set = floectl({"set", "quiet.relay", "Switch", "true"});
+  EXPECT_NE(set.exit, 0) << set.out;
+  EXPECT_NE(set.out.find("did not report the new state"), std::string::npos) << set.out;
+  EXPECT_EQ(quiet.commands(), 1) << "the command reached the device";
+  quiet.set_silent(false);
+  auto again = floectl({"set", "quiet.relay", "Switch", "false"});
+  EXPECT_EQ(again.exit, 0) << again.out;
+}
+
+TEST_F(EsphomeProvider, AnIdleDeviceIsPingedAndAFrozenOneIsDroppedAndReconnected) {
+  FakeDevice idle("idle-node", std::nullopt);
+  start({{"idle", idle.port(), std::nullopt}}, "keepalive_ms: 200\n");
+  ASSERT_TRUE(eventually([&] { return online("idle"); }));
+  EXPECT_TRUE(eventually([&] { return idle.pings() >= 2; })) << "keepalive pings";
+
+  idle.set_frozen(true);  // the connection stays open, nothing comes back
+  EXPECT_TRUE(eventually([&] { return logged("idle (127.0.0.1:" + std::to_string(idle.port()) + "): connection lost: no answer to a ping"); }));
+  EXPECT_TRUE(eventually([&] { return !online("idle"); }));
+  idle.set_frozen(false);
+  EXPECT_TRUE(eventually([&] { return online("idle"); }));
+  auto set = floectl({"set", "idle.relay", "Switch", "true"});
+  EXPECT_EQ(set.exit, 0) << set.out;
+}
+
+TEST_F(EsphomeProvider, ADeviceThatGoesAwayFailsRequestsAtOnceAndComesBack) {
+  std::optional<FakeDevice> flaky(std::in_place, "flaky-node", key_from(1));
+  FakeDevice steady("steady-node", std::nullopt);
+  const std::uint16_t port = flaky->port();
+  start({{"flaky", port, key_from(1)}, {"steady", steady.port(), std::nullopt}});
+  ASSERT_TRUE(eventually([&] { return online("flaky") && online("steady"); }));
+  ASSERT_EQ(floectl({"set", "flaky.relay", "Switch", "true"}).exit, 0);
+
+  flaky.reset();  // the device vanishes: connections closed, port refused
+  ASSERT_TRUE(eventually([&] { return logged("flaky (127.0.0.1:" + std::to_string(port) + "): connection lost"); }));
+  EXPECT_TRUE(eventually([&] { return !online("flaky") && !online("flaky-porch"); })) << "its devices go offline";
+  auto gone = floectl({"set", "flaky.relay", "Switch", "false"});
+  EXPECT_EQ(gone.exit, 6) << "a set to an unreachable device fails at once as offline: " << gone.out;
+  auto other = floectl({"set", "steady.relay", "Switch", "true"});
+  EXPECT_EQ(other.exit, 0) << "the other device is unaffected: " << other.out;
+
+  flaky.emplace("flaky-node", key_from(1), port);  // back on the same port
+  ASSERT_TRUE(flaky->bound());
+  ASSERT_TRUE(eventually([&] { return online("flaky") && online("flaky-porch"); })) << "and come back";
+  EXPECT_EQ(floectl({"set", "flaky.relay", "Switch", "true"}).exit, 0);
+  EXPECT_EQ(value_of("flaky.relay", "Switch"), json(true));
+  EXPECT_TRUE(provider_->alive());
+}
+
+// The simulated fleet, as the demo runs it: floe-esphome-sim with a plaintext node (and a
+// sub-device), an encrypted one and one whose key floe-esphome gets wrong.
+std::string sim_yaml(const std::vector<std::uint16_t>& ports) {
+  auto port = [&](std::size_t i) { return std::to_string(i < ports.size() ? ports[i] : 0); };
+  const std::string entities = "      - {type: light, name: Light, color_modes: [rgb]}\n"
+                               "      - {type: switch, name: Relay}\n"
+                               "      - {type: sensor, name: Temperature, unit: \"°C\", min: 15, max: 30}\n";
+  return "devices:\n"
+         "  - name: lamp-node\n    port: " + port(0) + "\n    sub_devices: [{id: 1, name: Extension}]\n    entities:\n" +
+         entities + "      - {type: switch, name: Extension Relay, device_id: 1}\n" +
+         "  - name: vault-node\n    port: " + port(1) + "\n    encryption_key: \"" + esphome::encode_psk(key_from(5)) +
+         "\"\n    entities:\n" + entities +
+         "  - name: wrong-node\n    port: " + port(2) + "\n    encryption_key: \"" + esphome::encode_psk(key_from(6)) +
+         "\"\n    entities:\n      - {type: switch, name: Relay}\n";
+}
+
+TEST_F(EsphomeProvider, SimulatedFleetServedThroughFloeGoesOfflineWithTheSimulatorAndComesBack) {
+#ifndef FLOE_ESPHOME_SIM_BIN
+  GTEST_SKIP() << "floe-esphome-sim is not built";
+#else
+  const auto ports = start_sim(sim_yaml({}));
+  ASSERT_EQ(ports.size(), 3u) << read_all(dir_ + "/sim.log");
+  start({{"lamp", ports[0], std::nullopt}, {"vault", ports[1], key_from(5)}, {"wrong", ports[2], key_from(7)}});
+  for (const char* d : {"lamp", "lamp-extension", "vault"}) {
+    ASSERT_TRUE(eventually([&] { return online(d); })) << d << " never came online";
+  }
+  EXPECT_TRUE(eventually([&] { return logged("wrong (127.0.0.1:" + std::to_string(ports[2]) + "): handshake failed: wrong encryption key"); }));
+
+  // Sensor values change (the simulator moves them every 100 ms).
+  const json first = value_of("vault.temperature", "Real");
+  ASSERT_TRUE(first.is_number()) << first.dump();
+  EXPECT_TRUE(eventually([&] { return value_of("vault.temperature", "Real") != first; }));
+
+  // Lights and switches, plaintext and encrypted, and the sub-device's switch.
+  for (const auto& [entity, component, value] : std::vector<std::array<std::string, 3>>{
+           {"lamp.light", "Switch", "true"}, {"vault.light", "Dimmer", "0.25"}, {"vault.relay", "Switch", "true"},
+           {"lamp.relay", "Switch", "true"}, {"lamp-extension.extension_relay", "Switch", "true"}}) {
+    auto r = floectl({"set", entity, component, value});
+    EXPECT_EQ(r.exit, 0) << entity << ": " << r.out;
+    auto got = value_of(entity, component);
+    EXPECT_EQ(got, value == "true" ? json(true) : json(std::stod(value))) << entity << " " << got.dump();
+  }
+
+  // The simulator dies: every device goes offline, requests fail at once.
+  sim_->signal(SIGKILL);
+  EXPECT_EQ(sim_->finish(), 128 + SIGKILL);
+  ASSERT_TRUE(eventually([&] { return !online("lamp") && !online("lamp-extension") && !online("vault"); }));
+  auto offline = floectl({"set", "vault.relay", "Switch", "false"});
+  EXPECT_EQ(offline.exit, 6) << offline.out;
+
+  // It comes back on the same ports: so do the devices, with their state.
+  std::vector<std::uint16_t> again;
+  ASSERT_TRUE(eventually([&] {
+    again = start_sim(sim_yaml(ports));  // a retry if a port is still held for a moment
+    return again == ports;
+  })) << read_all(dir_ + "/sim.log");
+  for (const char* d : {"lamp", "lamp-extension", "vault"}) {
+    ASSERT_TRUE(eventually([&] { return online(d); })) << d << " did not come back";
+  }
+  auto back = floectl({"set", "vault.relay", "Switch", "true"});
+  EXPECT_EQ(back.exit, 0) << back.out;
+  EXPECT_EQ(value_of("vault.relay", "Switch"), json(true));
+  EXPECT_TRUE(provider_->alive());
+#endif
+}
+
+#endif
+
+}  // namespace
+}  // namespace floe::test
