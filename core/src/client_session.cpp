@@ -186,7 +186,20 @@ void ClientSession::flush_outbox() {
 void ClientSession::send(const proto::ClientResponse& resp) {
   // Everything this session sends goes through the outbox, so responses and watch events keep
   // one order and only this thread writes the socket.
-  enqueue(resp.SerializeAsString());
+  std::string bytes = resp.SerializeAsString();
+  if (bytes.size() > ipc::kMaxPacketBytes) {
+    // One packet is the protocol's unit: an answer that does not fit is refused with a reason
+    // rather than dropping the connection (the client would only see it close).
+    proto::ClientResponse too_big;
+    too_big.set_id(resp.id());
+    too_big.mutable_error()->set_code(proto::ERROR_CODE_LIMIT);
+    too_big.mutable_error()->set_message(fmt::format(
+        "the answer ({} bytes) exceeds the {}-byte packet limit; ask for less (one device's entities, or a query)",
+        bytes.size(), ipc::kMaxPacketBytes));
+    spdlog::warn("client pid {}: {}", peer_.pid, too_big.error().message());
+    bytes = too_big.SerializeAsString();
+  }
+  enqueue(std::move(bytes));
   flush_outbox();
 }
 

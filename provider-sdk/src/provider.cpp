@@ -9,6 +9,7 @@
 #include <sys/timerfd.h>
 #include <unistd.h>
 
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -87,6 +88,8 @@ struct DeviceState {
   bool flush_results_locked() noexcept;
 };
 
+constexpr std::size_t kMaxOutboxBytes = std::size_t{64} << 20;  // unsent envelopes before we give up on the core
+
 enum Tag : std::uint64_t { kTagWake = 1, kTagTimer = 2, kTagRetry = 3, kTagSocket = 4, kTagPoll = 5, kTagHeartbeat = 6 };
 
 struct ProviderState {
@@ -115,6 +118,11 @@ struct ProviderState {
   std::optional<ipc::Channel> channel;
   bool broken = false;             // a send failed: disconnect at the next safe point
   std::string broken_reason;
+  // Envelopes the socket had no room for (a burst: declaring thousands of devices at once), sent
+  // in order when it becomes writable. Bounded: a core that stops reading is a broken connection.
+  std::deque<std::string> outbox;
+  std::size_t outbox_bytes = 0;
+  bool want_write = false;
   std::uint64_t next_id = 1;
   std::unordered_map<std::uint64_t, DeviceState*> pending_adds;  // envelope id -> device
   unsigned failed_attempts = 0;
@@ -140,6 +148,8 @@ struct ProviderState {
   void schedule_reconnect();
   void try_connect();
   void send(const proto::Envelope& env);
+  void flush_outbox();
+  void set_want_write(bool on) noexcept;
   void announce(DeviceState& ds);
   void send_availability(DeviceState& ds);
   void send_remove(const std::string& id);
@@ -406,10 +416,51 @@ void ProviderState::try_connect() {
 
 void ProviderState::send(const proto::Envelope& env) {
   if (!channel || broken) return;
-  if (auto s = channel->send(env); !s) {
-    broken = true;
-    broken_reason = "send to floe-core failed: " + s.error().to_string();
+  std::string bytes = env.SerializeAsString();
+  if (outbox.empty()) {
+    auto s = channel->send(std::as_bytes(std::span(bytes)));
+    if (s) return;
+    if (s.error().code != EAGAIN && s.error().code != EWOULDBLOCK) {
+      broken = true;
+      broken_reason = "send to floe-core failed: " + s.error().to_string();
+      return;
+    }
   }
+  if (outbox_bytes + bytes.size() > kMaxOutboxBytes) {
+    broken = true;
+    broken_reason = fmt::format("floe-core has not read our last {} messages ({} bytes)", outbox.size(), outbox_bytes);
+    return;
+  }
+  outbox_bytes += bytes.size();
+  outbox.push_back(std::move(bytes));
+  set_want_write(true);
+}
+
+void ProviderState::flush_outbox() {
+  while (!outbox.empty() && channel && !broken) {
+    auto s = channel->send(std::as_bytes(std::span(outbox.front())));
+    if (!s) {
+      if (s.error().code == EAGAIN || s.error().code == EWOULDBLOCK) return;  // still full: wait for EPOLLOUT
+      broken = true;
+      broken_reason = "send to floe-core failed: " + s.error().to_string();
+      return;
+    }
+    outbox_bytes -= outbox.front().size();
+    outbox.pop_front();
+  }
+  if (outbox.empty()) set_want_write(false);
+}
+
+void ProviderState::set_want_write(bool on) noexcept {
+  if (want_write == on || !channel) return;
+  epoll_event ev{};
+  ev.events = EPOLLIN | (on ? EPOLLOUT : 0U);
+  ev.data.u64 = kTagSocket;
+  if (::epoll_ctl(epoll.get(), EPOLL_CTL_MOD, channel->fd(), &ev) != 0) {
+    spdlog::error("floe-sdk: epoll_ctl(MOD) failed: {}", std::strerror(errno));
+    return;
+  }
+  want_write = on;
 }
 
 void ProviderState::announce(DeviceState& ds) {
@@ -483,6 +534,7 @@ Status ProviderState::remove_device(std::string_view id) {
 }
 
 void ProviderState::on_socket_readable() {
+  if (want_write) flush_outbox();
   // Bounded: a chatty core must not starve the rings.
   for (int i = 0; i < 64 && channel && !broken; ++i) {
     proto::Envelope env;
@@ -662,6 +714,9 @@ void ProviderState::disconnect(const std::string& reason, bool reconnect) {
     epoll_del(channel->fd());
     channel.reset();
   }
+  outbox.clear();  // a new connection declares everything again
+  outbox_bytes = 0;
+  want_write = false;
   for (auto& d : devices) detach(*d->state_);
   pending_adds.clear();
   for (auto& [env_id, id] : pending_removes) removals.push_back(id);  // not confirmed: tell the next core

@@ -4,11 +4,13 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <functional>
@@ -122,6 +124,48 @@ TEST(SdkRealCore, VirtualLightsIsServedSetAndSurvivesACoreRestart) {
   EXPECT_EQ(lights->wait(10s), 0);
   core->kill(SIGTERM);
   EXPECT_EQ(core->wait(10s), 0);
+}
+
+// A provider that declares a thousand devices at once sends its AddDevice burst faster than the
+// core reads it: the management socket fills. The SDK must queue the rest and send it when the
+// socket drains (it used to take EAGAIN for a broken connection and reconnect forever).
+TEST(SdkRealCore, AThousandDevicesDeclaredAtOnceAllComeOnline) {
+  // About three descriptors per device on each side (region, two eventfds): children inherit this.
+  rlimit rl{};
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &rl), 0);
+  rl.rlim_cur = rl.rlim_max;
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &rl), 0);
+  const std::size_t devices = std::min<std::size_t>(1000, (rl.rlim_cur - 256) / 4);
+  ASSERT_GE(devices, 200U) << "RLIMIT_NOFILE's hard limit (" << rl.rlim_max << ") is too low for this test";
+
+  TempDir dir;
+  auto core = std::make_unique<test::Child>(start_core());
+  auto lights = test::spawn_child("exec_program", {VIRTUAL_LIGHTS_BIN, "--count", std::to_string(devices)}, {});
+  ASSERT_TRUE(lights) << lights.error().to_string();
+
+  Output got;
+  const std::string expected = std::to_string(devices);
+  EXPECT_TRUE(eventually([&] {
+    got = floectl("query 'count where Light'");
+    return got.code == 0 && got.text.rfind(expected, 0) == 0;
+  }, 120s)) << "expected " << expected << " lights, floectl said: " << got.text;
+  // Listing a thousand devices does not fit one answer packet (64 KiB): the core must refuse it
+  // with a reason and keep the session, not drop the connection (the client saw only "closed").
+  got = floectl("--json devices");
+  if (got.code != 0) {
+    EXPECT_NE(got.text.find("packet limit"), std::string::npos) << got.text.substr(0, 400);
+  } else {
+    std::size_t online = 0;
+    for (std::size_t at = 0; (at = got.text.find("\"online\": true", at)) != std::string::npos; ++at) ++online;
+    EXPECT_EQ(online, devices);
+  }
+  got = floectl("get light_500 Switch");
+  EXPECT_EQ(got.code, 0) << got.text;
+
+  lights->kill(SIGTERM);
+  EXPECT_EQ(lights->wait(30s), 0);
+  core->kill(SIGTERM);
+  EXPECT_EQ(core->wait(30s), 0);
 }
 
 #endif
