@@ -834,7 +834,11 @@ class Parser {
       return true;
     }
     const IsoError& e = std::get<IsoError>(r);
-    return fail(tok_.position + e.offset, e.length, expected,
+    // A literal cut short ("2026-") is wrong just past its end: keep the span inside the token, so
+    // the caret stays inside the input (the fuzzer found the span one past the end).
+    const std::size_t offset = std::min(e.offset, tok_.text.size());
+    const std::size_t length = std::min(e.length, tok_.text.size() - offset);
+    return fail(tok_.position + offset, length, expected,
                 "bad " + std::string(IsoReader::noun(kind)) + " '" + std::string(tok_.text.substr(0, 64)) + "': " +
                     e.message);
   }
