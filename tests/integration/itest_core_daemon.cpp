@@ -39,6 +39,7 @@
 #include "floe/sdk/provider.hpp"
 #include "management.pb.h"
 #include "support/child_process.hpp"
+#include "support/integration.hpp"
 
 extern char** environ;
 
@@ -61,22 +62,9 @@ bool wait_readable(int fd, int timeout_ms = kGuardMs) {
   return r == 1;
 }
 
-template <typename F>
-bool eventually(F&& f, std::chrono::milliseconds limit = 60s) {
-  const auto end = std::chrono::steady_clock::now() + limit;
-  while (std::chrono::steady_clock::now() < end) {
-    if (f()) return true;
-    std::this_thread::sleep_for(20ms);
-  }
-  return f();
-}
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using test::count_fds;
+using test::eventually;
+using test::slurp;
 
 // Text commands over a SOCK_SEQPACKET pair, one per packet.
 bool send_text(int fd, const std::string& s) { return ::send(fd, s.data(), s.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(s.size()); }
@@ -380,13 +368,6 @@ class Client {
   std::optional<ipc::Channel> channel_;
   std::uint64_t id_ = 0;
 };
-
-std::size_t count_fds(pid_t pid) {
-  std::size_t n = 0;
-  const std::string path = "/proc/" + std::to_string(pid) + "/fd";
-  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator(path)) ++n;
-  return n;
-}
 
 class CoreDaemon : public ::testing::Test {
  protected:

@@ -27,6 +27,7 @@
 #include "client.pb.h"
 #include "floe/ipc/channel.hpp"
 #include "floe/ipc/protocol.hpp"
+#include "support/integration.hpp"
 
 extern char** environ;
 
@@ -44,20 +45,11 @@ using nlohmann::json;
 // Sanitizer builds start programs several times slower; the bound only stops a hang.
 constexpr auto kHangGuard = 30s;
 
-std::string slurp(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using floe::test::count_fds;
+using floe::test::slurp;
 
 bool poll_until(const std::function<bool()>& done, std::chrono::milliseconds bound = kHangGuard) {
-  const auto deadline = std::chrono::steady_clock::now() + bound;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (done()) return true;
-    std::this_thread::sleep_for(50ms);
-  }
-  return done();
+  return floe::test::eventually(done, bound, 50ms);
 }
 
 // A program started with fork/execve; stdout and stderr go to `log`. Killed (SIGKILL) and reaped
@@ -144,16 +136,6 @@ struct Outcome {
   std::string out;
   std::string err;
 };
-
-std::size_t count_fds(pid_t pid) {
-  std::size_t n = 0;
-  std::error_code ec;
-  for (auto it = fs::directory_iterator("/proc/" + std::to_string(pid) + "/fd", ec); !ec && it != fs::directory_iterator();
-       it.increment(ec)) {
-    ++n;
-  }
-  return n;
-}
 
 class E2e : public ::testing::Test {
  protected:

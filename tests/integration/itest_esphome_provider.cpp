@@ -33,6 +33,7 @@
 #include "floe/esphome/messages.hpp"
 #include "floe/esphome/transport.hpp"
 #include "floe/ipc/fd.hpp"
+#include "support/integration.hpp"
 
 extern char** environ;
 
@@ -51,23 +52,6 @@ using esphome::Psk;
 using esphome::Transport;
 using nlohmann::json;
 
-// Sanitizer builds start programs several times slower; the bound only stops a hang.
-constexpr auto kHangGuard = 60s;
-
-bool eventually(const std::function<bool()>& done, std::chrono::milliseconds bound = kHangGuard) {
-  for (const auto end = std::chrono::steady_clock::now() + bound; std::chrono::steady_clock::now() < end;) {
-    if (done()) return true;
-    std::this_thread::sleep_for(50ms);
-  }
-  return done();
-}
-
-std::string read_all(const std::string& path) {
-  std::ifstream in(path);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 Psk key_from(std::uint8_t seed) {
   Psk k{};
@@ -419,7 +403,7 @@ class EsphomeProvider : public ::testing::Test {
     core_.reset();
     if (HasFailure() && !dir_.empty()) {
       for (const char* name : {"core.log", "esphome.log", "floe-esphome.yaml", "sim.log", "sim.yaml"}) {
-        std::string text = read_all(dir_ + "/" + name);
+        std::string text = slurp(dir_ + "/" + name);
         if (text.size() > 8000) text = text.substr(0, 3000) + "\n...\n" + text.substr(text.size() - 5000);
         std::fprintf(stderr, "---- %s\n%s\n", name, text.c_str());
       }
@@ -445,7 +429,7 @@ class EsphomeProvider : public ::testing::Test {
                  dir_ + "/sim.log", out);
     std::vector<std::uint16_t> ports;
     eventually([&] {
-      auto j = json::parse(read_all(out), nullptr, false);
+      auto j = json::parse(slurp(out), nullptr, false);
       if (j.is_discarded() || !j.contains("devices")) return !sim_->alive();
       for (const auto& d : j["devices"]) ports.push_back(d["port"].get<std::uint16_t>());
       return true;
@@ -479,7 +463,7 @@ class EsphomeProvider : public ::testing::Test {
     Process p(FLOECTL_BIN, args, log);
     Ran r;
     r.exit = p.finish();
-    r.out = read_all(log);
+    r.out = slurp(log);
     fs::remove(log);
     return r;
   }
@@ -500,7 +484,7 @@ class EsphomeProvider : public ::testing::Test {
     }
     return false;
   }
-  bool logged(const std::string& text) { return read_all(dir_ + "/esphome.log").find(text) != std::string::npos; }
+  bool logged(const std::string& text) { return slurp(dir_ + "/esphome.log").find(text) != std::string::npos; }
 #endif
 
   std::string dir_;
@@ -576,7 +560,7 @@ TEST_F(EsphomeProvider, WrongKeyAndEncryptionMismatchAreLoggedAndLeaveOthersAlon
   // One clear line per device, naming it and the cause.
   auto line = [&](const std::string& label, std::uint16_t port, const std::string& cause) {
     return eventually([&] {
-      const std::string log = read_all(dir_ + "/esphome.log");
+      const std::string log = slurp(dir_ + "/esphome.log");
       const auto at = log.find(label + " (127.0.0.1:" + std::to_string(port) + "): handshake failed: ");
       return at != std::string::npos && log.find(cause, at) < log.find('\n', at);
     });
@@ -598,10 +582,10 @@ TEST_F(EsphomeProvider, ABadConfigFileExitsTwoNamingFileAndLine) {
   const std::string log = dir_ + "/bad.log";
   Process p(FLOE_ESPHOME_BIN, {"--config", path}, log);
   EXPECT_EQ(p.finish(), 2);
-  EXPECT_NE(read_all(log).find(path + ":3: 'port' = 99999 is out of range [1, 65535]"), std::string::npos) << read_all(log);
+  EXPECT_NE(slurp(log).find(path + ":3: 'port' = 99999 is out of range [1, 65535]"), std::string::npos) << slurp(log);
   Process missing(FLOE_ESPHOME_BIN, {"--config", dir_ + "/none.yaml"}, log);
   EXPECT_EQ(missing.finish(), 2);
-  EXPECT_NE(read_all(log).find(dir_ + "/none.yaml"), std::string::npos) << read_all(log);
+  EXPECT_NE(slurp(log).find(dir_ + "/none.yaml"), std::string::npos) << slurp(log);
 }
 
 TEST_F(EsphomeProvider, SilentDeviceFailsTheRequestWithATimeout) {
@@ -678,7 +662,7 @@ TEST_F(EsphomeProvider, SimulatedFleetServedThroughFloeGoesOfflineWithTheSimulat
   GTEST_SKIP() << "floe-esphome-sim is not built";
 #else
   const auto ports = start_sim(sim_yaml({}));
-  ASSERT_EQ(ports.size(), 3u) << read_all(dir_ + "/sim.log");
+  ASSERT_EQ(ports.size(), 3u) << slurp(dir_ + "/sim.log");
   start({{"lamp", ports[0], std::nullopt}, {"vault", ports[1], key_from(5)}, {"wrong", ports[2], key_from(7)}});
   for (const char* d : {"lamp", "lamp-extension", "vault"}) {
     ASSERT_TRUE(eventually([&] { return online(d); })) << d << " never came online";
@@ -712,7 +696,7 @@ TEST_F(EsphomeProvider, SimulatedFleetServedThroughFloeGoesOfflineWithTheSimulat
   ASSERT_TRUE(eventually([&] {
     again = start_sim(sim_yaml(ports));  // a retry if a port is still held for a moment
     return again == ports;
-  })) << read_all(dir_ + "/sim.log");
+  })) << slurp(dir_ + "/sim.log");
   for (const char* d : {"lamp", "lamp-extension", "vault"}) {
     ASSERT_TRUE(eventually([&] { return online(d); })) << d << " did not come back";
   }
