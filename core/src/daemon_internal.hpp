@@ -6,6 +6,7 @@
 #include <functional>
 #include <future>
 #include <map>
+#include <optional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -134,22 +135,33 @@ class Shard {
   /// Any thread; asynchronous. Stops draining, closes the eventfds (the region stays mapped in
   /// the registry while the device is known).
   void detach(DeviceId device);
-  /// Any thread; asynchronous. Completes the pending request if the device is not attached or
-  /// its tx ring is full.
-  void submit(SetTask task);
+  /// Any thread. Pushes the request onto the device's tx ring from the calling thread (the seed's
+  /// "client task writes to the device task": no hop through the shard's loop); completes the
+  /// pending request at once if the device is not attached, is being dropped, or its ring is full.
+  void submit(const SetTask& task);
 
  private:
   struct Attached;
+  /// A device's tx ring as seen by submitters: the producer side is single-threaded, so the
+  /// threads that submit (client sessions) take turns under `mu`. `tx` is reset under `mu` when the
+  /// device is detached or found corrupt, before the mapping or the eventfd can go away.
+  struct TxPort {
+    std::mutex mu;
+    std::optional<ipc::RingProducer> tx;
+  };
+  [[nodiscard]] std::shared_ptr<TxPort> port_of(std::uint64_t key);
+  static void close_port(TxPort& port);
   Status attach_here(AttachArgs& args);
   void detach_here(std::uint64_t key);
-  void submit_here(SetTask& task);
   void on_rx(Attached& d);
 
   Core& core_;
   unsigned index_;
   TaskLoop tasks_;
   std::thread thread_;
-  std::unordered_map<std::uint64_t, std::unique_ptr<Attached>> devices_;
+  std::unordered_map<std::uint64_t, std::unique_ptr<Attached>> devices_;  // loop thread only
+  std::mutex ports_mu_;
+  std::unordered_map<std::uint64_t, std::shared_ptr<TxPort>> ports_;  // ports_mu_
   std::vector<ChangeRecord> changes_;  // scratch
 };
 

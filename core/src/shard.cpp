@@ -95,9 +95,9 @@ struct Shard::Attached {
   DeviceId device;
   std::shared_ptr<ipc::Region> region;
   ipc::NotifyMode mode = ipc::NotifyMode::kEventfd;
-  ipc::Fd tx_eventfd;
+  ipc::Fd tx_eventfd;  // closed only after `port` is closed
   ipc::Fd rx_eventfd;
-  std::optional<ipc::RingProducer> tx;
+  std::shared_ptr<TxPort> port;  // also in Shard::ports_ while attached
   std::optional<ipc::RingConsumer> rx;
   std::optional<WatchFeed> feed;
   ipc::WatchId watch = 0;
@@ -108,6 +108,7 @@ struct Shard::Attached {
   std::atomic<bool> bridge_stop{false};
 
   ~Attached() {
+    if (port) close_port(*port);
     if (!futex_bridge.joinable()) return;
     bridge_stop.store(true, std::memory_order_release);
     (void)ipc::futex_wake(futex_word(), 1);
@@ -156,6 +157,10 @@ Status Shard::start(ipc::LoopBackend backend) {
     // Teardown on the loop's own thread: cancel every watch before its eventfd closes.
     tasks_.run_tasks();
     for (auto& [key, d] : devices_) tasks_.loop().cancel(d->watch);
+    {
+      std::lock_guard lock(ports_mu_);
+      ports_.clear();
+    }
     devices_.clear();
   });
   return {};
@@ -175,8 +180,15 @@ void Shard::detach(DeviceId device) {
   tasks_.post([this, key = key_of(device)] { detach_here(key); });
 }
 
-void Shard::submit(SetTask task) {
-  tasks_.post([this, t = std::move(task)]() mutable { submit_here(t); });
+std::shared_ptr<Shard::TxPort> Shard::port_of(std::uint64_t key) {
+  std::lock_guard lock(ports_mu_);
+  auto it = ports_.find(key);
+  return it == ports_.end() ? nullptr : it->second;
+}
+
+void Shard::close_port(TxPort& port) {
+  std::lock_guard lock(port.mu);
+  port.tx.reset();
 }
 
 Status Shard::attach_here(AttachArgs& args) {
@@ -202,7 +214,8 @@ Status Shard::attach_here(AttachArgs& args) {
   if (!rx) return tl::unexpected(rx.error());
   auto feed = core_.hub.attach(args.device);
   if (!feed) return tl::unexpected(feed.error());
-  d->tx.emplace(std::move(*tx));
+  d->port = std::make_shared<TxPort>();
+  d->port->tx.emplace(std::move(*tx));
   d->rx.emplace(std::move(*rx));
   d->feed.emplace(std::move(*feed));
   d->tx_eventfd = std::move(args.tx_eventfd);
@@ -218,6 +231,10 @@ Status Shard::attach_here(AttachArgs& args) {
   auto w = tasks_.loop().watch_eventfd(raw->rx_eventfd.get(), [this, raw](std::uint64_t) { on_rx(*raw); });
   if (!w) return tl::unexpected(w.error());
   d->watch = *w;
+  {
+    std::lock_guard lock(ports_mu_);
+    ports_[key] = d->port;
+  }
   devices_[key] = std::move(d);
   // The provider signals only a sleeping consumer: announce that we sleep (or drain what came).
   // Spin and poll never sleep: prepare_sleep is false and this first drain starts them.
@@ -229,16 +246,21 @@ void Shard::detach_here(std::uint64_t key) {
   auto it = devices_.find(key);
   if (it == devices_.end()) return;
   tasks_.loop().cancel(it->second->watch);
-  devices_.erase(it);
+  {
+    std::lock_guard lock(ports_mu_);
+    ports_.erase(key);
+  }
+  devices_.erase(it);  // ~Attached closes the port before the eventfds and the mapping go
 }
 
-void Shard::submit_here(SetTask& task) {
-  auto it = devices_.find(key_of(task.device));
-  if (it == devices_.end() || it->second->dead) {
+void Shard::submit(const SetTask& task) {
+  const std::shared_ptr<TxPort> port = port_of(key_of(task.device));
+  std::unique_lock lock = port ? std::unique_lock(port->mu) : std::unique_lock<std::mutex>();
+  if (!port || !port->tx) {
     core_.pending.complete(task.request_id, task.device, {proto::ERROR_CODE_OFFLINE, "the device is offline"});
     return;
   }
-  ipc::RingProducer& tx = *it->second->tx;
+  ipc::RingProducer& tx = *port->tx;
   ipc::SetRequest req{};
   req.request_id = task.request_id;
   req.entity = task.entity;
@@ -295,6 +317,7 @@ void Shard::on_rx(Attached& d) {
   if (rx.header().overflow.exchange(0, std::memory_order_acq_rel) != 0) d.feed->on_overflow();
   if (!drained) {
     d.dead = true;
+    close_port(*d.port);  // requests from now on fail as offline
     spdlog::error("device ring corrupt (rx of device {}:{}): {}; disconnecting its provider", d.device.index,
                   d.device.generation, drained.error().to_string());
     const std::uint64_t key = key_of(d.device);
