@@ -2,7 +2,9 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <bit>
+#include <functional>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -11,6 +13,7 @@
 #include <fmt/format.h>
 #include <toml++/toml.h>
 
+#include "floe/ipc/channel.hpp"
 #include "floe/ipc/protocol.hpp"
 
 namespace floe::core {
@@ -41,6 +44,41 @@ Result<std::size_t> get_capacity(const toml::node& n, std::string_view origin, s
   if (!v) return v;
   if (!std::has_single_bit(*v)) return key_error(origin, key, fmt::format("{} is not a power of two", *v));
   return v;
+}
+
+// The [limits] table: every key is a bounded integer.
+Status parse_limits(const toml::table& t, std::string_view origin, Limits& l) {
+  struct Key {
+    std::string_view name;
+    std::int64_t lo, hi;
+    std::function<void(std::int64_t)> store;
+  };
+  const Key keys[] = {
+      {"max_providers", 1, 4096, [&](std::int64_t v) { l.max_providers = static_cast<unsigned>(v); }},
+      {"max_devices_per_provider", 1, 65536, [&](std::int64_t v) { l.max_devices_per_provider = static_cast<unsigned>(v); }},
+      {"max_entities_per_device", 1, 65536, [&](std::int64_t v) { l.max_entities_per_device = static_cast<unsigned>(v); }},
+      {"max_entities_per_provider", 1, 1 << 24, [&](std::int64_t v) { l.max_entities_per_provider = static_cast<unsigned>(v); }},
+      {"max_message_bytes", 256, static_cast<std::int64_t>(ipc::kMaxPacketBytes),
+       [&](std::int64_t v) { l.max_message_bytes = static_cast<std::size_t>(v); }},
+      {"provider_messages_per_second", 1, 10'000'000,
+       [&](std::int64_t v) { l.provider_messages_per_second = static_cast<unsigned>(v); }},
+      {"provider_message_burst", 1, 10'000'000, [&](std::int64_t v) { l.provider_message_burst = static_cast<unsigned>(v); }},
+      {"max_request_bytes", 64, static_cast<std::int64_t>(ipc::kMaxPacketBytes),
+       [&](std::int64_t v) { l.max_request_bytes = static_cast<std::size_t>(v); }},
+      {"client_requests_per_second", 1, 10'000'000,
+       [&](std::int64_t v) { l.client_requests_per_second = static_cast<unsigned>(v); }},
+      {"client_request_burst", 1, 10'000'000, [&](std::int64_t v) { l.client_request_burst = static_cast<unsigned>(v); }},
+      {"max_watches_per_client", 1, 65536, [&](std::int64_t v) { l.max_watches_per_client = static_cast<unsigned>(v); }},
+  };
+  for (const auto& [k, node] : t) {
+    const std::string full = fmt::format("limits.{}", k.str());
+    const auto* key = std::find_if(std::begin(keys), std::end(keys), [&](const Key& x) { return x.name == k.str(); });
+    if (key == std::end(keys)) return key_error(origin, full, "unknown key");
+    auto v = get_int<std::int64_t>(node, origin, full, key->lo, key->hi);
+    if (!v) return tl::unexpected(v.error());
+    key->store(*v);
+  }
+  return {};
 }
 
 }  // namespace
@@ -104,6 +142,10 @@ Result<Config> parse_config(std::string_view text, std::string_view origin) {
       auto b = ipc::parse_loop_backend(*v);
       if (!b) return key_error(origin, key, fmt::format("'{}' is not one of auto, io_uring, epoll", *v));
       cfg.loop_backend = *b;
+    } else if (key == "limits") {
+      const toml::table* t = node.as_table();
+      if (t == nullptr) return key_error(origin, key, "expected a table");
+      FLOE_TRY(parse_limits(*t, origin, cfg.limits));
     } else if (key == "rings") {
       const toml::table* t = node.as_table();
       if (t == nullptr) return key_error(origin, key, "expected a table");

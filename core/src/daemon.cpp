@@ -18,6 +18,7 @@
 #include <spdlog/spdlog.h>
 
 #include "daemon_internal.hpp"
+#include "floe/core/limits.hpp"
 #include "floe/ipc/notify.hpp"
 #include "floe/ipc/protocol.hpp"
 
@@ -25,7 +26,6 @@ namespace floe::core {
 namespace detail {
 namespace {
 
-constexpr std::size_t kMaxDevicesPerProvider = 4096;
 // Envelope ids of the core's own Heartbeats have this bit set; an echo of one is not echoed back.
 constexpr std::uint64_t kProbeIdBit = std::uint64_t{1} << 63;
 
@@ -81,7 +81,13 @@ struct Device {
 };
 
 struct ProviderSession {
-  explicit ProviderSession(ipc::Channel c) : channel(std::move(c)) {}
+  ProviderSession(ipc::Channel c, const Limits& limits)
+      : channel(std::move(c)),
+        messages(limits.provider_messages_per_second, limits.provider_message_burst, std::chrono::steady_clock::now()) {}
+  /// "provider 'NAME' (pid P, uid U)": how every log line about this peer names it.
+  [[nodiscard]] std::string who() const {
+    return fmt::format("provider '{}' (pid {}, uid {})", welcomed ? name : std::string("?"), peer.pid, peer.uid);
+  }
   std::uint64_t id = 0;
   ipc::Channel channel;
   ipc::PeerCredentials peer;
@@ -89,6 +95,8 @@ struct ProviderSession {
   bool welcomed = false;
   ipc::WatchId watch = 0;
   std::vector<std::string> devices;
+  std::size_t entities = 0;  // over `devices`
+  TokenBucket messages;      // limits.provider_messages_per_second / provider_message_burst
   std::chrono::steady_clock::time_point last_heard = std::chrono::steady_clock::now();
   bool probed = false;  // a Heartbeat was sent since the provider was last heard
 };
@@ -327,8 +335,20 @@ void Daemon::accept_provider() {
     (void)ch->send(env);
     return;
   }
+  const Limits& limits = core_.config.limits;
+  if (providers_.size() >= limits.max_providers) {
+    const std::string msg = fmt::format("too many providers connected ({}; limits.max_providers = {})",
+                                        providers_.size(), limits.max_providers);
+    spdlog::warn("provider refused (pid {}, uid {}): {}", cred->pid, cred->uid, msg);
+    proto::Envelope env;
+    env.mutable_error()->set_code(proto::ERROR_CODE_LIMIT);
+    env.mutable_error()->set_message(msg);
+    env.mutable_error()->set_fatal(true);
+    (void)ch->send(env);
+    return;
+  }
   if (auto r = ch->set_nonblocking(true); !r) return;
-  auto s = std::make_unique<ProviderSession>(std::move(*ch));
+  auto s = std::make_unique<ProviderSession>(std::move(*ch), limits);
   s->id = core_.next_session_id.fetch_add(1, std::memory_order_relaxed);
   s->peer = *cred;
   const std::uint64_t sid = s->id;
@@ -395,10 +415,29 @@ void Daemon::on_provider_readable(std::uint64_t sid) {
     }
     s.last_heard = std::chrono::steady_clock::now();
     s.probed = false;
+    const Limits& limits = core_.config.limits;
+    // The burst absorbs a provider declaring its devices at once; only one that keeps sending
+    // faster than the rate empties the bucket.
+    if (!s.messages.try_take(s.last_heard)) {
+      provider_error(s, 0, proto::ERROR_CODE_LIMIT,
+                     fmt::format("more than {} management messages per second (limits.provider_messages_per_second, "
+                                 "burst limits.provider_message_burst = {}); disconnecting",
+                                 limits.provider_messages_per_second, limits.provider_message_burst),
+                     true);
+      return;
+    }
     proto::Envelope env;
     if (!env.ParseFromArray(packet->bytes.data(), static_cast<int>(packet->bytes.size()))) {
       provider_error(s, 0, proto::ERROR_CODE_MALFORMED, "packet is not a floe.proto.Envelope", true);
       return;
+    }
+    if (packet->bytes.size() > limits.max_message_bytes) {
+      // Refused unread (its fds are closed with the packet); the connection stays usable.
+      provider_error(s, env.id(), proto::ERROR_CODE_LIMIT,
+                     fmt::format("a management message of {} bytes exceeds limits.max_message_bytes = {}",
+                                 packet->bytes.size(), limits.max_message_bytes),
+                     false);
+      continue;
     }
     handle_provider(s, env, packet->fds);
   }
@@ -415,7 +454,7 @@ void Daemon::provider_error(ProviderSession& s, std::uint64_t id, proto::ErrorCo
   if (fatal) {
     close_provider(s.id, msg);
   } else {
-    spdlog::warn("provider '{}': {}", s.name, msg);
+    spdlog::warn("{}: {}", s.who(), msg);
   }
 }
 
@@ -494,8 +533,24 @@ void Daemon::add_device(ProviderSession& s, std::uint64_t msg_id, const proto::A
       }
     }
   }
-  if (s.devices.size() >= kMaxDevicesPerProvider && std::find(s.devices.begin(), s.devices.end(), id) == s.devices.end()) {
-    return fail(proto::ERROR_CODE_LIMIT, fmt::format("provider '{}' already has {} devices", s.name, s.devices.size()));
+  const Limits& limits = core_.config.limits;
+  const bool known_here = std::find(s.devices.begin(), s.devices.end(), id) != s.devices.end();
+  if (!known_here && s.devices.size() >= limits.max_devices_per_provider) {
+    return fail(proto::ERROR_CODE_LIMIT, fmt::format("device '{}' refused: the provider already has {} devices "
+                                                     "(limits.max_devices_per_provider = {})",
+                                                     id, s.devices.size(), limits.max_devices_per_provider));
+  }
+  const auto entity_count = static_cast<std::size_t>(add.entities_size());
+  if (entity_count > limits.max_entities_per_device) {
+    return fail(proto::ERROR_CODE_LIMIT, fmt::format("device '{}' refused: {} entities exceed "
+                                                     "limits.max_entities_per_device = {}",
+                                                     id, entity_count, limits.max_entities_per_device));
+  }
+  if (!known_here && s.entities + entity_count > limits.max_entities_per_provider) {
+    return fail(proto::ERROR_CODE_LIMIT, fmt::format("device '{}' refused: its {} entities would bring the provider to "
+                                                     "{} (limits.max_entities_per_provider = {})",
+                                                     id, entity_count, s.entities + entity_count,
+                                                     limits.max_entities_per_provider));
   }
   const ipc::TreeSchema schema = schema_from(add);
   StoredDevice meta{.id = id, .name = add.name().empty() ? id : add.name(), .provider = s.name, .entities = {}, .groups = {}};
@@ -610,7 +665,10 @@ void Daemon::add_device(ProviderSession& s, std::uint64_t msg_id, const proto::A
   dev->available = true;
   devices_[id] = dev;
   core_.meta[id] = std::move(meta);
-  if (std::find(s.devices.begin(), s.devices.end(), id) == s.devices.end()) s.devices.push_back(id);
+  if (!known_here) {
+    s.devices.push_back(id);
+    s.entities += entity_count;
+  }
 
   proto::Envelope env;
   env.set_id(msg_id);
@@ -657,6 +715,9 @@ void Daemon::remove_device(ProviderSession& s, std::uint64_t msg_id, const std::
     return;
   }
   Device& d = *it->second;
+  if (std::find(s.devices.begin(), s.devices.end(), device_id) != s.devices.end()) {
+    s.entities -= std::min(s.entities, d.schema.entities.size());
+  }
   core_.shard_of(d.reg).detach(d.reg);
   core_.pending.fail_device(d.reg, {proto::ERROR_CODE_OFFLINE, "the device was removed"});
   if (auto r = core_.registry.remove_device(d.reg); !r) spdlog::warn("remove {}: {}", device_id, r.error().to_string());
@@ -717,7 +778,7 @@ void Daemon::check_provider_liveness() {
     on_provider_readable(sid);
     auto it = providers_.find(sid);
     if (it == providers_.end() || std::chrono::steady_clock::now() - it->second->last_heard < timeout) continue;
-    spdlog::warn("provider '{}' (pid {}) disconnected: {}", it->second->name, it->second->peer.pid, why);
+    spdlog::warn("{} disconnected: {}", it->second->who(), why);
     close_provider(sid, why);
   }
 }
@@ -742,9 +803,9 @@ void Daemon::close_provider(std::uint64_t sid, const std::string& why) {
     }
   }
   if (s->welcomed) {
-    spdlog::info("provider '{}' gone ({}): {} devices offline", s->name, why, s->devices.size());
+    spdlog::info("{} gone ({}): {} devices offline", s->who(), why, s->devices.size());
   } else {
-    spdlog::info("provider connection closed before Hello: {}", why);
+    spdlog::info("provider connection (pid {}, uid {}) closed before Hello: {}", s->peer.pid, s->peer.uid, why);
   }
   core_.hub.flush();
   // Not destroyed inside its own watch callback: the loop may still hold that callback.

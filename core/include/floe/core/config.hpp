@@ -19,6 +19,34 @@
 
 namespace floe::core {
 
+/// Per-peer limits ([limits] in the TOML). The defaults are far above what a home needs and only
+/// stop a runaway or hostile peer; docs/SECURITY.md says what each one defends.
+struct Limits {
+  // Providers (management socket).
+  /// Provider connections at once (counted from accept, before Hello); more are refused with LIMIT.
+  unsigned max_providers = 64;
+  /// Devices one provider connection may declare.
+  unsigned max_devices_per_provider = 4096;
+  /// Entities in one AddDevice.
+  unsigned max_entities_per_device = 1024;
+  /// Entities over all devices of one provider connection.
+  unsigned max_entities_per_provider = 65536;
+  /// Largest management packet accepted from a provider (the channel itself stops at 64 KiB).
+  std::size_t max_message_bytes = 64 * 1024;
+  /// Token bucket of management messages per provider: refilled at this rate, holding at most
+  /// `provider_message_burst`. A provider that empties it is disconnected.
+  unsigned provider_messages_per_second = 1000;
+  unsigned provider_message_burst = 10000;
+  // Clients (client socket).
+  /// Largest request packet accepted from a client (answered with LIMIT, the session stays up).
+  std::size_t max_request_bytes = 64 * 1024;
+  /// Token bucket of requests per client session: a request finding it empty is answered LIMIT.
+  unsigned client_requests_per_second = 2000;
+  unsigned client_request_burst = 4000;
+  /// Watches one client session may hold at once.
+  unsigned max_watches_per_client = 1024;
+};
+
 struct Config {
   /// Where provider.sock and client.sock live (created 0700). Default ipc::default_socket_dir().
   std::string socket_dir;
@@ -46,6 +74,7 @@ struct Config {
   /// sleeps (the shard loop keeps itself awake while it owns a spin ring).
   ipc::NotifyMode notify = ipc::NotifyMode::kEventfd;
   std::chrono::microseconds poll_interval{1000};
+  Limits limits;
 };
 
 /// Parses TOML text; `origin` names the source in errors. Missing keys keep their defaults;
