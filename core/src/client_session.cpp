@@ -129,7 +129,12 @@ Result<std::variant<std::uint64_t, std::string>> parse_set_value(ipc::Component 
 }  // namespace
 
 ClientSession::ClientSession(Core& core, ipc::Channel channel, ipc::PeerCredentials peer, int stop_fd)
-    : core_(core), channel_(std::move(channel)), peer_(peer), stop_fd_(stop_fd) {
+    : core_(core),
+      channel_(std::move(channel)),
+      peer_(peer),
+      stop_fd_(stop_fd),
+      requests_(core.config.limits.client_requests_per_second, core.config.limits.client_request_burst,
+                std::chrono::steady_clock::now()) {
   if (auto efd = ipc::make_eventfd(true)) outbox_fd_ = std::move(*efd);
   if (auto efd = ipc::make_eventfd(true)) answers_fd_ = std::move(*efd);
 }
@@ -246,8 +251,35 @@ void ClientSession::run() {
       continue;
     }
     malformed_in_a_row_ = 0;
-    handle(req);
+    if (within_limits(req, packet->bytes.size())) handle(req);
   }
+}
+
+bool ClientSession::within_limits(const proto::ClientRequest& req, std::size_t bytes) {
+  const Limits& limits = core_.config.limits;
+  if (bytes > limits.max_request_bytes) {
+    const std::string msg =
+        fmt::format("a request of {} bytes exceeds limits.max_request_bytes = {}", bytes, limits.max_request_bytes);
+    spdlog::warn("client pid {} uid {}: {}", peer_.pid, peer_.uid, msg);
+    send_error(req.id(), proto::ERROR_CODE_LIMIT, msg);
+    return false;
+  }
+  if (requests_.try_take(std::chrono::steady_clock::now())) {
+    if (refused_in_a_row_ != 0) {
+      spdlog::info("client pid {} uid {}: back under the request rate after {} refused requests", peer_.pid, peer_.uid,
+                   refused_in_a_row_);
+      refused_in_a_row_ = 0;
+    }
+    return true;
+  }
+  // Refused, not queued: a client flooding requests gets an answer to each at the cost of a send.
+  const std::string msg = fmt::format(
+      "more than {} requests per second (limits.client_requests_per_second, burst limits.client_request_burst = {}); "
+      "request refused, retry later",
+      limits.client_requests_per_second, limits.client_request_burst);
+  if (refused_in_a_row_++ == 0) spdlog::warn("client pid {} uid {}: {}", peer_.pid, peer_.uid, msg);
+  send_error(req.id(), proto::ERROR_CODE_LIMIT, msg);
+  return false;
 }
 
 void ClientSession::handle(const proto::ClientRequest& req) {
@@ -509,6 +541,12 @@ void ClientSession::on_watch(const proto::ClientRequest& req) {
   auto q = parse_query(req.watch().text());
   if (!q) return send_error(id, proto::ERROR_CODE_BAD_QUERY, q.error().message);
   if (q->action == Action::kSet) return send_error(id, proto::ERROR_CODE_BAD_QUERY, "a set query cannot be watched");
+  if (watches_.size() >= core_.config.limits.max_watches_per_client) {
+    const std::string msg = fmt::format("this session already holds {} watches (limits.max_watches_per_client = {})",
+                                        watches_.size(), core_.config.limits.max_watches_per_client);
+    spdlog::warn("client pid {} uid {}: watch refused: {}", peer_.pid, peer_.uid, msg);
+    return send_error(id, proto::ERROR_CODE_LIMIT, msg);
+  }
   const std::uint64_t watch_id = next_watch_id_++;
   proto::ClientResponse started;
   started.set_id(id);

@@ -18,6 +18,7 @@
 
 #include "client.pb.h"
 #include "floe/core/config.hpp"
+#include "floe/core/limits.hpp"
 #include "floe/core/registry.hpp"
 #include "floe/core/state_file.hpp"
 #include "floe/core/watch.hpp"
@@ -210,6 +211,8 @@ class ClientSession {
   void on_query(const proto::ClientRequest& req);
   void on_watch(const proto::ClientRequest& req);
   void on_edit_group(const proto::ClientRequest& req);
+  /// limits.max_request_bytes and the request token bucket: false if `req` was refused (answered LIMIT).
+  bool within_limits(const proto::ClientRequest& req, std::size_t bytes);
   /// Pushes the requests, waits for their outcomes until `timeout`.
   std::vector<Outcome> execute(const std::vector<SetTask>& tasks, std::chrono::milliseconds timeout);
 
@@ -225,6 +228,8 @@ class ClientSession {
   bool welcomed_ = false;
   bool closing_ = false;
   unsigned malformed_in_a_row_ = 0;
+  TokenBucket requests_;
+  std::uint64_t refused_in_a_row_ = 0;  // by the bucket: logged when it starts and when it ends
   std::uint64_t next_watch_id_ = 1;
   std::map<std::uint64_t, WatchHandle> watches_;
   std::thread thread_;
