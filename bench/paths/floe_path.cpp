@@ -42,20 +42,23 @@ void use_backend(const FloeSetup& setup) {
 
 }  // namespace
 
-pid_t start_floe_core(const FloeSetup& setup, std::string& error) {
-  const std::string config = setup.dir + "/core.toml";
+namespace {
+
+/// Writes `text` to setup.dir/`config_name`, then starts `bin --config <that file>` with its
+/// output in setup.dir/`log_name` (the loop backend of `setup` in its environment); its pid, or -1
+/// with `error`.
+pid_t start_program(const FloeSetup& setup, const std::string& bin, const std::string& config_name,
+                    const std::string& text, const std::string& log_name, std::string& error) {
+  const std::string config = setup.dir + "/" + config_name;
   {
     std::ofstream out(config);
-    out << fmt::format(
-        "socket_dir = \"{}\"\nstate_file = \"{}/state.json\"\nlog_level = \"warn\"\nmax_clients = {}\n"
-        "[rings]\nnotify = \"{}\"\n",
-        setup.dir, setup.dir, setup.clients + 8, setup.notify);
+    out << text;
     if (!out) {
       error = "cannot write " + config;
       return -1;
     }
   }
-  const std::string log = setup.dir + "/core.log";
+  const std::string log = setup.dir + "/" + log_name;
   const pid_t pid = fork_child([&]() -> int {
     use_backend(setup);
     const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -63,16 +66,33 @@ pid_t start_floe_core(const FloeSetup& setup, std::string& error) {
       ::dup2(fd, STDOUT_FILENO);
       ::dup2(fd, STDERR_FILENO);
     }
-    ::execl(setup.core_bin.c_str(), setup.core_bin.c_str(), "--config", config.c_str(), static_cast<char*>(nullptr));
-    std::fprintf(stderr, "exec %s: %s\n", setup.core_bin.c_str(), std::strerror(errno));
+    ::execl(bin.c_str(), bin.c_str(), "--config", config.c_str(), static_cast<char*>(nullptr));
+    std::fprintf(stderr, "exec %s: %s\n", bin.c_str(), std::strerror(errno));
     return 127;
   });
   if (pid < 0) error = fmt::format("fork: {}", std::strerror(errno));
   return pid;
 }
 
-std::string floe_core_log_tail(const FloeSetup& setup) {
-  std::ifstream in(setup.dir + "/core.log");
+}  // namespace
+
+pid_t start_floe_core(const FloeSetup& setup, std::string& error) {
+  return start_program(setup, setup.core_bin, "core.toml",
+                       fmt::format("socket_dir = \"{}\"\nstate_file = \"{}/state.json\"\nlog_level = \"warn\"\n"
+                                   "max_clients = {}\n[rings]\nnotify = \"{}\"\n",
+                                   setup.dir, setup.dir, setup.clients + 8, setup.notify),
+                       "core.log", error);
+}
+
+pid_t start_floe_esphome(const FloeSetup& setup, std::string& error) {
+  std::string text = fmt::format("name: floe-bench\nsocket_dir: \"{}\"\nrequest_timeout_ms: 10000\ndevices:\n", setup.dir);
+  for (std::uint32_t d = 0; d < setup.devices; ++d)
+    text += fmt::format("  - {{host: 127.0.0.1, port: {}, name: {}}}\n", setup.tcp->ports[d], tcp_device_name(d));
+  return start_program(setup, setup.esphome_bin, "esphome.yaml", text, "esphome.log", error);
+}
+
+std::string floe_core_log_tail(const FloeSetup& setup, const std::string& file) {
+  std::ifstream in(setup.dir + "/" + file);
   std::vector<std::string> lines;
   for (std::string l; std::getline(in, l);) lines.push_back(l);
   std::string out;
@@ -173,9 +193,12 @@ namespace {
 
 class FloeClient final : public RequestClient {
  public:
-  explicit FloeClient(floe::client::Client c) : client_(std::move(c)) {}
+  FloeClient(floe::client::Client c, bool tcp) : client_(std::move(c)), tcp_(tcp) {}
   bool set(std::uint32_t device, std::uint64_t seq, std::string& error) override {
-    auto r = client_.set(entity_id(device), "Integer", std::to_string(seq));
+    // TCP: floe-esphome turns Dimmer into the light's brightness, which carries the sequence.
+    auto r = tcp_ ? client_.set(tcp_device_name(device) + ".light", "Dimmer",
+                                fmt::format("{}", static_cast<double>(brightness_of_seq(seq))))
+                  : client_.set(entity_id(device), "Integer", std::to_string(seq));
     if (!r) {
       error = r.error().message;
       return false;
@@ -191,6 +214,7 @@ class FloeClient final : public RequestClient {
 
  private:
   floe::client::Client client_;
+  bool tcp_;
 };
 
 class FloeWatcher final : public CommitWatcher {
@@ -232,7 +256,7 @@ int run_floe_clients(Shared& s, const FloeSetup& setup) {
           error = c.error().message;
           return nullptr;
         }
-        return std::make_unique<FloeClient>(std::move(*c));
+        return std::make_unique<FloeClient>(std::move(*c), setup.tcp != nullptr);
       },
       [&](std::string& error) -> std::unique_ptr<CommitWatcher> {
         auto c = floe::client::Client::connect(client_options(setup));
@@ -242,6 +266,8 @@ int run_floe_clients(Shared& s, const FloeSetup& setup) {
         }
         auto w = std::make_unique<FloeWatcher>(std::move(*c));
         if (!w->start(error)) return nullptr;
+        // TCP: the watched Real is the number's counter, the devices process knows its commit.
+        if (setup.tcp != nullptr) return translate_commits(std::move(w), *setup.tcp);
         return w;
       });
 }

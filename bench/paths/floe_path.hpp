@@ -11,6 +11,7 @@
 #include <string>
 
 #include "paths/common.hpp"
+#include "paths/tcp_devices.hpp"
 
 namespace floe::bench::paths {
 
@@ -21,6 +22,10 @@ struct FloeSetup {
   std::string loop_backend;   // FLOE_LOOP_BACKEND for core and provider: "io_uring", "epoll" or ""
   std::uint32_t devices = 1;
   std::uint32_t clients = 1;  // request connections (the watcher is one more)
+  // The TCP setting: the provider is the floe-esphome program, connected to the simulated devices
+  // whose ports `tcp` holds; clients dim each device's light, the watcher sees its number change.
+  TcpShared* tcp = nullptr;
+  std::string esphome_bin;    // floe-esphome
 };
 
 /// Writes the core's config into setup.dir and starts floe-core; its pid, or an Error text.
@@ -28,10 +33,13 @@ struct FloeSetup {
 /// Waits until floe-core answers on its client socket and, with a provider (pid > 0), until
 /// `devices` devices are online.
 [[nodiscard]] bool wait_floe_ready(const FloeSetup& setup, pid_t core, pid_t provider, std::string& error);
+/// TCP setting: writes floe-esphome's config (one entry per simulated device) into setup.dir and
+/// starts it; its pid, or an Error text.
+[[nodiscard]] pid_t start_floe_esphome(const FloeSetup& setup, std::string& error);
 /// Bodies of the provider and clients processes (they return their exit status).
 int run_floe_provider(Shared& s, const FloeSetup& setup);
 int run_floe_clients(Shared& s, const FloeSetup& setup);
-/// The last lines of the core's log (for error messages).
-[[nodiscard]] std::string floe_core_log_tail(const FloeSetup& setup);
+/// The last lines of the core's log, or of another log in setup.dir (for error messages).
+[[nodiscard]] std::string floe_core_log_tail(const FloeSetup& setup, const std::string& file = "core.log");
 
 }  // namespace floe::bench::paths

@@ -25,7 +25,9 @@ struct PathsConfig {
   bool ramp = true;              // ramp offered load at (sweep_devices, throughput_clients)
   bool transports = true;        // run `floe-bench ring` (small counts) and join its results
   std::size_t task_threads = 2;  // the baselines' device-task / link-task pools
+  std::string setting;           // inprocess | tcp | both; empty: both (--quick: inprocess)
   std::string core_bin;          // floe-core; default: the one built with floe-bench
+  std::string esphome_bin;       // floe-esphome (tcp setting); default: the one built with floe-bench
   std::string json_path;
   bool quick = false;
   std::string command;

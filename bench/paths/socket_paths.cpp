@@ -24,6 +24,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <deque>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -272,7 +273,107 @@ int run_socket_core(Shared& s, const SocketCorePlan& plan) {
 
 // ---- provider ---------------------------------------------------------------------------------
 
+namespace {
+
+inline constexpr std::uint64_t kTcpTag = std::uint64_t{1} << 32;
+
+/// The TCP setting's provider: device tasks hold native-API connections to their simulated
+/// devices (device d on task d mod pool). A request becomes a LightCommandRequest and the device's
+/// next LightStateResponse its answer (per device, answers come in command order: a FIFO); a
+/// NumberStateResponse the device sends on its own is a commit. In `old` requests reach the device
+/// tasks from the provider main task's queue and answers go back to it; in per_device_socket the
+/// device task also owns the device's Unix socket to the core.
+[[noreturn]] void run_socket_provider_tcp(Shared& s, const SocketProviderPlan& plan) {
+  TcpShared& t = *plan.tcp;
+  const std::uint32_t devices = t.devices;
+  const std::size_t pool = std::max<std::size_t>(1, plan.task_threads);
+  std::vector<std::unique_ptr<EsphomeLink>> links(devices);
+  std::string err;
+  for (std::uint32_t d = 0; d < devices; ++d) {
+    links[d] = EsphomeLink::open(t.ports[d], err);
+    if (!links[d]) die(s, fmt::format("provider: {}: {}", tcp_device_name(d), err));
+  }
+  std::vector<std::deque<Msg>> pending(devices);
+  TaskQueue main_q;  // old: the extension's main task
+  std::vector<std::unique_ptr<TaskQueue>> dev_q(pool);
+  for (auto& q : dev_q) q = std::make_unique<TaskQueue>();
+  const int sock = plan.per_device ? -1 : plan.link_fds.at(0);
+  // Where a device task's answers and commits go: the main task (old) or the device's socket.
+  const auto emit = [&](const Msg& m) {
+    if (!plan.per_device) return main_q.push(m);
+    if (!write_msg(plan.link_fds[m.device % plan.link_fds.size()], m)) die(s, "provider: device socket write failed");
+  };
+
+  std::vector<std::thread> threads;
+  for (std::size_t task = 0; task < pool; ++task) {
+    threads.emplace_back([&, task] {
+      Poller p;
+      std::vector<std::unique_ptr<MsgReader>> readers(devices);
+      for (std::uint32_t d = static_cast<std::uint32_t>(task); d < devices; d += static_cast<std::uint32_t>(pool)) {
+        p.add(links[d]->fd(), kTcpTag | d);
+        if (plan.per_device) {
+          readers[d] = std::make_unique<MsgReader>(plan.link_fds[d]);
+          p.add(readers[d]->fd(), d);
+        }
+      }
+      if (!plan.per_device) p.add(dev_q[task]->fd(), kQueueTag);
+      std::string error;
+      const auto request = [&](const Msg& m) {
+        if (m.kind != kRequest) return;
+        const std::uint32_t d = m.device % devices;
+        pending[d].push_back(m);
+        if (!links[d]->send_request(m.seq, error)) die(s, fmt::format("provider: {}: {}", tcp_device_name(d), error));
+      };
+      std::vector<Msg> batch;
+      for (;;) {
+        p.wait([&](std::uint64_t tag) {
+          if (tag == kQueueTag) {
+            dev_q[task]->take(batch);
+            for (const Msg& m : batch) request(m);
+          } else if (tag & kTcpTag) {
+            const auto d = static_cast<std::uint32_t>(tag & 0xffffffffu);
+            const bool ok = links[d]->drain(
+                [&] {
+                  if (pending[d].empty()) return;  // a change nobody asked for
+                  Msg m = pending[d].front();
+                  pending[d].pop_front();
+                  m.kind = kAck;
+                  emit(m);
+                },
+                [&](std::uint64_t counter) {
+                  emit(Msg{.kind = kCommit, .client = 0, .device = d, .pad = 0, .seq = counter});
+                },
+                error);
+            if (!ok) die(s, fmt::format("provider: {}: {}", tcp_device_name(d), error));
+          } else if (!readers[tag]->drain([&](const Msg& m) { request(m); })) {
+            std::fflush(nullptr);
+            ::_exit(0);  // the core went away: the run is over
+          }
+        });
+      }
+    });
+  }
+  if (!plan.per_device) {
+    threads.emplace_back([&] {
+      run_task(
+          {sock}, &main_q, [&](std::size_t, const Msg& m) { dev_q[m.device % pool]->push(m); },
+          [&](const Msg& m) {
+            if (!write_msg(sock, m)) die(s, "provider: socket write failed");
+          });
+    });
+  }
+  // SYNC(provider-ready): release pairs with the orchestrator's acquire.
+  t.provider_ready.store(1, std::memory_order_release);
+  wake_word(t.provider_ready);
+  for (auto& th : threads) th.join();  // the tasks end the process
+  std::fflush(nullptr);
+  ::_exit(0);
+}
+
+}  // namespace
+
 int run_socket_provider(Shared& s, const SocketProviderPlan& plan) {
+  if (plan.tcp != nullptr) run_socket_provider_tcp(s, plan);
   const std::size_t nlinks = plan.link_fds.size();
   const std::size_t pool = std::max<std::size_t>(1, plan.task_threads);
   std::vector<std::thread> threads;
@@ -389,7 +490,7 @@ class SocketWatcher final : public CommitWatcher {
 
 }  // namespace
 
-int run_socket_clients(Shared& s, const std::vector<int>& client_fds) {
+int run_socket_clients(Shared& s, const std::vector<int>& client_fds, const TcpShared* tcp) {
   const auto clients = static_cast<std::uint32_t>(client_fds.size() - 1);  // the last one watches
   return run_clients_process(
       s, clients,
@@ -399,6 +500,7 @@ int run_socket_clients(Shared& s, const std::vector<int>& client_fds) {
       [&](std::string& error) -> std::unique_ptr<CommitWatcher> {
         auto w = std::make_unique<SocketWatcher>(client_fds.back());
         if (!w->start(error)) return nullptr;
+        if (tcp != nullptr) return translate_commits(std::move(w), *tcp);
         return w;
       });
 }

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "paths/common.hpp"
+#include "paths/tcp_devices.hpp"
 
 namespace floe::bench::paths {
 
@@ -23,12 +24,14 @@ struct SocketProviderPlan {
   bool per_device = false;
   std::vector<int> link_fds;         // provider ends
   std::size_t task_threads = 2;      // device-task threads
+  TcpShared* tcp = nullptr;          // the TCP setting: devices behind floe-esphome-sim (ports in it)
 };
 
 /// Never return normally (they run until killed or their peer hangs up).
 int run_socket_core(Shared& s, const SocketCorePlan& plan);
 int run_socket_provider(Shared& s, const SocketProviderPlan& plan);
-/// `client_fds`: the clients' ends, the last one the watcher's.
-int run_socket_clients(Shared& s, const std::vector<int>& client_fds);
+/// `client_fds`: the clients' ends, the last one the watcher's. `tcp`: the TCP setting (commits
+/// carry the devices' counters).
+int run_socket_clients(Shared& s, const std::vector<int>& client_fds, const TcpShared* tcp = nullptr);
 
 }  // namespace floe::bench::paths

@@ -19,6 +19,7 @@
 #include <cstring>
 #include <ctime>
 #include <map>
+#include <mutex>
 #include <random>
 
 #include <fmt/format.h>
@@ -79,6 +80,7 @@ struct Connection {
 
 struct Device {
   DeviceConfig cfg;
+  std::size_t index = 0;  // in the config's device list
   ipc::Fd listener;
   std::uint16_t port = 0;
   std::vector<Entity> entities;
@@ -115,6 +117,24 @@ struct Simulator::Impl {
   std::atomic<bool> stopping{false};
   std::mt19937 rng{std::random_device{}()};
   Clock::time_point next_sensor_tick;
+  CommandHook on_command;
+  std::mutex injected_mu;  // guards `injected` (inject() runs on any thread)
+  std::vector<std::pair<std::size_t, Message>> injected;
+
+  // Commands made at the device itself (inject()): applied on the loop thread, no client involved.
+  void apply_injected() {
+    std::vector<std::pair<std::size_t, Message>> batch;
+    {
+      std::lock_guard lock(injected_mu);
+      batch.swap(injected);
+    }
+    for (auto& [index, m] : batch) {
+      Connection local;
+      local.device = devices[index].get();
+      local.peer = "(at the device)";
+      command(local, m);
+    }
+  }
 
   // epoll data: listeners and control fds are tagged by fd value; connections by their fd too.
   Result<void> add_fd(int fd, std::uint32_t events) {
@@ -592,6 +612,7 @@ struct Simulator::Impl {
         c.dead = true;
         return;
       default:
+        if (on_command) on_command(d.index, m);
         command(c, m);
     }
   }
@@ -769,6 +790,7 @@ struct Simulator::Impl {
         if (fd == wake.get()) {
           std::uint64_t v;
           (void)!::read(fd, &v, sizeof v);
+          apply_injected();
           continue;
         }
         if (signals && fd == signals.get()) {
@@ -833,6 +855,7 @@ Result<std::unique_ptr<Simulator>> Simulator::create(SimConfig config) {
   for (const auto& dc : impl->cfg.devices) {
     auto d = std::make_unique<Device>();
     d->cfg = dc;
+    d->index = impl->devices.size();
     FLOE_TRY(impl->bind_device(*d));
     impl->init_states(*d);
     spdlog::info("device '{}' on {}:{} ({}, {} entities)", d->cfg.name, impl->cfg.host, d->port,
@@ -850,6 +873,18 @@ std::string Simulator::ports_json() const {
 }
 
 Result<void> Simulator::run(bool handle_signals) { return impl_->run(handle_signals); }
+
+void Simulator::on_command(CommandHook hook) { impl_->on_command = std::move(hook); }
+
+void Simulator::inject(std::size_t device, Message command) {
+  if (device >= impl_->devices.size()) return;
+  {
+    std::lock_guard lock(impl_->injected_mu);
+    impl_->injected.emplace_back(device, std::move(command));
+  }
+  const std::uint64_t one = 1;
+  (void)!::write(impl_->wake.get(), &one, sizeof one);
+}
 
 void Simulator::stop() noexcept {
   impl_->stopping.store(true, std::memory_order_release);

@@ -3,11 +3,14 @@
 #pragma once
 
 #include <atomic>
+#include <cstddef>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "config.hpp"
+#include "floe/esphome/transport.hpp"
 #include "floe/ipc/result.hpp"
 
 namespace floe::esphome::sim {
@@ -24,6 +27,16 @@ class Simulator {
   [[nodiscard]] Result<void> run(bool handle_signals = true);
   /// Any thread.
   void stop() noexcept;
+
+  /// Called on the loop thread with every message a client sends that is not part of the session
+  /// (the *CommandRequests, and types the simulator does not know), before the device applies it.
+  /// `device` is the device's index in the config. Set before run(); for benchmarks and tests.
+  using CommandHook = std::function<void(std::size_t device, const Message& command)>;
+  void on_command(CommandHook hook);
+  /// Any thread: device `device` (index in the config) applies `command` as if it had been
+  /// changed at the device itself (a wall switch, a sensor); subscribed clients get the new state.
+  /// Out-of-range indexes are ignored. The hook is not called for it.
+  void inject(std::size_t device, Message command);
 
  private:
   struct Impl;
