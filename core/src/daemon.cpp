@@ -172,6 +172,26 @@ Status Daemon::setup() {
   } else if (!std::filesystem::is_directory(cfg.socket_dir, ec)) {
     return logic_error("floe-core", fmt::format("socket directory {} is not a directory", cfg.socket_dir));
   }
+  // Whoever can write the directory can replace the sockets and pose as the core, so it must be
+  // ours and closed to other users (a group may be let in to reach the 0660 sockets).
+  struct stat dir_st {};
+  if (::stat(cfg.socket_dir.c_str(), &dir_st) != 0) {
+    return sys_error("floe-core", fmt::format("socket directory {}", cfg.socket_dir));
+  }
+  if (dir_st.st_uid != ::geteuid()) {
+    return logic_error("floe-core", fmt::format("socket directory {} belongs to uid {}, not to floe-core's uid {}: its "
+                                                "owner could replace the sockets",
+                                                cfg.socket_dir, dir_st.st_uid, ::geteuid()));
+  }
+  if ((dir_st.st_mode & S_IWOTH) != 0) {
+    return logic_error("floe-core", fmt::format("socket directory {} is writable by every user (mode {:o}): anyone "
+                                                "could replace the sockets; make it 0700 (0750 to let a group in)",
+                                                cfg.socket_dir, dir_st.st_mode & 07777));
+  }
+  if ((dir_st.st_mode & S_IWGRP) != 0) {
+    spdlog::warn("socket directory {} is writable by its group (mode {:o}): the group's members could replace the "
+                 "sockets", cfg.socket_dir, dir_st.st_mode & 07777);
+  }
   const std::string provider_path = cfg.socket_dir + "/" + std::string(ipc::kProviderSocketName);
   const std::string client_path = cfg.socket_dir + "/" + std::string(ipc::kClientSocketName);
   // Listener::bind replaces a stale socket file; make sure it is stale, not another live core's.
