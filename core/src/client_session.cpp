@@ -159,6 +159,15 @@ void ClientSession::join() {
 void ClientSession::enqueue(std::string bytes) {
   {
     std::lock_guard lock(outbox_mu_);
+    // The seed's commit path: a shard's thread writes the watcher's socket itself (one wakeup less
+    // than handing the event to this session's thread). Only when nothing is queued or being sent,
+    // so the order holds; a SEQPACKET send is atomic, and MSG_DONTWAIT never lets a slow client
+    // stall the caller: a full socket buffer (or any error) queues the packet for this session's
+    // thread, which sends it or notices the failure.
+    if (outbox_.empty() && !flushing_ && !outbox_overflow_) {
+      const ssize_t sent = ::send(channel_.fd(), bytes.data(), bytes.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (sent == static_cast<ssize_t>(bytes.size())) return;
+    }
     if (outbox_.size() >= kMaxOutbox) {
       outbox_overflow_ = true;
     } else {
@@ -170,22 +179,27 @@ void ClientSession::enqueue(std::string bytes) {
 
 void ClientSession::flush_outbox() {
   std::vector<std::string> out;
-  bool overflow = false;
-  {
-    std::lock_guard lock(outbox_mu_);
-    out.swap(outbox_);
-    overflow = outbox_overflow_;
-  }
-  for (const auto& b : out) {
-    if (!channel_.send(std::as_bytes(std::span(b.data(), b.size())))) {
-      closing_ = true;
-      return;
+  for (;;) {
+    {
+      std::lock_guard lock(outbox_mu_);
+      if (outbox_.empty()) {
+        flushing_ = false;  // direct sends may go again
+        if (!outbox_overflow_) return;
+        break;
+      }
+      out.clear();
+      out.swap(outbox_);
+      flushing_ = true;  // direct sends queue behind what is being sent here
+    }
+    for (const auto& b : out) {
+      if (!channel_.send(std::as_bytes(std::span(b.data(), b.size())))) {
+        closing_ = true;  // flushing_ stays set: nothing more is sent directly
+        return;
+      }
     }
   }
-  if (overflow) {
-    spdlog::warn("client pid {}: not reading its watch events; disconnecting", peer_.pid);
-    send_error(0, proto::ERROR_CODE_LIMIT, "too many unread watch events", true);
-  }
+  spdlog::warn("client pid {}: not reading its watch events; disconnecting", peer_.pid);
+  send_error(0, proto::ERROR_CODE_LIMIT, "too many unread watch events", true);
 }
 
 void ClientSession::send(const proto::ClientResponse& resp) {
@@ -551,7 +565,14 @@ void ClientSession::on_watch(const proto::ClientRequest& req) {
   proto::ClientResponse started;
   started.set_id(id);
   started.mutable_watch_started()->set_watch_id(watch_id);
-  enqueue(started.SerializeAsString());
+  {
+    // Events of the new watch may arrive (on a shard's thread) before subscribe returns: they
+    // queue behind WatchStarted until flush_outbox below sends them in order.
+    std::lock_guard lock(outbox_mu_);
+    flushing_ = true;
+  }
+  const std::string started_bytes = started.SerializeAsString();
+  enqueue(started_bytes);
   auto handle = core_.hub.subscribe(*q, [this, id, watch_id, query = *q](const Result<QueryResult>& r) {
     proto::ClientResponse ev;
     ev.set_id(id);
@@ -567,8 +588,10 @@ void ClientSession::on_watch(const proto::ClientRequest& req) {
   if (!handle) {
     {
       std::lock_guard lock(outbox_mu_);
-      outbox_.clear();  // drop the WatchStarted
+      auto it = std::find(outbox_.begin(), outbox_.end(), started_bytes);  // drop the WatchStarted
+      if (it != outbox_.end()) outbox_.erase(it);
     }
+    flush_outbox();
     return send_error(id, proto::ERROR_CODE_BAD_QUERY, handle.error().message);
   }
   watches_.emplace(watch_id, std::move(*handle));

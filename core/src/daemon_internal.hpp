@@ -225,6 +225,7 @@ class ClientSession {
   std::mutex outbox_mu_;
   std::vector<std::string> outbox_;
   bool outbox_overflow_ = false;
+  bool flushing_ = false;  // outbox_mu_: this session's thread is sending queued packets
   bool welcomed_ = false;
   bool closing_ = false;
   unsigned malformed_in_a_row_ = 0;
