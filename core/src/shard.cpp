@@ -86,7 +86,13 @@ void PendingTable::fail_all(const Outcome& outcome) {
 
 void PendingTable::forget(std::uint64_t request_id) {
   std::lock_guard lock(mu_);
-  entries_.erase(request_id);
+  auto it = entries_.find(request_id);
+  if (it == entries_.end()) return;
+  // The waiter gave up. Its future must still hold an Outcome: a promise destroyed unset would
+  // make the waiter's get() throw future_error (broken promise), which terminated floe-core
+  // whenever a provider left a set unanswered past its timeout.
+  it->second.finish({proto::ERROR_CODE_TIMEOUT, "the provider did not answer in time"});
+  entries_.erase(it);
 }
 
 // ---- Shard --------------------------------------------------------------------------------------
