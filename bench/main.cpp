@@ -8,6 +8,7 @@
 #include "query_bench.hpp"
 #include "report/report_gen.hpp"
 #include "ring_bench.hpp"
+#include "soak/soak_bench.hpp"
 
 int main(int argc, char** argv) {
   CLI::App app{"floe-bench: measures floe's IPC against the kernel's own primitives"};
@@ -38,6 +39,9 @@ int main(int argc, char** argv) {
   floe::bench::paths::PathsConfig paths;
   CLI::App* paths_cmd = floe::bench::paths::add_paths_subcommand(app, paths);
 
+  floe::bench::soak::SoakConfig soak;
+  CLI::App* soak_cmd = floe::bench::soak::add_soak_subcommand(app, soak);
+
   floe::bench::ReportConfig report;
   CLI::App* report_cmd = floe::bench::add_report_subcommand(app, report);
 
@@ -55,6 +59,10 @@ int main(int argc, char** argv) {
   if (paths_cmd->parsed()) {
     for (int i = 0; i < argc; ++i) paths.command += (i ? " " : "") + std::string(argv[i]);
     return floe::bench::paths::run_paths_bench(paths);
+  }
+  if (soak_cmd->parsed()) {
+    for (int i = 0; i < argc; ++i) soak.command += (i ? " " : "") + std::string(argv[i]);
+    return floe::bench::soak::run_soak_bench(soak);
   }
   if (report_cmd->parsed()) return floe::bench::run_report(report);
   return 0;

@@ -1,0 +1,65 @@
+# ctest bench_soak_quick: runs `floe-bench soak --quick --json F` and checks that it completed, that
+# F is valid JSON with the figures bench/README.md documents, and that lost_changes is 0. Never a
+# timing threshold: the figures only have to be present and of the right type.
+#   cmake -DFLOE_BENCH=<floe-bench> -DOUT_DIR=<dir> -P check_soak_json.cmake
+cmake_minimum_required(VERSION 3.25)
+
+file(REMOVE_RECURSE "${OUT_DIR}")
+file(MAKE_DIRECTORY "${OUT_DIR}")
+set(json_file "${OUT_DIR}/soak.json")
+
+execute_process(COMMAND "${FLOE_BENCH}" soak --quick --json "${json_file}"
+  RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+message(STATUS "${out}")
+if(NOT EXISTS "${json_file}")
+  message(FATAL_ERROR "floe-bench soak --quick exited ${rc} without writing ${json_file}\n${err}")
+endif()
+file(READ "${json_file}" doc)
+string(JSON status ERROR_VARIABLE e GET "${doc}" status)
+if(e)
+  message(FATAL_ERROR "${json_file} is not the expected JSON: ${e}\n${doc}")
+endif()
+
+# check_members(<json> <where> <TYPE> <key>...): each key is a member of <json> of that JSON type.
+function(check_members obj where type)
+  foreach(key IN LISTS ARGN)
+    string(JSON t ERROR_VARIABLE e TYPE "${obj}" "${key}")
+    if(e OR NOT t STREQUAL type)
+      message(FATAL_ERROR "${where}: '${key}' should be a ${type} member (type: '${t}' ${e})")
+    endif()
+  endforeach()
+endfunction()
+
+check_members("${doc}" document OBJECT machine config)
+string(JSON machine GET "${doc}" machine)
+check_members("${machine}" machine NUMBER cores)
+check_members("${machine}" machine STRING kernel cpu_model)
+string(JSON config GET "${doc}" config)
+check_members("${config}" config NUMBER devices entities_per_device rate seconds providers watchers)
+if(NOT status STREQUAL "ok")
+  string(JSON reason ERROR_VARIABLE e GET "${doc}" reason)
+  message(FATAL_ERROR "floe-bench soak --quick: status ${status} (exit ${rc}): ${reason}\n${err}")
+endif()
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "floe-bench soak --quick exited ${rc} with status ok\n${err}")
+endif()
+check_members("${doc}" document NUMBER lost_changes committed_changes achieved_rate commit_p50_ns commit_p99_ns
+              commit_max_ns get_mismatches tree_mismatches sum_mismatches quiesce_ms)
+string(JSON lost GET "${doc}" lost_changes)
+if(NOT lost EQUAL 0)
+  message(FATAL_ERROR "lost_changes is ${lost}, must be 0")
+endif()
+string(JSON committed GET "${doc}" committed_changes)
+if(committed EQUAL 0)
+  message(FATAL_ERROR "no change was committed")
+endif()
+check_members("${doc}" document OBJECT core)
+string(JSON core GET "${doc}" core)
+check_members("${core}" core NUMBER cpu_ns_per_change rss_first_bytes rss_last_bytes rss_max_bytes
+              rss_slope_bytes_per_s fds_start fds_end)
+check_members("${core}" core STRING memory)
+check_members("${doc}" document ARRAY providers)
+string(JSON np LENGTH "${doc}" providers)
+if(np LESS 1)
+  message(FATAL_ERROR "no provider figures")
+endif()
