@@ -1,6 +1,7 @@
 // floe-core: the main loop (sockets, provider sessions, signals), device lifecycle, persistence.
 #include "floe/core/daemon.hpp"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/signalfd.h>
@@ -114,6 +115,7 @@ class Daemon {
   Result<std::shared_ptr<Device>> make_device(const std::string& id, const ipc::TreeSchema& schema);
   void accept_provider();
   void accept_client();
+  void shed(ipc::Listener& listener, const std::function<void(ipc::Channel&)>& tell);
   void on_provider_readable(std::uint64_t sid);
   void handle_provider(ProviderSession& s, const proto::Envelope& env, std::vector<ipc::Fd>& fds);
   void add_device(ProviderSession& s, std::uint64_t msg_id, const proto::AddDevice& add);
@@ -131,6 +133,7 @@ class Daemon {
   std::optional<ipc::Listener> client_listener_;
   ipc::Fd signal_fd_;
   ipc::Fd stop_clients_;  // readable once shutdown begins: client threads exit
+  ipc::Fd spare_fd_;      // given up to refuse a newcomer when out of descriptors (shed)
   std::map<std::uint64_t, std::unique_ptr<ProviderSession>> providers_;
   std::map<std::string, std::shared_ptr<Device>, std::less<>> devices_;
   std::list<std::unique_ptr<ClientSession>> clients_;
@@ -219,6 +222,8 @@ Status Daemon::setup() {
   auto stop = ipc::make_eventfd(true);
   if (!stop) return tl::unexpected(stop.error());
   stop_clients_ = std::move(*stop);
+  spare_fd_ = ipc::Fd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+  if (!spare_fd_) return sys_error("open", "/dev/null (the spare descriptor)");
 
   FLOE_TRY(core_.main.init(cfg.loop_backend));
   spdlog::info("main loop backend: {}", ipc::to_string(core_.main.loop().backend()));
@@ -337,8 +342,29 @@ Status Daemon::restore_state() {
   return {};
 }
 
+static bool out_of_descriptors(const Error& e) noexcept { return e.code == EMFILE || e.code == ENFILE; }
+
+// Out of descriptors, accept() fails and leaves the newcomer in the backlog, unanswered until a
+// descriptor frees up. The spare descriptor is given up so it can be accepted, told why and closed.
+void Daemon::shed(ipc::Listener& listener, const std::function<void(ipc::Channel&)>& tell) {
+  spare_fd_ = ipc::Fd();
+  if (auto ch = listener.accept()) tell(*ch);
+  spare_fd_ = ipc::Fd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+}
+
 void Daemon::accept_provider() {
   auto ch = provider_listener_->accept();
+  if (!ch && out_of_descriptors(ch.error())) {
+    spdlog::error("provider refused: floe-core is out of file descriptors ({})", ch.error().to_string());
+    shed(*provider_listener_, [](ipc::Channel& c) {
+      proto::Envelope env;
+      env.mutable_error()->set_code(proto::ERROR_CODE_LIMIT);
+      env.mutable_error()->set_message("floe-core is out of file descriptors; try again later");
+      env.mutable_error()->set_fatal(true);
+      (void)c.send(env);
+    });
+    return;
+  }
   if (!ch) {
     spdlog::warn("provider accept: {}", ch.error().to_string());
     return;
@@ -383,18 +409,28 @@ void Daemon::accept_provider() {
 }
 
 void Daemon::accept_client() {
+  auto refusal = [](proto::ErrorCode code, const std::string& msg) {
+    proto::ClientResponse resp;
+    resp.mutable_error()->set_code(code);
+    resp.mutable_error()->set_message(msg);
+    resp.mutable_error()->set_fatal(true);
+    return resp;
+  };
   auto ch = client_listener_->accept();
+  if (!ch && out_of_descriptors(ch.error())) {
+    spdlog::error("client refused: floe-core is out of file descriptors ({})", ch.error().to_string());
+    shed(*client_listener_, [&](ipc::Channel& c) {
+      (void)c.send(refusal(proto::ERROR_CODE_LIMIT, "floe-core is out of file descriptors; try again later"));
+    });
+    return;
+  }
   if (!ch) {
     spdlog::warn("client accept: {}", ch.error().to_string());
     return;
   }
   auto refuse = [&](proto::ErrorCode code, const std::string& msg) {
     spdlog::warn("client refused: {}", msg);
-    proto::ClientResponse resp;
-    resp.mutable_error()->set_code(code);
-    resp.mutable_error()->set_message(msg);
-    resp.mutable_error()->set_fatal(true);
-    (void)ch->send(resp);
+    (void)ch->send(refusal(code, msg));
   };
   auto cred = ch->peer_credentials();
   if (!cred || !uid_allowed(core_.config, cred->uid)) {
