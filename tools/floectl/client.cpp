@@ -93,6 +93,11 @@ ClientResult<Client::Ready> Client::wait_readable(int interrupt_fd, std::chrono:
 
 ClientResult<proto::ClientResponse> Client::receive_one() {
   auto packet = channel_.receive();
+  if (!packet && packet.error().code == ECONNRESET) {
+    // A core that hangs up with our request unread (a refusal at accept) resets the connection,
+    // and the kernel reports the reset before the packet it sent last, which says why: read on.
+    packet = channel_.receive();
+  }
   if (!packet) {
     if (packet.error().code == ECONNRESET) {
       return fail(ExitCode::kGeneric, "floe-core closed the connection");
