@@ -6,6 +6,7 @@
 
 #include <fcntl.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/timerfd.h>
 #include <unistd.h>
 
@@ -89,6 +90,20 @@ struct DeviceState {
 };
 
 constexpr std::size_t kMaxOutboxBytes = std::size_t{64} << 20;  // unsent envelopes before we give up on the core
+
+/// "N of RLIMIT_NOFILE M descriptors open" if fewer than a grant's three descriptors are free, else
+/// empty. The kernel delivers a packet whose descriptors do not fit the receiver's table with
+/// MSG_CTRUNC, which looks like a misbehaving core unless the shortage is named.
+std::string descriptor_shortage() {
+  rlimit rl{};
+  if (::getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > (rlim_t{1} << 20)) return {};
+  rlim_t open = 0;
+  for (rlim_t fd = 0; fd < rl.rlim_cur; ++fd) {
+    if (::fcntl(static_cast<int>(fd), F_GETFD) >= 0) ++open;
+  }
+  if (open + 3 <= rl.rlim_cur) return {};
+  return fmt::format("{} of RLIMIT_NOFILE {} descriptors open", open, rl.rlim_cur);
+}
 
 enum Tag : std::uint64_t { kTagWake = 1, kTagTimer = 2, kTagRetry = 3, kTagSocket = 4, kTagPoll = 5, kTagHeartbeat = 6 };
 
@@ -541,6 +556,13 @@ void ProviderState::on_socket_readable() {
     auto fds = channel->receive(env);
     if (!fds) {
       if (fds.error().code == EAGAIN || fds.error().code == EWOULDBLOCK) return;
+      if (const std::string shortage = descriptor_shortage(); !shortage.empty()) {
+        // A new connection would fail the same way at once: retry at the slowest pace.
+        backoff.saturate();
+        spdlog::error("floe-sdk: provider '{}' is out of file descriptors ({}): the core's grant could not be "
+                      "received; raise the limit (ulimit -n) or declare fewer devices",
+                      options.name, shortage);
+      }
       disconnect("lost the connection to floe-core: " + fds.error().to_string());
       return;
     }
