@@ -55,6 +55,7 @@ struct Figure {
 };
 
 bool write_figure(const Figure& f, const std::string& dir) {
+  if (f.series.empty() && f.labels.empty()) return false;  // nothing to draw: no files either
   std::ofstream dat(dir + "/" + f.name + ".dat");
   for (const auto& [title, rows] : f.series) {
     dat << "# " << title << "\n";

@@ -1,0 +1,10 @@
+set terminal svg size 800,480 dynamic background rgb 'white'
+set output 'commit_cdf_tcp.svg'
+set title "commit latency CDF, 100 devices, 1 client, devices behind TCP (floe-esphome-sim)"
+set xlabel "latency (us, log)"
+set ylabel "fraction at or below"
+set termoption noenhanced
+set grid
+set key right bottom
+set logscale x
+plot 'commit_cdf_tcp.dat' index 0 using 1:2 with steps lw 2 title "floe", 'commit_cdf_tcp.dat' index 1 using 1:2 with steps lw 2 title "old", 'commit_cdf_tcp.dat' index 2 using 1:2 with steps lw 2 title "per_device_socket"
