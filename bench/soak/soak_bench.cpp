@@ -360,7 +360,7 @@ class SoakRun {
     const std::int64_t t0 = now_ns();
     const double want = committed_sum();
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(cfg_.quiesce_s);
-    while (std::chrono::steady_clock::now() < deadline && error_.empty()) {
+    while (std::chrono::steady_clock::now() < deadline && error_.empty() && s_.h().error_set.load() == 0) {
       if (behind() == 0 && sums_behind(want) == 0) break;
       if (!liveness().empty()) break;
       std::this_thread::sleep_for(milliseconds(20));
@@ -516,6 +516,8 @@ class SoakRun {
                "watcher receipt, {} samples)\n",
                ms(lat.percentile(0.5)), ms(lat.percentile(0.99)), ms(lat.percentile(0.999)), ms(lat.max()), lat.count());
     fmt::print("quiesce                {:.0f} ms until every watcher held every final value\n", quiesce_ms_);
+    fmt::print("watcher reconnects     {}{}\n", h.watcher_reconnects.load(),
+               h.watcher_reconnects.load() ? fmt::format(" (first: {})", h.first_disconnect) : "");
     for (auto* p : procs()) {
       const double cpu = static_cast<double>(p->cpu_end_ns - p->cpu_start_ns);
       const auto mib = [](double b) { return b / 1048576.0; };
@@ -563,6 +565,8 @@ class SoakRun {
         {"commit_p999_ns", lat.percentile(0.999)},
         {"commit_max_ns", lat.max()},
         {"quiesce_ms", quiesce_ms_},
+        {"watcher_reconnects", h.watcher_reconnects.load()},
+        {"first_disconnect", std::string(h.first_disconnect)},
         {"core", core_fig_.to_json(run_s_, committed)},
         {"providers", provs},
         {"lost_changes", checks_.lost_changes},

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <bit>
 #include <charconv>
+#include <optional>
 #include <cstring>
 #include <thread>
 #include <unordered_map>
@@ -189,42 +190,57 @@ void watcher_thread(const SoakShared& s, const paths::FloeSetup& setup, std::uin
     h.latency[w] = hist;
     h.watchers_done.fetch_add(1, std::memory_order_release);
   };
-  auto c = floe::client::Client::connect(soak_client_options(setup));
-  if (!c) {
-    s.fail(fmt::format("watcher {}: connect: {}", w, c.error().message));
-    return finish();
-  }
+  std::optional<floe::client::Client> c;
   std::unordered_map<std::uint64_t, bool> started;  // watch id -> initial result seen
   std::uint64_t sum_id = 0;
+  std::size_t pending = 0;
+  bool ready = false;
   const std::uint32_t groups = (h.devices + h.group_devices - 1) / h.group_devices;
-  for (std::uint32_t g = w; g < groups + 1; g += h.watchers) {
-    const bool sum = g == groups;  // one more "group": the aggregate, on the connection it falls to
-    auto id = c->watch(sum ? std::string("sum Integer") : fmt::format("list Integer in group {}", soak_group(g)));
+  auto watch = [&](const std::string& text) {
+    auto id = c->watch(text);
     if (!id) {
       s.fail(fmt::format("watcher {}: watch: {}", w, id.error().message));
-      return finish();
+      return false;
     }
     started[*id] = false;
-    if (sum) sum_id = *id;
-  }
-  // Every connection also watches the aggregate (deduplicated in the core: one watcher).
-  if (sum_id == 0) {
-    auto id = c->watch("sum Integer");
-    if (!id) {
-      s.fail(fmt::format("watcher {}: watch: {}", w, id.error().message));
-      return finish();
+    if (text == "sum Integer") sum_id = *id;
+    return true;
+  };
+  // Connects and starts the watches; again after the core dropped the connection (a new watch
+  // reports the current result at once, so nothing committed is missed across the gap).
+  auto subscribe = [&] {
+    c.reset();
+    started.clear();
+    sum_id = 0;
+    auto conn = floe::client::Client::connect(soak_client_options(setup));
+    if (!conn) {
+      s.fail(fmt::format("watcher {}: connect: {}", w, conn.error().message));
+      return false;
     }
-    started[*id] = false;
-    sum_id = *id;
-  }
-  std::size_t pending = started.size();
+    c.emplace(std::move(*conn));
+    for (std::uint32_t g = w; g < groups; g += h.watchers)
+      if (!watch(fmt::format("list Integer in group {}", soak_group(g)))) return false;
+    // Every connection also watches the aggregate (deduplicated in the core: one watcher).
+    if (!watch("sum Integer")) return false;
+    pending = started.size();
+    return true;
+  };
+  if (!subscribe()) return finish();
   std::uint64_t observed = 0, events = 0;
   while (h.stop.load(std::memory_order_acquire) == 0) {
     auto ev = c->next_event(-1, std::chrono::milliseconds(100));
     if (!ev) {
       if (ev.error().exit == floe::client::ExitCode::kTimeout) continue;
-      s.fail(fmt::format("watcher {}: {}", w, ev.error().message));
-      break;
+      // The core drops a client that leaves kMaxOutbox events unread: count it, say why, resume.
+      if (h.watcher_reconnects.fetch_add(1, std::memory_order_relaxed) == 0) {
+        const std::string why = fmt::format("watcher {}: {}", w, ev.error().message);
+        std::memcpy(h.first_disconnect, why.data(), std::min(why.size(), sizeof(h.first_disconnect) - 1));
+      }
+      if (h.stop.load(std::memory_order_acquire) != 0 || !ready || !subscribe()) {
+        s.fail(fmt::format("watcher {}: {}", w, ev.error().message));
+        break;
+      }
+      continue;
     }
     const std::int64_t t = now_ns();
     const auto& e = ev->event;
@@ -239,7 +255,8 @@ void watcher_thread(const SoakShared& s, const paths::FloeSetup& setup, std::uin
     }
     if (auto it = started.find(e.watch_id()); it != started.end() && !it->second) {
       it->second = true;
-      if (--pending == 0) {
+      if (--pending == 0 && !ready) {
+        ready = true;
         h.watchers_ready.fetch_add(1, std::memory_order_release);
         paths::wake_word(h.watchers_ready);
       }

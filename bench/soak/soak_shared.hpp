@@ -46,6 +46,8 @@ struct SoakHeader {
   std::atomic<std::uint64_t> sum_seen_bits[kMaxWatchers];    // last `sum Integer` per watcher (double bits)
   std::atomic<std::uint32_t> sum_seen_valid[kMaxWatchers];
   paths::LogHistogram latency[kMaxWatchers];  // written by each watcher thread as it stops
+  std::atomic<std::uint64_t> watcher_reconnects;  // the core dropped a watching connection; it resubscribed
+  char first_disconnect[512];                      // why, the first time
   std::atomic<std::uint64_t> failures;
   std::atomic<std::uint32_t> error_set;
   char error[512];
