@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <vector>
 
 #include "floe/core/config.hpp"
 
@@ -105,6 +106,53 @@ TEST(Config, WrongTypesAndRangesAreNamed) {
   expect_error("log_level = \"loud\"", "key 'log_level'");
   expect_error("loop_backend = \"kqueue\"", "key 'loop_backend'");
   expect_error("rings = 3", "key 'rings': expected a table");
+}
+
+// Every [limits] value, in the order of the struct (and of docs/CORE.md).
+std::vector<std::size_t> limit_values(const Limits& l) {
+  return {l.max_providers,          l.max_devices_per_provider,     l.max_entities_per_device,
+          l.max_entities_per_provider, l.max_message_bytes,         l.provider_messages_per_second,
+          l.provider_message_burst, l.max_request_bytes,            l.client_requests_per_second,
+          l.client_request_burst,   l.max_watches_per_client};
+}
+
+TEST(Config, LimitsDefaultToValuesAHomeNeverReaches) {
+  auto c = parse_config("");
+  ASSERT_TRUE(c) << c.error().to_string();
+  EXPECT_EQ(limit_values(c->limits),
+            (std::vector<std::size_t>{64, 4096, 1024, 65536, 65536, 1000, 10000, 65536, 2000, 4000, 1024}));
+}
+
+TEST(Config, EveryLimitsKeyIsRead) {
+  auto c = parse_config(R"(
+[limits]
+max_providers = 3
+max_devices_per_provider = 5
+max_entities_per_device = 7
+max_entities_per_provider = 11
+max_message_bytes = 4096
+provider_messages_per_second = 13
+provider_message_burst = 17
+max_request_bytes = 2048
+client_requests_per_second = 19
+client_request_burst = 23
+max_watches_per_client = 29
+)");
+  ASSERT_TRUE(c) << c.error().to_string();
+  EXPECT_EQ(limit_values(c->limits), (std::vector<std::size_t>{3, 5, 7, 11, 4096, 13, 17, 2048, 19, 23, 29}));
+}
+
+TEST(Config, BadLimitsAreNamed) {
+  expect_error("limits = 1", "key 'limits': expected a table");
+  expect_error("[limits]\nmax_provider = 3", "key 'limits.max_provider': unknown key");
+  expect_error("[limits]\nmax_providers = \"many\"", "key 'limits.max_providers': expected an integer");
+  expect_error("[limits]\nmax_providers = 0", "key 'limits.max_providers': 0 is out of range [1, 4096]");
+  expect_error("[limits]\nmax_watches_per_client = -4", "key 'limits.max_watches_per_client'");
+  // The channel never delivers more than a 64 KiB packet, so a larger limit would be a lie.
+  expect_error("[limits]\nmax_message_bytes = 65537", "key 'limits.max_message_bytes': 65537 is out of range");
+  expect_error("[limits]\nmax_request_bytes = 10", "key 'limits.max_request_bytes': 10 is out of range");
+  expect_error("[limits]\nclient_request_burst = 1.5", "key 'limits.client_request_burst': expected an integer");
+  expect_error("[limits]\nprovider_messages_per_second = 0", "key 'limits.provider_messages_per_second'");
 }
 
 TEST(Config, SyntaxErrorsCarryThePosition) { expect_error("socket_dir = ", "core.toml:1:"); }
