@@ -49,7 +49,8 @@ ipc::TreeSchema schema_from(const proto::AddDevice& add) {
 
 }  // namespace
 
-void Core::save_state_locked() {
+void Core::write_state_locked() {
+  saver.clear();
   StoredState st;
   auto snap = registry.snapshot();
   for (const auto& [id, stored] : meta) {
@@ -895,7 +896,7 @@ void Daemon::shutdown() {
   core_.main.run_tasks();
   if (state_loaded_) {
     std::lock_guard lock(core_.meta_mu);
-    core_.save_state_locked();
+    core_.write_state_locked();
   }
   spdlog::info("floe-core stopped");
 }

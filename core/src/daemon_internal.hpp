@@ -2,6 +2,7 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <future>
@@ -166,6 +167,33 @@ class Shard {
   std::vector<ChangeRecord> changes_;  // scratch
 };
 
+/// Writes the state file on a thread of its own, coalescing bursts: a provider declaring a
+/// thousand devices marks it stale a thousand times, and it is written a few times instead of once
+/// per device (each write is O(devices), so that was quadratic: ~20 s of core time for 1,000
+/// devices). A write waits a short delay after the first mark, then writes what is current. The
+/// destructor writes what is still stale. A SIGKILL can lose the marks of that last delay: providers
+/// declare their devices again when they reconnect.
+class StateSaver {
+ public:
+  explicit StateSaver(std::function<void()> write) : write_(std::move(write)) {}
+  ~StateSaver();
+  StateSaver(const StateSaver&) = delete;
+  StateSaver& operator=(const StateSaver&) = delete;
+  /// Any thread: the state changed; write it soon.
+  void mark();
+  /// The state was just written synchronously: nothing is stale.
+  void clear();
+
+ private:
+  void run();
+  std::function<void()> write_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool dirty_ = false;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
 class ClientSession;
 
 /// Everything the daemon's threads share.
@@ -185,10 +213,18 @@ struct Core {
   std::map<std::string, StoredDevice, std::less<>> meta;  // by device id; groups filled at save
 
   [[nodiscard]] Shard& shard_of(DeviceId id) { return *shards[id.index % shards.size()]; }
-  /// Builds the state from `meta` and the registry's groups and writes it. meta_mu held.
-  void save_state_locked();
+  /// The metadata changed: the state file is written soon by `saver`. meta_mu held.
+  void save_state_locked() { saver.mark(); }
+  /// Builds the state from `meta` and the registry's groups and writes it now. meta_mu held.
+  void write_state_locked();
   /// A shard found a device's ring corrupt: disconnect its provider (posted to the main loop).
   std::function<void(DeviceId, std::string)> on_corrupt;
+
+  /// Last member: stopped (after a final write) before anything its writes read is destroyed.
+  StateSaver saver{[this] {
+    std::lock_guard lock(meta_mu);
+    write_state_locked();
+  }};
 };
 
 /// A client connection, served by a thread of its own (blocking sends never stall a loop).
