@@ -3,8 +3,8 @@
 // Shape of the hot loop (whole home, `avg Dimmer where Light`): for each slot word w,
 //   m = lead[w]; if (!m) continue; m &= live[w] & other[w]; for each set bit s: sum += *values[64w + s]
 // where lead is the sparsest required presence word and values[] holds each home slot's pointer to
-// its value word in its device's tree. The loop is unrolled by two words into two lanes with their
-// own accumulators, so consecutive matches do not form one long add chain.
+// its value word in its device's tree. Aggregates spread the matches over four accumulators, kept
+// in registers across words, so consecutive matches do not form one long add chain.
 #include <algorithm>
 #include <array>
 #include <bit>
@@ -133,8 +133,10 @@ Word run_residual(const Plan& p, std::uint32_t g, Word base) {
 // ---- The scan -----------------------------------------------------------------------------------
 
 /// kOthers: 0..2 for the specialised shapes (no exclusions, no residual), -1 for the general one.
+/// One pass over the words; the sink is a local of the kernel and its take() is inlined, so its
+/// counters and accumulators live in registers for the whole scan (no store and reload per word).
 template <int kOthers, bool kGather, typename Sink>
-void scan(const Plan& p, Sink& sink) {
+[[gnu::always_inline]] inline void scan(const Plan& p, Sink& sink) {
   const detail::ScanPlan& s = p.s;
   const std::uint32_t n = s.count;
   const Word* const lead = s.lead;
@@ -143,11 +145,11 @@ void scan(const Plan& p, Sink& sink) {
   const Word* const o1 = kOthers >= 2 ? s.others[1] : nullptr;
   const std::uint32_t* const scope_words = p.query.scope_words.data();
   const Word* const scope_masks = p.query.scope_word_masks.data();
-  const auto step = [&]<int kLane>(std::uint32_t i) {
+  for (std::uint32_t i = 0; i < n; ++i) {
     const std::uint32_t w = kGather ? scope_words[i] : i;
     Word m = lead[w];
     if constexpr (kGather) m &= scope_masks[i];
-    if (m == 0) return;
+    if (m == 0) continue;  // the sparsest word first: most words of a large home end here
     m &= live[w];
     if constexpr (kOthers >= 1) m &= o0[w];
     if constexpr (kOthers >= 2) m &= o1[w];
@@ -156,25 +158,16 @@ void scan(const Plan& p, Sink& sink) {
       for (std::size_t j = 0; j < s.n_excluded; ++j) m &= ~s.excluded[j][w];
       if (m != 0 && !p.query.residual.empty()) m = run_residual(p, w, m);
     }
-    if (m != 0) sink.template take<kLane>(w, m);
-  };
-  std::uint32_t i = 0;
-  for (; i + 1 < n; i += 2) {
-    step.template operator()<0>(i);
-    step.template operator()<1>(i + 1);
+    if (m != 0) sink.take(w, m);
   }
-  if (i < n) step.template operator()<0>(i);
 }
 
 // ---- Sinks --------------------------------------------------------------------------------------
 
 struct CountSink {
-  std::array<std::uint64_t, 2> n{};
-  template <int kLane>
-  void take(std::uint32_t, Word m) noexcept {
-    n[kLane] += static_cast<std::uint64_t>(std::popcount(m));
-  }
-  [[nodiscard]] std::uint64_t count() const noexcept { return n[0] + n[1]; }
+  std::uint64_t n = 0;
+  [[gnu::always_inline]] void take(std::uint32_t, Word m) noexcept { n += static_cast<std::uint64_t>(std::popcount(m)); }
+  [[nodiscard]] std::uint64_t count() const noexcept { return n; }
 };
 
 enum class Num : std::uint8_t { kBool, kInt, kReal };
@@ -190,6 +183,14 @@ NumType<kNum> as_number(Word w) noexcept {
   else return w == 1 ? 1 : 0;  // a corrupt bool counts as false
 }
 
+/// The value of the lowest set slot of `m` (v: the word's 64 value pointers); clears that bit.
+template <Num kNum>
+[[gnu::always_inline]] inline NumType<kNum> pop_value(const ValuePtr* v, Word& m) noexcept {
+  const NumType<kNum> x = as_number<kNum>(v[std::countr_zero(m)]->load(std::memory_order_relaxed));
+  m &= m - 1;
+  return x;
+}
+
 template <Num kNum, Want kWant>
 struct AggregateSink {
   using T = NumType<kNum>;
@@ -203,8 +204,10 @@ struct AggregateSink {
   }
 
   const ValuePtr* values;  // HomeSlots column of the target: one pointer per home slot
-  std::array<Acc, 2> acc{initial(), initial()};
-  std::array<std::uint64_t, 2> n{};
+  // Four accumulators, kept across words: a packed word holds many matches, and one chain of
+  // dependent adds (3-4 cycles each) would be slower than the loads feeding it.
+  Acc a0 = initial(), a1 = initial(), a2 = initial(), a3 = initial();
+  std::uint64_t n = 0;
 
   static void fold(Acc& a, T x) noexcept {
     if constexpr (kWant == Want::kSum) {
@@ -221,53 +224,36 @@ struct AggregateSink {
     }
   }
 
-  template <int kLane>
-  void take(std::uint32_t w, Word m) noexcept {
+  [[gnu::always_inline]] void take(std::uint32_t w, Word m) noexcept {
     // Every matching slot has the target (it is a required kind), so its pointer is set.
     const ValuePtr* const v = values + std::size_t{w} * 64;
-    n[kLane] += static_cast<std::uint64_t>(std::popcount(m));
-    // Four bits per round into four accumulators: a packed word holds many matches, and one
-    // chain of dependent adds (3-4 cycles each) would be slower than the loads feeding it.
-    Acc a0 = acc[kLane];
-    Acc a1 = initial(), a2 = initial(), a3 = initial();
-    const auto next = [&]() noexcept {
-      const T x = as_number<kNum>(v[std::countr_zero(m)]->load(std::memory_order_relaxed));
-      m &= m - 1;
-      return x;
-    };
+    const int k = std::popcount(m);
+    n += static_cast<std::uint64_t>(k);
     // Rounds of four by the popcount, then the rest: no end-of-word test after every bit.
-    for (int round = std::popcount(m) / 4; round != 0; --round) {
-      fold(a0, next());
-      fold(a1, next());
-      fold(a2, next());
-      fold(a3, next());
+    for (int round = k / 4; round != 0; --round) {
+      fold(a0, pop_value<kNum>(v, m));
+      fold(a1, pop_value<kNum>(v, m));
+      fold(a2, pop_value<kNum>(v, m));
+      fold(a3, pop_value<kNum>(v, m));
     }
-    switch (std::popcount(m)) {
-      case 3: fold(a2, next()); [[fallthrough]];
-      case 2: fold(a1, next()); [[fallthrough]];
-      case 1: fold(a0, next()); break;
+    switch (k % 4) {
+      case 3: fold(a2, pop_value<kNum>(v, m)); [[fallthrough]];
+      case 2: fold(a1, pop_value<kNum>(v, m)); [[fallthrough]];
+      case 1: fold(a0, pop_value<kNum>(v, m)); break;
       default: break;
     }
-    if constexpr (kWant == Want::kSum) {
-      a0 += a1;
-      a2 += a3;
-      a0 += a2;
-    } else {
-      fold(a0, static_cast<T>(a1));
-      fold(a2, static_cast<T>(a3));
-      fold(a0, static_cast<T>(a2));
-    }
-    acc[kLane] = a0;
   }
 
-  [[nodiscard]] std::uint64_t count() const noexcept { return n[0] + n[1]; }
+  [[nodiscard]] std::uint64_t count() const noexcept { return n; }
   [[nodiscard]] double result() const noexcept {
     if constexpr (kWant == Want::kSum) {
-      if constexpr (kNum == Num::kReal) return acc[0] + acc[1];
-      else return static_cast<double>(static_cast<std::int64_t>(acc[0] + acc[1]));
+      if constexpr (kNum == Num::kReal) return (a0 + a1) + (a2 + a3);
+      else return static_cast<double>(static_cast<std::int64_t>(a0 + a1 + a2 + a3));
     } else {
-      Acc a = acc[0];
-      fold(a, static_cast<T>(acc[1]));
+      Acc a = a0, b = a2;
+      fold(a, static_cast<T>(a1));
+      fold(b, static_cast<T>(a3));
+      fold(a, static_cast<T>(b));
       return static_cast<double>(a);
     }
   }
@@ -277,12 +263,11 @@ struct AggregateSink {
 template <ipc::Encoding kEnc>
 struct TruthSink {
   const ValuePtr* values;
-  std::array<std::uint64_t, 2> n{}, truthy{};
-  template <int kLane>
-  void take(std::uint32_t g, Word m) noexcept {
-    n[kLane] += static_cast<std::uint64_t>(std::popcount(m));
+  std::uint64_t n = 0, truthy = 0;
+  [[gnu::always_inline]] void take(std::uint32_t g, Word m) noexcept {
+    n += static_cast<std::uint64_t>(std::popcount(m));
     if constexpr (kEnc == ipc::Encoding::kMarker) {
-      truthy[kLane] += static_cast<std::uint64_t>(std::popcount(m));
+      truthy += static_cast<std::uint64_t>(std::popcount(m));
     } else {
       const ValuePtr* const v = values + std::size_t{g} * 64;
       for (; m != 0; m &= m - 1) {
@@ -291,7 +276,7 @@ struct TruthSink {
         if constexpr (kEnc == ipc::Encoding::kReal) t = std::bit_cast<double>(w) != 0.0;
         else if constexpr (kEnc == ipc::Encoding::kBool) t = w == 1;
         else t = w != 0;
-        truthy[kLane] += t ? 1 : 0;
+        truthy += t ? 1 : 0;
       }
     }
   }
@@ -300,7 +285,6 @@ struct TruthSink {
 /// Collects (slot word, mask) pairs for get/list/set.
 struct CollectSink {
   std::vector<std::pair<std::uint32_t, Word>> hits;
-  template <int kLane>
   void take(std::uint32_t g, Word m) {
     hits.emplace_back(g, m);
   }
@@ -368,8 +352,8 @@ struct TruthAction {
     static void run(const Plan& p, QueryResult& r) {
       TruthSink<kEnc> sink{p.s.values};
       scan<kOthers, kGather>(p, sink);
-      r.count = sink.n[0] + sink.n[1];
-      const std::uint64_t t = sink.truthy[0] + sink.truthy[1];
+      r.count = sink.n;
+      const std::uint64_t t = sink.truthy;
       r.truth = p.query.action == Action::kAny ? t > 0 : t == r.count;
     }
   };
@@ -474,7 +458,7 @@ detail::Kernel pick_kernel(const BoundQuery& q, int others, bool gather) noexcep
 
 detail::ScanPlan detail::plan_scan(const BoundQuery& q, const Snapshot& snap) noexcept {
   ScanPlan p;
-  p.snapshot = &snap;
+  p.snapshot_serial = snap.serial();
   const HomeSlots& home = snap.home().slots;
   if (q.matches_nothing || home.word_count == 0) {
     p.kernel = &finish_empty;
@@ -499,10 +483,10 @@ QueryResult evaluate(const BoundQuery& q, const Snapshot& snap) {
   // One named result, returned on every path (NRVO: built in the caller's storage).
   QueryResult r;
   r.action = q.action;
-  if (q.snapshot_version != snap.version()) {
-    r.stale_binding = true;
-  } else if (&snap == q.plan.snapshot) [[likely]] {
+  if (snap.serial() == q.plan.snapshot_serial) [[likely]] {
     q.plan.kernel(q.plan, q, snap, r);
+  } else if (q.snapshot_version != snap.version()) {
+    r.stale_binding = true;
   } else {
     // The same version in another Snapshot object: resolve the pointers for this one.
     const detail::ScanPlan p = detail::plan_scan(q, snap);

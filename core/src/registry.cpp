@@ -42,6 +42,7 @@ struct alignas(kCacheLine) EpochSlot {
 constinit EpochSlot g_slots[kEpochSlots];
 constinit std::atomic<std::uint64_t> g_epoch{1};
 constinit std::atomic<std::int64_t> g_live_snapshots{0};
+constinit std::atomic<std::uint64_t> g_snapshot_serial{0};  // Snapshot::serial(); 0 names none
 
 struct ThreadEpoch {
   int slot = -1;
@@ -302,6 +303,8 @@ void build_slots(Snapshot& s, HomeIndex& h, const std::array<bool, ipc::kMaxComp
 std::unique_ptr<Snapshot> Registry::build() const {
   std::unique_ptr<Snapshot> s(new Snapshot());
   s->version_ = version_;
+  // Only uniqueness matters (no ordering with other memory): relaxed.
+  s->serial_ = g_snapshot_serial.fetch_add(1, std::memory_order_relaxed) + 1;
 
   // Devices, in slot order, and their place in the home index.
   s->device_pos_.assign(devices_.size(), -1);

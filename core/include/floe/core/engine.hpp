@@ -11,8 +11,9 @@
 // and the scopes into a list of (slot word, mask) pairs (or "the whole home"). It also resolves the
 // scan for that snapshot (BoundQuery::plan: the presence-word and value-column pointers, and one
 // kernel compiled for the action, target encoding and filter shape), so an evaluate() against the
-// same Snapshot object (address and version) calls that kernel directly, with no per-call look-ups.
-// Another Snapshot object of the same version (another registry's) is resolved afresh per call.
+// same Snapshot object (same Snapshot::serial()) calls that kernel directly, with no per-call
+// look-ups. Another Snapshot object of the same version (another registry's) is resolved afresh
+// per call.
 //
 // evaluate() walks the packed home (HomeSlots: every entity of the home numbered consecutively,
 // 64 home slots per word, devices sharing words): per word, the sparsest required presence word
@@ -86,7 +87,8 @@ namespace detail {
 
 /// What bind() resolves for evaluate() on the snapshot it bound to: the words the scan ANDs, the
 /// target's value column and the kernel compiled for this action, target encoding and filter
-/// shape. Pointers into that snapshot (identified by its address and version), never into the
+/// shape. Pointers into that snapshot (identified by its process-wide Snapshot::serial(), which
+/// no other snapshot of any registry ever carries, even at a reused address), never into the
 /// BoundQuery itself, so a copied or moved BoundQuery keeps a valid plan.
 struct ScanPlan;
 using Kernel = void (*)(const ScanPlan&, const BoundQuery&, const Snapshot&, QueryResult&);
@@ -95,7 +97,7 @@ inline constexpr std::size_t kMaxRequired = 8;  // presence words the scan ANDs;
 inline constexpr std::size_t kMaxExcluded = 8;  // presence words the scan AND-NOTs; likewise
 
 struct ScanPlan {
-  const Snapshot* snapshot = nullptr;  // the pointers below belong to it
+  std::uint64_t snapshot_serial = 0;  // the pointers below belong to that snapshot (0: none)
   Kernel kernel = nullptr;
   const std::uint64_t* lead = nullptr;  // the sparsest required presence word (or live)
   const std::uint64_t* live = nullptr;  // online (or occupied) slots

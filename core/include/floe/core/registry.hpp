@@ -169,8 +169,11 @@ class Snapshot {
   Snapshot& operator=(const Snapshot&) = delete;
   ~Snapshot();
 
-  /// Increases with every published change.
+  /// Increases with every published change of this registry.
   [[nodiscard]] std::uint64_t version() const noexcept { return version_; }
+  /// Process-wide: every Snapshot object ever built, of any registry, has its own serial (from one
+  /// counter that only grows), so a serial names one snapshot even after its memory is reused.
+  [[nodiscard]] std::uint64_t serial() const noexcept { return serial_; }
 
   /// Live devices, ascending slot index.
   [[nodiscard]] std::span<const DeviceRecord> devices() const noexcept { return devices_; }
@@ -205,6 +208,7 @@ class Snapshot {
   Snapshot();
 
   std::uint64_t version_ = 0;
+  std::uint64_t serial_ = 0;
   std::vector<DeviceRecord> devices_;
   std::vector<std::int32_t> device_pos_;  // slot index -> position in devices_, -1
   std::map<std::string, std::uint32_t, std::less<>> device_by_name_;
