@@ -58,6 +58,8 @@ Status parse_limits(const toml::table& t, std::string_view origin, Limits& l) {
       {"max_devices_per_provider", 1, 65536, [&](std::int64_t v) { l.max_devices_per_provider = static_cast<unsigned>(v); }},
       {"max_entities_per_device", 1, 65536, [&](std::int64_t v) { l.max_entities_per_device = static_cast<unsigned>(v); }},
       {"max_entities_per_provider", 1, 1 << 24, [&](std::int64_t v) { l.max_entities_per_provider = static_cast<unsigned>(v); }},
+      {"max_region_bytes_per_provider", std::int64_t{1} << 20, std::int64_t{1} << 40,
+       [&](std::int64_t v) { l.max_region_bytes_per_provider = static_cast<std::uint64_t>(v); }},
       {"max_message_bytes", 256, static_cast<std::int64_t>(ipc::kMaxPacketBytes),
        [&](std::int64_t v) { l.max_message_bytes = static_cast<std::size_t>(v); }},
       {"provider_messages_per_second", 1, 10'000'000,

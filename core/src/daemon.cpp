@@ -97,7 +97,8 @@ struct ProviderSession {
   bool welcomed = false;
   ipc::WatchId watch = 0;
   std::vector<std::string> devices;
-  std::size_t entities = 0;  // over `devices`
+  std::size_t entities = 0;          // over `devices`
+  std::uint64_t region_bytes = 0;    // over `devices`
   TokenBucket messages;      // limits.provider_messages_per_second / provider_message_burst
   std::chrono::steady_clock::time_point last_heard = std::chrono::steady_clock::now();
   bool probed = false;  // a Heartbeat was sent since the provider was last heard
@@ -610,6 +611,17 @@ void Daemon::add_device(ProviderSession& s, std::uint64_t msg_id, const proto::A
                                                      limits.max_entities_per_provider));
   }
   const ipc::TreeSchema schema = schema_from(add);
+  auto sized = ipc::DeviceRegionLayout::compute(
+      schema, {.tx_capacity = core_.config.tx_capacity, .rx_capacity = core_.config.rx_capacity,
+               .notify = core_.config.notify});
+  if (!sized) return fail(proto::ERROR_CODE_MALFORMED, fmt::format("device '{}': {}", id, sized.error().message));
+  const std::uint64_t region_bytes = sized->region_size;
+  if (!known_here && s.region_bytes + region_bytes > limits.max_region_bytes_per_provider) {
+    return fail(proto::ERROR_CODE_LIMIT, fmt::format("device '{}' refused: its region of {} bytes would bring the "
+                                                     "provider to {} (limits.max_region_bytes_per_provider = {})",
+                                                     id, region_bytes, s.region_bytes + region_bytes,
+                                                     limits.max_region_bytes_per_provider));
+  }
   StoredDevice meta{.id = id, .name = add.name().empty() ? id : add.name(), .provider = s.name, .entities = {}, .groups = {}};
   for (const auto& e : add.entities()) {
     StoredEntity se{.id = e.id(), .name = e.name().empty() ? e.id() : e.name(), .components = {}};
@@ -725,6 +737,7 @@ void Daemon::add_device(ProviderSession& s, std::uint64_t msg_id, const proto::A
   if (!known_here) {
     s.devices.push_back(id);
     s.entities += entity_count;
+    s.region_bytes += region_bytes;
   }
 
   proto::Envelope env;
@@ -774,6 +787,7 @@ void Daemon::remove_device(ProviderSession& s, std::uint64_t msg_id, const std::
   Device& d = *it->second;
   if (std::find(s.devices.begin(), s.devices.end(), device_id) != s.devices.end()) {
     s.entities -= std::min(s.entities, d.schema.entities.size());
+    s.region_bytes -= std::min<std::uint64_t>(s.region_bytes, d.layout.region_size);
   }
   core_.shard_of(d.reg).detach(d.reg);
   core_.pending.fail_device(d.reg, {proto::ERROR_CODE_OFFLINE, "the device was removed"});

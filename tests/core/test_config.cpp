@@ -111,16 +111,17 @@ TEST(Config, WrongTypesAndRangesAreNamed) {
 // Every [limits] value, in the order of the struct (and of docs/CORE.md).
 std::vector<std::size_t> limit_values(const Limits& l) {
   return {l.max_providers,          l.max_devices_per_provider,     l.max_entities_per_device,
-          l.max_entities_per_provider, l.max_message_bytes,         l.provider_messages_per_second,
-          l.provider_message_burst, l.max_request_bytes,            l.client_requests_per_second,
-          l.client_request_burst,   l.max_watches_per_client};
+          l.max_entities_per_provider, l.max_region_bytes_per_provider, l.max_message_bytes,
+          l.provider_messages_per_second, l.provider_message_burst, l.max_request_bytes,
+          l.client_requests_per_second, l.client_request_burst,   l.max_watches_per_client};
 }
 
 TEST(Config, LimitsDefaultToValuesAHomeNeverReaches) {
   auto c = parse_config("");
   ASSERT_TRUE(c) << c.error().to_string();
   EXPECT_EQ(limit_values(c->limits),
-            (std::vector<std::size_t>{64, 4096, 1024, 65536, 65536, 1000, 10000, 65536, 2000, 4000, 1024}));
+            (std::vector<std::size_t>{64, 4096, 1024, 65536, std::size_t{4} << 30, 65536, 1000, 10000, 65536, 2000,
+                                      4000, 1024}));
 }
 
 TEST(Config, EveryLimitsKeyIsRead) {
@@ -130,6 +131,7 @@ max_providers = 3
 max_devices_per_provider = 5
 max_entities_per_device = 7
 max_entities_per_provider = 11
+max_region_bytes_per_provider = 2097152
 max_message_bytes = 4096
 provider_messages_per_second = 13
 provider_message_burst = 17
@@ -139,7 +141,7 @@ client_request_burst = 23
 max_watches_per_client = 29
 )");
   ASSERT_TRUE(c) << c.error().to_string();
-  EXPECT_EQ(limit_values(c->limits), (std::vector<std::size_t>{3, 5, 7, 11, 4096, 13, 17, 2048, 19, 23, 29}));
+  EXPECT_EQ(limit_values(c->limits), (std::vector<std::size_t>{3, 5, 7, 11, 2097152, 4096, 13, 17, 2048, 19, 23, 29}));
 }
 
 TEST(Config, BadLimitsAreNamed) {
@@ -148,6 +150,7 @@ TEST(Config, BadLimitsAreNamed) {
   expect_error("[limits]\nmax_providers = \"many\"", "key 'limits.max_providers': expected an integer");
   expect_error("[limits]\nmax_providers = 0", "key 'limits.max_providers': 0 is out of range [1, 4096]");
   expect_error("[limits]\nmax_watches_per_client = -4", "key 'limits.max_watches_per_client'");
+  expect_error("[limits]\nmax_region_bytes_per_provider = 1000", "key 'limits.max_region_bytes_per_provider'");
   // The channel never delivers more than a 64 KiB packet, so a larger limit would be a lie.
   expect_error("[limits]\nmax_message_bytes = 65537", "key 'limits.max_message_bytes': 65537 is out of range");
   expect_error("[limits]\nmax_request_bytes = 10", "key 'limits.max_request_bytes': 10 is out of range");

@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -31,6 +32,9 @@ struct Limits {
   unsigned max_entities_per_device = 1024;
   /// Entities over all devices of one provider connection.
   unsigned max_entities_per_provider = 65536;
+  /// Bytes of device regions (memfds the core creates and maps) over all devices of one provider
+  /// connection: bounds the memory a provider can make the core hold.
+  std::uint64_t max_region_bytes_per_provider = std::uint64_t{4} << 30;
   /// Largest management packet accepted from a provider (the channel itself stops at 64 KiB).
   std::size_t max_message_bytes = 64 * 1024;
   /// Token bucket of management messages per provider: refilled at this rate, holding at most
