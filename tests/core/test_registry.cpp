@@ -368,6 +368,26 @@ TEST(Registry, EditBatchesChangesIntoOneSnapshot) {
   EXPECT_EQ(s->group("g")->devices.size(), 1U);
 }
 
+TEST(Registry, SnapshotSerialsAreUniqueAcrossRegistriesAndOnlyGrow) {
+  auto t = make_tree(lights(1));
+  Registry a, b;
+  const std::uint64_t a1 = a.snapshot()->serial(), b1 = b.snapshot()->serial();
+  EXPECT_NE(a1, 0U);
+  EXPECT_NE(b1, 0U);
+  EXPECT_NE(a1, b1);
+  EXPECT_EQ(a.snapshot()->version(), b.snapshot()->version()) << "versions are per registry; serials are not";
+  ASSERT_TRUE(a.add_device(spec("d", {"x"}, t)));
+  const std::uint64_t a2 = a.snapshot()->serial();
+  EXPECT_GT(a2, a1);
+  EXPECT_GT(a2, b1);
+  EXPECT_EQ(a.snapshot()->serial(), a2) << "the same snapshot keeps its serial";
+  ASSERT_TRUE(a.set_online(a.snapshot()->device("d")->id, true));  // no change: nothing published
+  EXPECT_EQ(a.snapshot()->serial(), a2);
+  ASSERT_TRUE(b.add_device(spec("d", {"x"}, t)));
+  EXPECT_EQ(a.snapshot()->version(), b.snapshot()->version());
+  EXPECT_GT(b.snapshot()->serial(), a2);
+}
+
 TEST(Registry, NestedSnapshotsOnOneThreadAreBothValid) {
   Registry r;
   auto t = make_tree(lights(1));
