@@ -39,6 +39,7 @@ namespace pb = floe::esphome::api;
 constexpr auto kStepTimeout = 10s;
 // A device that stops reading gets dropped rather than buffered without bound.
 constexpr std::size_t kMaxOutBytes = 1 << 20;
+constexpr int kReadRounds = 4;
 constexpr std::uint32_t kApiMajor = 1;
 constexpr std::uint32_t kApiMinor = 14;
 constexpr std::uint64_t kProviderTag = 0;
@@ -380,7 +381,9 @@ struct EsphomeProvider::Impl {
 
   void receive(Connection& c) {
     std::array<std::byte, 16384> buf{};
-    for (int rounds = 0; rounds < 64 && c.fd.get() >= 0; ++rounds) {
+    // At most kReadRounds buffers per wakeup: a device flooding small frames gets back to the
+    // loop (level-triggered, so the rest is read next round) before the other devices starve.
+    for (int rounds = 0; rounds < kReadRounds && c.fd.get() >= 0; ++rounds) {
       const ssize_t n = ::recv(c.fd.get(), buf.data(), buf.size(), 0);
       if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK) return;
@@ -434,12 +437,14 @@ struct EsphomeProvider::Impl {
       drop(c, fmt::format("cannot encode message {}: {}", type, bytes.error().message));
       return false;
     }
+    const bool idle = c.out.empty();
     c.out += *bytes;
     if (c.out.size() > kMaxOutBytes) {
       drop(c, "the device does not read what floe-esphome sends");
       return false;
     }
-    flush(c);
+    // Bytes already waiting mean the socket was full: EPOLLOUT flushes them, no send() per message.
+    if (idle) flush(c);
     return c.fd.get() >= 0;
   }
 

@@ -1,0 +1,293 @@
+// Hostile ESPHome devices against a real floe-esphome (with a real floe-core): devices on real TCP
+// sockets (FakeDevice, tests/support/esphome_fake.hpp) that drop the connection mid-frame, stall
+// mid-frame, send garbage (random bytes, an absurd frame length, a valid frame with an
+// undecodable message, a Noise frame that does not decrypt) or flood. Each time floe-esphome logs
+// a clear reason naming the device, drops it and reconnects with backoff, never crashes, and a
+// well-behaved device served by the same floe-esphome keeps answering get and set (through the
+// floe client library). Waits are bounded polls, never thresholds.
+#include <signal.h>
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <fstream>
+#include <optional>
+#include <random>
+#include <regex>
+#include <string>
+#include <vector>
+
+#include "client.hpp"
+#include "support/esphome_fake.hpp"
+#include "support/integration.hpp"
+#include "support/process.hpp"
+
+#if defined(FLOE_CORE_BIN) && defined(FLOE_ESPHOME_BIN)
+
+namespace floe::test {
+namespace {
+
+using namespace std::chrono_literals;
+using esphome::MsgType;
+using Transport = esphome::Transport;
+
+/// The plaintext frame header: indicator 0, varint length, varint type.
+std::string plain_header(std::uint64_t length, std::uint16_t type) {
+  std::string out(1, '\0');
+  for (std::uint64_t v : {length, std::uint64_t{type}}) {
+    do {
+      const auto b = static_cast<std::uint8_t>(v & 0x7F);
+      v >>= 7;
+      out.push_back(static_cast<char>(v != 0 ? (b | 0x80) : b));
+    } while (v != 0);
+  }
+  return out;
+}
+
+std::string random_bytes(std::size_t n, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::string out(n, '\0');
+  for (auto& c : out) c = static_cast<char>(rng());
+  return out;
+}
+
+class EsphomeHostile : public ::testing::Test {
+ protected:
+  void TearDown() override {
+    client_.reset();
+    if (provider_) {
+      EXPECT_TRUE(provider_->alive()) << "floe-esphome died";
+      provider_->signal(SIGTERM);
+      EXPECT_EQ(provider_->finish(), 0) << "floe-esphome did not stop cleanly";
+      provider_.reset();
+    }
+    if (core_) {
+      core_->signal(SIGTERM);
+      EXPECT_EQ(core_->finish(), 0);
+      core_.reset();
+    }
+    if (HasFailure()) {
+      dir_.keep();
+      for (const char* name : {"core.log", "esphome.log"}) {
+        std::string text = slurp(dir_ / name);
+        if (text.size() > 12000) text = text.substr(0, 4000) + "\n...\n" + text.substr(text.size() - 8000);
+        std::fprintf(stderr, "---- %s (kept in %s)\n%s\n", name, dir_.path().c_str(), text.c_str());
+      }
+    }
+  }
+
+  struct Entry {
+    std::string name;
+    std::uint16_t port;
+    std::optional<esphome::Psk> key;
+  };
+
+  /// floe-core, floe-esphome serving `devices`, a client; every device (or those of `wait_for`) online.
+  void start(const std::vector<Entry>& devices, std::vector<std::string> wait_for = {}) {
+    std::ofstream yaml(dir_ / "floe-esphome.yaml");
+    yaml << "reconnect: {min_ms: 100, max_ms: 800}\nkeepalive_ms: 200\nrequest_timeout_ms: 20000\ndevices:\n";
+    for (const auto& d : devices) {
+      yaml << "  - host: 127.0.0.1\n    port: " << d.port << "\n    name: " << d.name << "\n";
+      if (d.key) yaml << "    encryption_key: \"" << esphome::encode_psk(*d.key) << "\"\n";
+    }
+    yaml.close();
+    core_.emplace(FLOE_CORE_BIN, std::vector<std::string>{"--socket-dir", dir_ / "s"}, dir_ / "core.log");
+    ASSERT_TRUE(eventually([&] { return connect_client() || !core_->alive(); }));
+    ASSERT_TRUE(core_->alive()) << "floe-core exited";
+    provider_.emplace(FLOE_ESPHOME_BIN,
+                      std::vector<std::string>{"--config", dir_ / "floe-esphome.yaml", "--socket-dir", dir_ / "s", "-v"},
+                      dir_ / "esphome.log");
+    if (wait_for.empty()) {
+      for (const auto& d : devices) wait_for.push_back(d.name);
+    }
+    for (const auto& d : wait_for) {
+      ASSERT_TRUE(eventually([&] { return online(d); })) << d;
+      // Its first states have arrived (the temperature comes last), so no state sent before a
+      // test's set can be taken for the answer to it.
+      ASSERT_TRUE(eventually([&] {
+        auto t = client_->get(d + ".temperature", "Real");
+        return t && t->value().real() == 20.0;
+      })) << d;
+    }
+  }
+
+  bool connect_client() {
+    auto c = client::Client::connect({.socket_dir = dir_ / "s", .timeout = 20s, .peer_name = "itest"});
+    if (!c) return false;
+    client_.emplace(std::move(*c));
+    return true;
+  }
+  bool online(const std::string& device) {
+    auto list = client_->list_devices();
+    if (!list) return false;
+    for (const auto& d : list->devices()) {
+      if (d.name() == device) return d.online();
+    }
+    return false;
+  }
+
+  /// The well-behaved device "good": a set goes through to it and reads back.
+  void expect_good_serves(bool relay) {
+    const std::string value = relay ? "true" : "false";
+    auto r = client_->set("good.relay", "Switch", value);
+    ASSERT_TRUE(r) << r.error().message;
+    auto v = client_->get("good.relay", "Switch");
+    ASSERT_TRUE(v) << v.error().message;
+    EXPECT_EQ(v->value().boolean(), relay);
+    EXPECT_TRUE(provider_->alive());
+  }
+
+  /// Lines of floe-esphome's log about device `label` that contain `text`.
+  std::size_t lines_about(const std::string& label, const std::string& text) {
+    const std::string log = slurp(dir_ / "esphome.log");
+    std::size_t n = 0;
+    for (std::size_t at = 0; at < log.size();) {
+      const std::size_t end = std::min(log.find('\n', at), log.size());
+      const std::string_view line(log.data() + at, end - at);
+      if (line.find("ESPHome device " + label + " (") != std::string_view::npos && line.find(text) != std::string_view::npos) ++n;
+      at = end + 1;
+    }
+    return n;
+  }
+
+  /// `bad` misbehaves with `misdeed` (once subscribed): floe-esphome logs `reason` for it, drops
+  /// it, and takes it back once it behaves; "good" is served all along.
+  void expect_isolated(FakeDevice& bad, const FakeDevice::Misdeed& misdeed, const std::string& reason) {
+    const std::size_t before = lines_about("bad", "connection lost: " + reason);
+    const int connections = bad.connections();
+    bad.set_misdeed(misdeed);
+    EXPECT_TRUE(eventually([&] { return lines_about("bad", "connection lost: " + reason) > before; }))
+        << "no log line with: " << reason;
+    EXPECT_TRUE(eventually([&] { return bad.connections() > connections; })) << "it is reconnected";
+    expect_good_serves(true);
+    expect_good_serves(false);
+    bad.set_misdeed({});
+    EXPECT_TRUE(eventually([&] { return online("bad"); })) << "back after " << reason;
+    auto r = client_->set("bad.relay", "Switch", "true");
+    EXPECT_TRUE(r) << "after " << reason << ": " << r.error().message;
+  }
+
+  TempDir dir_{"floe-esphome-hostile"};
+  std::optional<Process> core_;
+  std::optional<Process> provider_;
+  std::optional<client::Client> client_;
+};
+
+TEST_F(EsphomeHostile, GarbageAndBrokenFramesAreLoggedAndTheDeviceIsReconnected) {
+  FakeDevice good("good-node", std::nullopt);
+  FakeDevice bad("bad-node", std::nullopt);
+  ASSERT_NO_FATAL_FAILURE(start({{"good", good.port(), std::nullopt}, {"bad", bad.port(), std::nullopt}}));
+
+  expect_isolated(
+      bad, [](int fd, Transport&) { return FakeDevice::write_all(fd, "\x7f" + random_bytes(4095, 1)); },
+      "bad data from the device: bad indicator byte 0x7f");
+  expect_isolated(
+      bad, [](int fd, Transport&) { return FakeDevice::write_all(fd, plain_header(0xFFFF'FFFF, 26)); },
+      "bad data from the device: frame length 4294967295 exceeds limit");
+  expect_isolated(
+      bad,
+      [](int fd, Transport& t) {
+        // A frame of a known type whose payload is not that message (a truncated field).
+        auto frame = t.encode(static_cast<std::uint16_t>(MsgType::SwitchStateResponse), std::string("\x0d\x01\x02", 3));
+        return frame && FakeDevice::write_all(fd, *frame);
+      },
+      "garbage SwitchStateResponse");
+  expect_isolated(
+      bad,
+      [](int fd, Transport& t) {
+        // Half a frame, then the connection closes.
+        auto frame = t.encode(static_cast<std::uint16_t>(MsgType::SensorStateResponse), std::string(40, '\x01'));
+        if (!frame) return false;
+        (void)FakeDevice::write_all(fd, frame->substr(0, frame->size() / 2));
+        return false;
+      },
+      "the device closed the connection");
+  EXPECT_EQ(lines_about("good", "connection lost"), 0u) << "the good device was never dropped";
+}
+
+TEST_F(EsphomeHostile, AnEncryptedFrameThatDoesNotDecryptIsLoggedAndTheDeviceIsReconnected) {
+  FakeDevice good("good-node", key_from(4));
+  FakeDevice bad("bad-node", key_from(5));
+  ASSERT_NO_FATAL_FAILURE(start({{"good", good.port(), key_from(4)}, {"bad", bad.port(), key_from(5)}}));
+  expect_isolated(
+      bad,
+      [](int fd, Transport&) {
+        // A Noise data frame (indicator 1, big-endian length) of random ciphertext.
+        const std::string body = random_bytes(48, 9);
+        return FakeDevice::write_all(fd, std::string("\x01\x00\x30", 3) + body);
+      },
+      "bad data from the device: could not decrypt a frame");
+  EXPECT_EQ(lines_about("good", "connection lost"), 0u);
+}
+
+TEST_F(EsphomeHostile, ADeviceThatStallsMidFrameIsDroppedAfterItsPingGoesUnanswered) {
+  FakeDevice good("good-node", std::nullopt);
+  FakeDevice bad("bad-node", std::nullopt);
+  ASSERT_NO_FATAL_FAILURE(start({{"good", good.port(), std::nullopt}, {"bad", bad.port(), std::nullopt}}));
+  bad.set_misdeed([&bad](int fd, Transport& t) {
+    auto frame = t.encode(static_cast<std::uint16_t>(MsgType::SensorStateResponse), std::string(40, '\x01'));
+    if (!frame) return false;
+    bad.set_frozen(true);  // from now on it answers nothing, not even pings
+    return FakeDevice::write_all(fd, frame->substr(0, frame->size() / 2));
+  });
+  EXPECT_TRUE(eventually([&] { return lines_about("bad", "connection lost: no answer to a ping") > 0; }));
+  EXPECT_TRUE(eventually([&] { return !online("bad"); }));
+  expect_good_serves(true);
+  bad.set_misdeed({});
+  bad.set_frozen(false);
+  EXPECT_TRUE(eventually([&] { return online("bad"); }));
+  expect_good_serves(false);
+}
+
+TEST_F(EsphomeHostile, AFloodingDeviceIsDroppedWithAReasonWhileTheOtherIsServed) {
+  FakeDevice good("good-node", std::nullopt);
+  FakeDevice bad("bad-node", std::nullopt);
+  ASSERT_NO_FATAL_FAILURE(start({{"good", good.port(), std::nullopt}, {"bad", bad.port(), std::nullopt}}));
+  // Requests that each want an answer (GetTime), as fast as the socket takes them, never reading:
+  // floe-esphome's answers pile up until it gives up on the device.
+  bad.set_misdeed([](int fd, Transport& t) {
+    auto request = t.encode(static_cast<std::uint16_t>(MsgType::GetTimeRequest), "");
+    if (!request) return false;
+    std::string chunk;
+    for (int i = 0; i < 16384; ++i) chunk += *request;
+    for (std::size_t sent = 0; sent < (std::size_t{256} << 20); sent += chunk.size()) {
+      if (!FakeDevice::write_all(fd, chunk)) return false;
+    }
+    return false;
+  });
+  expect_good_serves(true);
+  EXPECT_TRUE(eventually([&] {
+    return lines_about("bad", "connection lost: the device does not read what floe-esphome sends") > 0;
+  }, 120s)) << slurp(dir_ / "esphome.log");
+  expect_good_serves(false);
+  bad.set_misdeed({});
+  EXPECT_TRUE(eventually([&] { return online("bad"); }));
+}
+
+TEST_F(EsphomeHostile, ADeviceSendingGarbageFromTheStartIsRetriedWithGrowingDelays) {
+  FakeDevice good("good-node", std::nullopt);
+  FakeDevice bad("bad-node", std::nullopt);
+  // Garbage before any handshake: the connection never completes, so the delay keeps doubling.
+  bad.set_misdeed([](int fd, Transport&) { return FakeDevice::write_all(fd, "\xff" + random_bytes(63, 3)); },
+                  /*at_connect=*/true);
+  ASSERT_NO_FATAL_FAILURE(start({{"good", good.port(), std::nullopt}, {"bad", bad.port(), std::nullopt}}, {"good"}));
+  ASSERT_TRUE(eventually([&] { return lines_about("bad", "retrying in 0.8 s") >= 2; })) << "capped at max_ms";
+  // The delays double from min_ms to max_ms and stay there: 0.1, 0.2, 0.4, 0.8, 0.8, ...
+  std::vector<double> delays;
+  const std::string log = slurp(dir_ / "esphome.log");
+  const std::regex line("ESPHome device bad \\([^)]*\\): (handshake failed|bad data)[^\\n]*; retrying in ([0-9.]+) s");
+  for (auto it = std::sregex_iterator(log.begin(), log.end(), line); it != std::sregex_iterator(); ++it) {
+    delays.push_back(std::stod((*it)[2]));
+  }
+  ASSERT_GE(delays.size(), 5u) << log;
+  EXPECT_EQ(std::vector<double>(delays.begin(), delays.begin() + 5), (std::vector<double>{0.1, 0.2, 0.4, 0.8, 0.8}));
+  expect_good_serves(true);
+  bad.set_misdeed({});
+  EXPECT_TRUE(eventually([&] { return online("bad"); }));
+  expect_good_serves(false);
+}
+
+}  // namespace
+}  // namespace floe::test
+
+#endif
