@@ -156,7 +156,7 @@ void ClientSession::join() {
   if (thread_.joinable()) thread_.join();
 }
 
-void ClientSession::enqueue(std::string bytes) {
+void ClientSession::enqueue(std::string bytes, std::uint64_t watch_id) {
   {
     std::lock_guard lock(outbox_mu_);
     // The seed's commit path: a shard's thread writes the watcher's socket itself (one wakeup less
@@ -168,9 +168,18 @@ void ClientSession::enqueue(std::string bytes) {
       const ssize_t sent = ::send(channel_.fd(), bytes.data(), bytes.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
       if (sent == static_cast<ssize_t>(bytes.size())) return;
     }
+    if (watch_id != 0) {
+      // A client that reads slowly gets the newest result of each watch, never a stale one, and
+      // the outbox stays bounded by its watches (plus answers) however fast the values change.
+      if (auto it = queued_event_.find(watch_id); it != queued_event_.end()) {
+        outbox_[it->second] = std::move(bytes);
+        return;  // the session thread was already told
+      }
+    }
     if (outbox_.size() >= kMaxOutbox) {
       outbox_overflow_ = true;
     } else {
+      if (watch_id != 0) queued_event_[watch_id] = outbox_.size();
       outbox_.push_back(std::move(bytes));
     }
   }
@@ -189,10 +198,11 @@ void ClientSession::flush_outbox() {
       }
       out.clear();
       out.swap(outbox_);
+      queued_event_.clear();
       flushing_ = true;  // direct sends queue behind what is being sent here
     }
     for (const auto& b : out) {
-      if (!channel_.send(std::as_bytes(std::span(b.data(), b.size())))) {
+      if (!send_waiting(b)) {
         closing_ = true;  // flushing_ stays set: nothing more is sent directly
         return;
       }
@@ -200,6 +210,20 @@ void ClientSession::flush_outbox() {
   }
   spdlog::warn("client pid {}: not reading its watch events; disconnecting", peer_.pid);
   send_error(0, proto::ERROR_CODE_LIMIT, "too many unread watch events", true);
+}
+
+bool ClientSession::send_waiting(const std::string& bytes) {
+  if (bytes.empty() || bytes.size() > ipc::kMaxPacketBytes) return false;
+  for (;;) {
+    const ssize_t sent = ::send(channel_.fd(), bytes.data(), bytes.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (sent == static_cast<ssize_t>(bytes.size())) return true;
+    if (sent >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) return false;
+    // The client is not reading: wait for room, or for the core to stop (a blocking send here
+    // would hold shutdown hostage to a client that never reads).
+    pollfd fds[2] = {{channel_.fd(), POLLOUT, 0}, {stop_fd_, POLLIN, 0}};
+    if (::poll(fds, 2, -1) < 0 && errno != EINTR) return false;
+    if (fds[1].revents != 0) return false;
+  }
 }
 
 void ClientSession::send(const proto::ClientResponse& resp) {
@@ -583,13 +607,17 @@ void ClientSession::on_watch(const proto::ClientRequest& req) {
     } else {
       we->set_error(r.error().message);
     }
-    enqueue(ev.SerializeAsString());
+    enqueue(ev.SerializeAsString(), watch_id);
   });
   if (!handle) {
     {
       std::lock_guard lock(outbox_mu_);
       auto it = std::find(outbox_.begin(), outbox_.end(), started_bytes);  // drop the WatchStarted
-      if (it != outbox_.end()) outbox_.erase(it);
+      if (it != outbox_.end()) {
+        const auto at = static_cast<std::size_t>(it - outbox_.begin());
+        outbox_.erase(it);
+        for (auto& [watch, index] : queued_event_) index -= index > at ? 1 : 0;
+      }
     }
     flush_outbox();
     return send_error(id, proto::ERROR_CODE_BAD_QUERY, handle.error().message);

@@ -241,7 +241,12 @@ class ClientSession {
   void handle(const proto::ClientRequest& req);
   void send(const proto::ClientResponse& resp);
   void send_error(std::uint64_t id, proto::ErrorCode code, const std::string& message, bool fatal = false);
-  void enqueue(std::string bytes);
+  /// Any thread. `watch_id` != 0 marks a watch event: while it waits in the outbox, a newer event
+  /// of the same watch replaces it (an event is the whole current result, so the newest suffices).
+  void enqueue(std::string bytes, std::uint64_t watch_id = 0);
+  /// This session's thread: sends one packet, waiting for room while the client reads slowly,
+  /// but never past shutdown (stop_fd_). False if the connection failed or the core is stopping.
+  bool send_waiting(const std::string& bytes);
   void flush_outbox();
   void on_set(const proto::ClientRequest& req);
   void on_query(const proto::ClientRequest& req);
@@ -260,6 +265,7 @@ class ClientSession {
   ipc::Fd answers_fd_;  // signalled when one of this session's pending requests completes
   std::mutex outbox_mu_;
   std::vector<std::string> outbox_;
+  std::unordered_map<std::uint64_t, std::size_t> queued_event_;  // outbox_mu_: watch id -> index in outbox_
   bool outbox_overflow_ = false;
   bool flushing_ = false;  // outbox_mu_: this session's thread is sending queued packets
   bool welcomed_ = false;

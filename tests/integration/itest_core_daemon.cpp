@@ -199,7 +199,8 @@ sdk::DeviceSpec fan_spec() {
 // An SDK provider with devices "lamp" and "fan", driven through fd 3 (a control socket) with
 // commands answered "ok" (or an error text): "unavail REASON", "avail", "remove ID", "add fan",
 // "hold" (keep requests unanswered; each one reported as "request"), "answer" (succeed the held
-// ones), "dimmer X" (write lamp_light Dimmer). args: socket dir.
+// ones), "dimmer X" (write lamp_light Dimmer), "ramp N" (write lamp_light Dimmer N times, i/N for
+// i = 1..N, pausing 100 us between writes so that each one is drained on its own). args: socket dir.
 FLOE_CHILD_ROLE(sdk_provider) {
   const int ctl = 3;
   sdk::Provider provider({.name = "lifecycle", .socket_dir = args.at(0)});
@@ -241,6 +242,14 @@ FLOE_CHILD_ROLE(sdk_provider) {
     } else if (cmd == "answer") {
       for (auto& r : held) r.succeed();
       held.clear();
+    } else if (cmd.starts_with("ramp ")) {
+      const int n = std::stoi(arg);
+      for (int i = 1; i <= n && reply == "ok"; ++i) {
+        if (lamp == nullptr || lamp->set(0, Component::Dimmer, static_cast<double>(i) / n) != sdk::WriteStatus::kOk) {
+          reply = "write failed";
+        }
+        std::this_thread::sleep_for(std::chrono::microseconds(100));
+      }
     } else if (cmd.starts_with("dimmer ")) {
       if (lamp == nullptr || lamp->set(0, Component::Dimmer, std::stod(arg)) != sdk::WriteStatus::kOk) reply = "write failed";
     } else {
@@ -778,6 +787,63 @@ TEST_F(CoreDaemon, WatchEventsFlowWhileTheClientsOwnSetWaits) {
     EXPECT_TRUE(m->set().results(0).ok());
     break;
   }
+  EXPECT_EQ(stop_core(), 0);
+}
+
+// A watcher that stops reading while its watch keeps changing is neither disconnected nor left with
+// a stale value: events it has no room for are conflated (a watch event is the whole current
+// result, so only the newest one per watch is kept), and when it reads again the last event it
+// gets holds the last value written. (It used to be disconnected once 4,096 events queued.)
+TEST_F(CoreDaemon, ASlowWatcherGetsTheLatestResultAndIsNotDisconnected) {
+  Client client = start_core_and_provider();
+  ASSERT_FALSE(HasFailure());
+  ASSERT_TRUE(eventually([&] { return client.online("lamp"); }));
+  proto::ClientRequest watch;
+  watch.mutable_watch()->set_text("max Dimmer where Light");
+  auto started = client.call(watch);
+  ASSERT_TRUE(started && started->has_watch_started()) << (started && started->has_error() ? started->error().message() : "");
+  const std::uint64_t watch_req = started->id();
+
+  // The client does not read while the provider writes 8,000 values, each drained on its own.
+  constexpr int kWrites = 8000;
+  ASSERT_EQ(command("ramp " + std::to_string(kWrites)), "ok");
+  Client other(sock_dir_);
+  ASSERT_TRUE(other.hello());
+  ASSERT_TRUE(eventually([&] {
+    auto g = other.get("lamp_light", "Dimmer");
+    return g && g->has_value() && g->value().value().real() == 1.0;
+  }));
+
+  // Now read: events until the final value, never an error.
+  std::size_t events = 0;
+  double last = -1;
+  while (last != 1.0) {
+    auto m = client.receive();
+    ASSERT_TRUE(m) << "the watcher's connection ended after " << events << " events (last value " << last << ")";
+    ASSERT_FALSE(m->has_error()) << m->error().message();
+    if (m->id() != watch_req || !m->has_watch_event()) continue;
+    ++events;
+    last = m->watch_event().result().number();
+  }
+  EXPECT_LT(events, static_cast<std::size_t>(kWrites)) << "no event was conflated";
+  // The session is still serving requests.
+  auto g = client.get("lamp_light", "Dimmer");
+  ASSERT_TRUE(g && g->has_value());
+  EXPECT_EQ(g->value().value().real(), 1.0);
+  EXPECT_EQ(stop_core(), 0);
+}
+
+// floe-core stops on SIGTERM even while a client's socket is full and the client does not read
+// (its session thread must not sit in a blocking send).
+TEST_F(CoreDaemon, StopsWhileAWatcherDoesNotRead) {
+  Client client = start_core_and_provider();
+  ASSERT_FALSE(HasFailure());
+  ASSERT_TRUE(eventually([&] { return client.online("lamp"); }));
+  proto::ClientRequest watch;
+  watch.mutable_watch()->set_text("max Dimmer where Light");
+  auto started = client.call(watch);
+  ASSERT_TRUE(started && started->has_watch_started());
+  ASSERT_EQ(command("ramp 3000"), "ok");  // fills the socket: the session thread waits to send
   EXPECT_EQ(stop_core(), 0);
 }
 
