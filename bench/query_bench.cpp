@@ -25,6 +25,7 @@
 #include "clock.hpp"
 #include "floe/core/engine.hpp"
 #include "floe/core/registry.hpp"
+#include "floe/ipc/device_region.hpp"
 #include "floe/ipc/tree.hpp"
 
 namespace floe::bench {
@@ -133,9 +134,11 @@ std::unique_ptr<Home> make_home(std::size_t n_devices, std::uint64_t seed) {
     }
     auto layout = ipc::TreeLayout::compute(schema);
     if (!layout) std::abort();
-    const std::size_t bytes = (layout->size() + 4095) / 4096 * 4096;
+    // Like floe-core's device regions: page-aligned, the tree one of ipc::kTreeColors cache lines in.
+    const std::size_t color_bytes = std::size_t{ipc::tree_color_of(fmt::format("dev{}", d))} * 64;
+    const std::size_t bytes = (color_bytes + layout->size() + 4095) / 4096 * 4096;
     std::shared_ptr<std::byte> mem(static_cast<std::byte*>(std::aligned_alloc(4096, bytes)), PageFree{});
-    const std::span<std::byte> span(mem.get(), bytes);
+    const std::span<std::byte> span(mem.get() + color_bytes, bytes - color_bytes);
     if (!ipc::tree_init(span, *layout)) std::abort();
     BenchDevice dev;
     dev.memory = mem;

@@ -285,7 +285,7 @@ Result<std::shared_ptr<Device>> Daemon::make_device(const std::string& id, const
   d->schema = schema;
   auto layout = ipc::DeviceRegionLayout::compute(
       schema, {.tx_capacity = core_.config.tx_capacity, .rx_capacity = core_.config.rx_capacity,
-               .notify = core_.config.notify});
+               .notify = core_.config.notify, .tree_color = ipc::tree_color_of(id)});
   if (!layout) return tl::unexpected(layout.error());
   d->layout = std::move(*layout);
   auto region = ipc::Region::create({.name = "floe-dev-" + id, .size = d->layout.region_size,

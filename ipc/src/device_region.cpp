@@ -17,6 +17,15 @@ bool part_ok(std::uint64_t offset, std::uint64_t size, std::uint64_t lo, std::ui
 
 }  // namespace
 
+std::uint32_t tree_color_of(std::string_view device_id) noexcept {
+  std::uint32_t h = 2166136261U;
+  for (const char c : device_id) {
+    h ^= static_cast<unsigned char>(c);
+    h *= 16777619U;
+  }
+  return h % kTreeColors;
+}
+
 Result<DeviceRegionLayout> DeviceRegionLayout::compute(const TreeSchema& schema, const DeviceRegionOptions& options) {
   auto tree = TreeLayout::compute(schema);
   if (!tree) return tl::unexpected(std::move(tree).error());
@@ -26,7 +35,8 @@ Result<DeviceRegionLayout> DeviceRegionLayout::compute(const TreeSchema& schema,
   DeviceHeader& h = l.header;
   h.magic = kDeviceMagic;
   h.layout_version = kDeviceLayoutVersion;
-  h.tree_offset = align_up(kRegionPayloadOffset + sizeof(DeviceHeader), kCacheLine);
+  h.tree_offset = align_up(kRegionPayloadOffset + sizeof(DeviceHeader), kCacheLine) +
+                  std::uint64_t{options.tree_color % kTreeColors} * kCacheLine;
   h.tree_size = align_up(l.tree.size(), kCacheLine);
   h.tx_offset = h.tree_offset + h.tree_size;
   h.tx_size = ring_footprint(options.tx_capacity);

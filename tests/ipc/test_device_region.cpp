@@ -2,7 +2,10 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
+#include <string>
+#include <vector>
 
 #include "floe/ipc/region.hpp"
 
@@ -67,6 +70,47 @@ TEST(DeviceRegion, AttachGivesUsableTreeAndRings) {
   EXPECT_EQ(got->entity, 1U);
   EXPECT_EQ(got->seq, rec.seq);
   EXPECT_FALSE(read_record<SetRequest>(view.payload.first(8)));
+}
+
+// A coloured layout moves the tree by whole cache lines (mod kTreeColors) and nothing else: the
+// header says where it is, so attach finds the same usable tree at the new offset.
+TEST(DeviceRegion, TreeColourShiftsTheTreeByCacheLinesAndAttachFollowsIt) {
+  const DeviceRegionOptions plain{.tx_capacity = 1024, .rx_capacity = 4096};
+  auto base = DeviceRegionLayout::compute(light_schema(), plain);
+  ASSERT_TRUE(base);
+  for (const std::uint32_t color : {1U, 17U, kTreeColors - 1, kTreeColors + 5}) {
+    DeviceRegionOptions opts = plain;
+    opts.tree_color = color;
+    auto layout = DeviceRegionLayout::compute(light_schema(), opts);
+    ASSERT_TRUE(layout);
+    EXPECT_EQ(layout->header.tree_offset, base->header.tree_offset + (color % kTreeColors) * kCacheLine) << color;
+    EXPECT_EQ(layout->header.tree_size, base->header.tree_size);
+    EXPECT_EQ(layout->region_size, base->region_size + (color % kTreeColors) * kCacheLine);
+    auto region = Region::create({.name = "dev", .size = layout->region_size, .kind = RegionKind::kDevice});
+    ASSERT_TRUE(region);
+    ASSERT_TRUE(device_region_init({region->data(), region->size()}, *layout));
+    auto parts = device_region_attach({region->data(), region->size()});
+    ASSERT_TRUE(parts) << parts.error().to_string();
+    EXPECT_EQ(parts->tree.data(), region->data() + layout->header.tree_offset);
+    auto writer = TreeWriter::attach(parts->tree);
+    ASSERT_TRUE(writer);
+    ASSERT_EQ(writer->set(2, Component::Dimmer, 0.75), TreeWriteStatus::kOk);
+    auto reader = TreeReader::attach(parts->tree);
+    ASSERT_TRUE(reader);
+    EXPECT_EQ(std::get<double>(*reader->get(2, Component::Dimmer)), 0.75);
+  }
+}
+
+// Colours are stable per id and spread: 64 typical ids use most of the 64 colours.
+TEST(DeviceRegion, TreeColoursAreStableAndSpreadOverTheCacheSets) {
+  EXPECT_EQ(tree_color_of("kitchen_light"), tree_color_of("kitchen_light"));
+  std::vector<bool> used(kTreeColors, false);
+  for (int i = 0; i < 64; ++i) {
+    const std::uint32_t c = tree_color_of("light_" + std::to_string(i));
+    ASSERT_LT(c, kTreeColors);
+    used[c] = true;
+  }
+  EXPECT_GE(std::count(used.begin(), used.end(), true), 32);
 }
 
 TEST(DeviceRegion, AttachRefusesACorruptHeader) {

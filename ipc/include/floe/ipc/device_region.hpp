@@ -114,7 +114,19 @@ struct DeviceRegionOptions {
   std::size_t rx_capacity = 64 * 1024;
   NotifyMode notify = NotifyMode::kEventfd;
   std::chrono::microseconds poll_interval{100};
+  /// The tree starts `tree_color % kTreeColors` cache lines after its base offset (see kTreeColors).
+  std::uint32_t tree_color = 0;
 };
+
+/// Tree "colours". Every region is page-aligned, so without an offset the same component of every
+/// device sits at the same page offset and maps to the same L1 set: a query reading the Dimmer of
+/// 34 lights then keeps evicting its own lines from a 12-way cache. Starting each tree at one of 64
+/// cache-line offsets spreads them over all 64 sets of a 4 KiB way. The offset is written into the
+/// header (tree_offset), so readers and providers follow it without knowing about colours.
+inline constexpr std::uint32_t kTreeColors = 64;
+/// A stable colour for a device id (FNV-1a, mod kTreeColors): the same id gets the same layout in
+/// every run, different ids spread evenly.
+[[nodiscard]] std::uint32_t tree_color_of(std::string_view device_id) noexcept;
 
 /// Where everything goes for a schema. Pure computation.
 struct DeviceRegionLayout {
