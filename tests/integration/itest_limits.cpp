@@ -5,7 +5,6 @@
 // No timing thresholds: floods run until the core reacts (with a hang guard), recovery is polled.
 #include <fcntl.h>
 #include <poll.h>
-#include <spawn.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -24,10 +23,8 @@
 #include "floe/ipc/components.hpp"
 #include "floe/ipc/protocol.hpp"
 #include "management.pb.h"
-#include "support/child_process.hpp"
 #include "support/integration.hpp"
-
-extern char** environ;
+#include "support/process.hpp"
 
 #if defined(FLOE_CORE_BIN) && defined(VIRTUAL_LIGHTS_BIN)
 
@@ -44,22 +41,6 @@ bool readable(int fd, std::chrono::milliseconds timeout = test::kHangGuard) {
     r = ::poll(&p, 1, static_cast<int>(timeout.count()));
   } while (r < 0 && errno == EINTR);
   return r == 1;
-}
-
-// A program as a real process, its stdout and stderr appended to `log`.
-test::Child run_program(const std::vector<std::string>& argv_s, const std::string& log) {
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-  posix_spawn_file_actions_adddup2(&fa, 1, 2);
-  std::vector<char*> argv;
-  for (const auto& a : argv_s) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  pid_t pid = -1;
-  const int rc = ::posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&fa);
-  EXPECT_EQ(rc, 0) << "posix_spawn " << argv_s[0];
-  return test::Child(rc == 0 ? pid : -1);
 }
 
 // A client speaking client.proto on its own connection. Every answer is checked to carry no
@@ -209,12 +190,13 @@ class Limits : public ::testing::Test {
   /// good_light1) online.
   void start(const std::string& limits) {
     std::ofstream(dir_ / "core.toml") << "provider_timeout_ms = 600000\n[limits]\n" << limits;
-    core_.emplace(run_program({FLOE_CORE_BIN, "--config", dir_ / "core.toml", "--socket-dir", sock_, "--log-level", "info"},
-                              dir_ / "core.log"));
+    core_.emplace(FLOE_CORE_BIN,
+                  std::vector<std::string>{"--config", dir_ / "core.toml", "--socket-dir", sock_, "--log-level", "info"},
+                  dir_ / "core.log");
     ASSERT_TRUE(eventually([&] { return RawClient(sock_).hello(); })) << "floe-core did not start";
-    lights_.emplace(run_program({VIRTUAL_LIGHTS_BIN, "--socket-dir", sock_, "-n", "1", "--name", "good", "--prefix",
-                                 "good_light"},
-                                dir_ / "lights.log"));
+    lights_.emplace(VIRTUAL_LIGHTS_BIN,
+                    std::vector<std::string>{"--socket-dir", sock_, "-n", "1", "--name", "good", "--prefix", "good_light"},
+                    dir_ / "lights.log");
     // One session for the whole wait: each poll is one request, far below any rate used here.
     RawClient c(sock_);
     ASSERT_TRUE(c.hello());
@@ -260,8 +242,8 @@ class Limits : public ::testing::Test {
 
   test::TempDir dir_{"floe-itest-limits"};
   std::string sock_ = dir_ / "sock";
-  std::optional<test::Child> core_;
-  std::optional<test::Child> lights_;
+  std::optional<test::Process> core_;
+  std::optional<test::Process> lights_;
 };
 
 TEST_F(Limits, DevicesPerProviderAreCappedWithAReasonAndTheConnectionStays) {
@@ -504,8 +486,8 @@ TEST_F(Limits, SocketsAre0660InADirectoryOnlyTheOwnerCanEnter) {
 TEST_F(Limits, ASocketDirectoryEveryoneCanWriteIsRefused) {
   ASSERT_EQ(::mkdir(sock_.c_str(), 0700), 0);
   ASSERT_EQ(::chmod(sock_.c_str(), 0777), 0);
-  test::Child core = run_program({FLOE_CORE_BIN, "--socket-dir", sock_}, dir_ / "core.log");
-  EXPECT_EQ(core.wait(test::kHangGuard), 1);
+  test::Process core(FLOE_CORE_BIN, {"--socket-dir", sock_}, dir_ / "core.log");
+  EXPECT_EQ(core.finish(), 1);
   EXPECT_NE(test::slurp(dir_ / "core.log").find("is writable by every user (mode 777)"), std::string::npos)
       << test::slurp(dir_ / "core.log");
   EXPECT_FALSE(std::filesystem::exists(sock_ + "/client.sock"));
