@@ -120,8 +120,8 @@ TEST(Config, LimitsDefaultToValuesAHomeNeverReaches) {
   auto c = parse_config("");
   ASSERT_TRUE(c) << c.error().to_string();
   EXPECT_EQ(limit_values(c->limits),
-            (std::vector<std::size_t>{64, 4096, 1024, 65536, std::size_t{4} << 30, 65536, 1000, 10000, 65536, 2000,
-                                      4000, 1024}));
+            (std::vector<std::size_t>{64, 4096, 1024, 65536, std::size_t{4} << 30, 65536, 1000, 10000, 65536, 20000,
+                                      100000, 1024}));
 }
 
 TEST(Config, EveryLimitsKeyIsRead) {

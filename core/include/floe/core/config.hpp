@@ -45,8 +45,8 @@ struct Limits {
   /// Largest request packet accepted from a client (answered with LIMIT, the session stays up).
   std::size_t max_request_bytes = 64 * 1024;
   /// Token bucket of requests per client session: a request finding it empty is answered LIMIT.
-  unsigned client_requests_per_second = 2000;
-  unsigned client_request_burst = 4000;
+  unsigned client_requests_per_second = 20000;
+  unsigned client_request_burst = 100000;
   /// Watches one client session may hold at once.
   unsigned max_watches_per_client = 1024;
 };
