@@ -73,8 +73,10 @@ Status parse_limits(const toml::table& t, std::string_view origin, Limits& l) {
       {"max_watches_per_client", 1, 65536, [&](std::int64_t v) { l.max_watches_per_client = static_cast<unsigned>(v); }},
   };
   for (const auto& [k, node] : t) {
-    const std::string full = fmt::format("limits.{}", k.str());
-    const auto* key = std::find_if(std::begin(keys), std::end(keys), [&](const Key& x) { return x.name == k.str(); });
+    // A named copy: clang (Debian 12's 14) cannot capture a structured binding in a lambda.
+    const std::string_view name = k.str();
+    const std::string full = fmt::format("limits.{}", name);
+    const auto* key = std::find_if(std::begin(keys), std::end(keys), [&](const Key& x) { return x.name == name; });
     if (key == std::end(keys)) return key_error(origin, full, "unknown key");
     auto v = get_int<std::int64_t>(node, origin, full, key->lo, key->hi);
     if (!v) return tl::unexpected(v.error());
