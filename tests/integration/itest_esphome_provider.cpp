@@ -246,6 +246,10 @@ TEST_F(EsphomeProvider, SilentDeviceFailsTheRequestWithATimeout) {
   FakeDevice quiet("quiet-node", std::nullopt);
   start({{"quiet", quiet.port(), std::nullopt}}, "request_timeout_ms: 1000\n");
   ASSERT_TRUE(eventually([&] { return online("quiet"); }));
+  // The device's first states must be in before the set: floe-esphome completes a set with the
+  // entity's next state message, and the initial one, arriving after the command, would do
+  // (seen once under TSan in CI).
+  ASSERT_TRUE(eventually([&] { return value_of("quiet.relay", "Switch") == json(false); }));
   quiet.set_silent(true);
   auto set = floectl({"set", "quiet.relay", "Switch", "true"});
   EXPECT_NE(set.exit, 0) << set.out;
