@@ -54,12 +54,7 @@ using sdk::Component;
 constexpr int kGuardMs = 30000;  // hang guard for one answer (sanitizer builds on a busy machine)
 
 bool wait_readable(int fd, int timeout_ms = kGuardMs) {
-  pollfd p{fd, POLLIN, 0};
-  int r = 0;
-  do {
-    r = ::poll(&p, 1, timeout_ms);
-  } while (r < 0 && errno == EINTR);
-  return r == 1;
+  return test::wait_readable(fd, std::chrono::milliseconds(timeout_ms));
 }
 
 using test::count_fds;

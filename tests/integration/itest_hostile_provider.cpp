@@ -51,14 +51,7 @@ constexpr int kCtl = 3;  // the hostile child's control socket (SOCK_SEQPACKET t
 
 // ---- small helpers on raw sockets ------------------------------------------------------------
 
-bool readable(int fd, int timeout_ms) {
-  pollfd p{fd, POLLIN, 0};
-  int r = 0;
-  do {
-    r = ::poll(&p, 1, timeout_ms);
-  } while (r < 0 && errno == EINTR);
-  return r == 1;
-}
+bool readable(int fd, int timeout_ms) { return wait_readable(fd, std::chrono::milliseconds(timeout_ms)); }
 
 bool send_text(int fd, const std::string& s) {
   return ::send(fd, s.data(), s.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(s.size());

@@ -34,14 +34,6 @@ namespace {
 using namespace std::chrono_literals;
 using test::eventually;
 
-bool readable(int fd, std::chrono::milliseconds timeout = test::kHangGuard) {
-  pollfd p{fd, POLLIN, 0};
-  int r = 0;
-  do {
-    r = ::poll(&p, 1, static_cast<int>(timeout.count()));
-  } while (r < 0 && errno == EINTR);
-  return r == 1;
-}
 
 // A client speaking client.proto on its own connection. Every answer is checked to carry no
 // descriptor: the core never hands a client a mapping.
@@ -62,7 +54,7 @@ class RawClient {
     return channel_ && channel_->send(req) ? last_id_ : 0;
   }
   std::optional<proto::ClientResponse> next() {
-    if (!channel_ || !readable(channel_->fd())) return std::nullopt;
+    if (!channel_ || !test::wait_readable(channel_->fd())) return std::nullopt;
     auto packet = channel_->receive();
     if (!packet) return std::nullopt;
     EXPECT_TRUE(packet->fds.empty()) << "the core sent a client " << packet->fds.size() << " descriptors";
@@ -118,7 +110,7 @@ class RawProvider {
   }
   /// The next envelope and its descriptors (nullopt on EOF, error or the hang guard).
   std::optional<proto::Envelope> next(std::vector<ipc::Fd>* fds = nullptr) {
-    if (!readable(channel_->fd())) return std::nullopt;
+    if (!test::wait_readable(channel_->fd())) return std::nullopt;
     proto::Envelope env;
     auto r = channel_->receive(env);
     if (!r) return std::nullopt;

@@ -30,6 +30,7 @@
 #include "floe/sdk/provider.hpp"
 #include "management.pb.h"
 #include "support/child_process.hpp"
+#include "support/integration.hpp"
 
 namespace floe::sdk {
 namespace {
@@ -38,14 +39,7 @@ using namespace std::chrono_literals;
 using ipc::Component;
 using Clock = std::chrono::steady_clock;
 
-bool wait_readable(int fd, std::chrono::milliseconds timeout) {
-  pollfd p{fd, POLLIN, 0};
-  int r = 0;
-  do {
-    r = ::poll(&p, 1, static_cast<int>(timeout.count()));
-  } while (r < 0 && errno == EINTR);
-  return r == 1;
-}
+using test::wait_readable;
 
 // ---- The fake core ------------------------------------------------------------------------------
 

@@ -1,6 +1,9 @@
 #include "support/integration.hpp"
 
+#include <poll.h>
 #include <stdlib.h>
+
+#include <cerrno>
 
 #include <filesystem>
 #include <fstream>
@@ -18,6 +21,15 @@ bool eventually(const std::function<bool()>& done, std::chrono::milliseconds bou
     std::this_thread::sleep_for(step);
   }
   return done();
+}
+
+bool wait_readable(int fd, std::chrono::milliseconds timeout) {
+  pollfd p{fd, POLLIN, 0};
+  int r = 0;
+  do {
+    r = ::poll(&p, 1, static_cast<int>(timeout.count()));
+  } while (r < 0 && errno == EINTR);
+  return r == 1;
 }
 
 std::string slurp(const std::string& path) {

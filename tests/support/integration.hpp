@@ -19,6 +19,9 @@ inline constexpr std::chrono::milliseconds kHangGuard{60'000};
 bool eventually(const std::function<bool()>& done, std::chrono::milliseconds bound = kHangGuard,
                 std::chrono::milliseconds step = std::chrono::milliseconds{20});
 
+/// Waits (poll, EINTR retried) until `fd` is readable; false on timeout or error.
+bool wait_readable(int fd, std::chrono::milliseconds timeout = kHangGuard);
+
 /// The whole file (empty if it cannot be read).
 std::string slurp(const std::string& path);
 
