@@ -1012,8 +1012,10 @@ Status Provider::run() {
 }
 
 void Provider::stop() noexcept {
+  // Only the flag and the wake fd, both owned by the provider: the loop itself is stopped by its
+  // own thread in process(). Touching the loop here raced with run() destroying it (TSan saw
+  // close() of the loop's fd against this thread's write).
   state_->stop_requested.store(true, std::memory_order_release);
-  if (ipc::EventLoop* l = state_->loop.load(std::memory_order_acquire)) l->stop();
   if (state_->wake) ipc::eventfd_signal(state_->wake.get());
 }
 
