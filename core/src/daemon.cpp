@@ -691,7 +691,7 @@ void Daemon::add_device(ProviderSession& s, std::uint64_t msg_id, const proto::A
     if (!made) return fail(proto::ERROR_CODE_MALFORMED, fmt::format("device '{}': {}", id, made.error().message));
     dev = *made;
     DeviceSpec spec{.name = id, .provider = s.name, .entity_ids = {}, .entity_names = {}, .reader = dev->reader,
-                    .keepalive = dev->region, .online = true};
+                    .keepalive = dev->region, .online = false};  // online once its shard has it
     for (const auto& e : meta.entities) {
       spec.entity_ids.push_back(e.id);
       spec.entity_names.push_back(e.name);
@@ -703,13 +703,6 @@ void Daemon::add_device(ProviderSession& s, std::uint64_t msg_id, const proto::A
     });
     if (!reg) return fail(proto::ERROR_CODE_CONFLICT, fmt::format("device '{}': {}", id, reg.error().message));
     dev->reg = *reg;
-  } else if (auto r = core_.registry.edit([&](Registry::Editor& ed) -> Status {
-               FLOE_TRY(ed.set_online(dev->reg, true));
-               join_groups(ed, dev->reg);
-               return {};
-             });
-             !r) {
-    return fail(proto::ERROR_CODE_INTERNAL, r.error().to_string());
   }
 
   auto tx = ipc::make_eventfd(true);
@@ -728,6 +721,17 @@ void Daemon::add_device(ProviderSession& s, std::uint64_t msg_id, const proto::A
   if (!attached) {
     (void)core_.registry.set_online(dev->reg, false);
     return fail(proto::ERROR_CODE_INTERNAL, fmt::format("device '{}': {}", id, attached.error().to_string()));
+  }
+  // Online only now that its shard holds the rings: a client that sees it online and sets at once
+  // finds the tx port (the session writes the ring itself) instead of a spurious "offline".
+  if (auto r = core_.registry.edit([&](Registry::Editor& ed) -> Status {
+        FLOE_TRY(ed.set_online(dev->reg, true));
+        if (reuse) join_groups(ed, dev->reg);
+        return {};
+      });
+      !r) {
+    core_.shard_of(dev->reg).detach(dev->reg);
+    return fail(proto::ERROR_CODE_INTERNAL, r.error().to_string());
   }
   dev->ever_attached = true;
   dev->owner = s.id;

@@ -714,6 +714,30 @@ TEST_F(CoreDaemon, RemovedDeviceIsGoneFromRegistryStateAndFdsAndCanReturn) {
   EXPECT_EQ(stop_core(), 0);
 }
 
+TEST_F(CoreDaemon, ASetSentTheMomentADeviceShowsOnlineReachesIt) {
+  // A client session writes a set onto the device's tx ring itself, so the device must not show
+  // online before its shard holds the ring (it did: the registry said online first, and a set in
+  // that window was refused as "offline").
+  Client client = start_core_and_provider();
+  ASSERT_FALSE(HasFailure());
+  for (int round = 0; round < 200; ++round) {
+    ASSERT_EQ(command("remove fan"), "ok");
+    ASSERT_TRUE(eventually([&] { return !client.device("fan"); }));
+    ASSERT_EQ(command("add fan"), "ok");
+    // A get reads the registry without waiting for the core's metadata lock (a device listing
+    // waits for it, and so never sees a declaration half done): poll it flat out.
+    ASSERT_TRUE(eventually(
+        [&] {
+          auto g = client.get("fan_switch", "Switch");
+          return g && g->has_value() && g->value().online();
+        },
+        test::kHangGuard, 0ms));
+    auto s = client.set("fan_switch", "Switch", round % 2 == 0 ? "true" : "false");
+    ASSERT_TRUE(s && s->has_set()) << "round " << round << ": "
+                                   << (s && s->has_error() ? s->error().message() : "no answer");
+  }
+}
+
 TEST_F(CoreDaemon, DeclaredGroupsAreRejoinedOnEveryRegistration) {
   Client client = start_core_and_provider();
   ASSERT_FALSE(HasFailure());
