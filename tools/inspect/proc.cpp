@@ -89,8 +89,10 @@ Holder describe_process(pid_t pid) {
   return h;
 }
 
-Result<pid_t> find_core(const std::string& socket_dir, bool by_name) {
-  const std::string path = socket_dir + "/" + std::string(ipc::kClientSocketName);
+namespace {
+
+/// Processes holding a socket bound to `path`, from /proc/net/unix and /proc/PID/fd.
+std::set<pid_t> socket_holders(const std::string& path) {
   // /proc/net/unix: "Num RefCount Protocol Flags Type St Inode Path"; the listener and the core's
   // accepted connections carry the bound path.
   std::set<std::string> inodes;
@@ -101,18 +103,29 @@ Result<pid_t> find_core(const std::string& socket_dir, bool by_name) {
     if (f >> num >> ref >> proto >> flags >> type >> st >> inode >> p && p == path) inodes.insert(inode);
   }
   std::set<pid_t> owners;
-  if (!inodes.empty()) {
-    for (pid_t pid : all_pids()) {
-      if (pid == ::getpid()) continue;
-      const std::string dir = fmt::format("/proc/{}/fd", pid);
-      each_entry(dir, [&](const std::string& n) {
-        const std::string t = read_link(dir + "/" + n);
-        if (t.starts_with("socket:[") && t.size() > 9 && inodes.count(t.substr(8, t.size() - 9)) != 0) {
-          owners.insert(pid);
-        }
-      });
-    }
+  if (inodes.empty()) return owners;
+  for (pid_t pid : all_pids()) {
+    if (pid == ::getpid()) continue;
+    const std::string dir = fmt::format("/proc/{}/fd", pid);
+    each_entry(dir, [&](const std::string& n) {
+      const std::string t = read_link(dir + "/" + n);
+      if (t.starts_with("socket:[") && t.size() > 9 && inodes.count(t.substr(8, t.size() - 9)) != 0) {
+        owners.insert(pid);
+      }
+    });
   }
+  return owners;
+}
+
+}  // namespace
+
+Result<pid_t> find_core(const std::string& socket_dir, bool by_name) {
+  const std::string path = socket_dir + "/" + std::string(ipc::kClientSocketName);
+  // The kernel prints /proc/net/unix a page at a time; sockets opened and closed between two pages
+  // shift the rest, so one read can miss the listener's line while clients come and go. Look again
+  // before concluding there is no core.
+  std::set<pid_t> owners;
+  for (int attempt = 0; attempt < 5 && owners.empty(); ++attempt) owners = socket_holders(path);
   if (owners.size() == 1) return *owners.begin();
   if (owners.size() > 1) {
     return logic_error("find_core", fmt::format("{} processes hold {}; choose one with --pid", owners.size(), path));
