@@ -21,6 +21,10 @@ namespace {
 
 constexpr unsigned kMaxMalformedInARow = 8;
 constexpr std::size_t kMaxOutbox = 4096;
+// Single sets one client may have in flight; past it the session reads no more requests until one
+// is answered (back-pressure through the socket, nothing refused or lost). Also bounds how many
+// answers can wait in the outbox.
+constexpr std::size_t kMaxSetsInFlight = 256;
 
 void fill_value(ipc::Component c, const ipc::Value& v, proto::Value& out) {
   std::visit(
@@ -144,6 +148,10 @@ ClientSession::~ClientSession() { join(); }
 void ClientSession::start() {
   thread_ = std::thread([this] {
     run();
+    // No answer callback may outlive the session: dropped under the pending table's lock, which
+    // the callbacks run under, so none is running once this loop ends.
+    for (const auto& [request_id, deadline] : sets_in_flight_) (void)core_.pending.drop(request_id);
+    sets_in_flight_.clear();
     watches_.clear();  // unsubscribe before the outbox goes away
     // The peer learns at once that the session is over; the descriptor itself is closed when the
     // daemon reaps the session (within a second).
@@ -256,15 +264,58 @@ void ClientSession::send_error(std::uint64_t id, proto::ErrorCode code, const st
   (void)channel_.send(resp);
 }
 
+void ClientSession::reap_sets() {
+  {
+    std::lock_guard lock(finished_mu_);
+    for (std::uint64_t id : finished_sets_) sets_in_flight_.erase(id);
+    finished_sets_.clear();
+  }
+  if (sets_in_flight_.empty()) return;
+  const auto now = std::chrono::steady_clock::now();
+  std::vector<std::uint64_t> overdue;
+  for (const auto& [id, deadline] : sets_in_flight_) {
+    if (deadline <= now) overdue.push_back(id);
+  }
+  for (std::uint64_t id : overdue) {
+    // Completes it with TIMEOUT through its callback (which answers the client), unless its
+    // answer won the race; either way the client has exactly one answer.
+    (void)core_.pending.forget(id);
+    sets_in_flight_.erase(id);
+  }
+}
+
+int ClientSession::next_set_deadline_ms() const {
+  if (sets_in_flight_.empty()) return -1;
+  auto first = std::chrono::steady_clock::time_point::max();
+  for (const auto& [id, deadline] : sets_in_flight_) first = std::min(first, deadline);
+  const auto left = std::chrono::ceil<std::chrono::milliseconds>(first - std::chrono::steady_clock::now());
+  return static_cast<int>(std::clamp<std::int64_t>(left.count(), 0, 60'000));
+}
+
 void ClientSession::run() {
   while (!closing_) {
-    pollfd fds[3] = {{channel_.fd(), POLLIN, 0}, {outbox_fd_.get(), POLLIN, 0}, {stop_fd_, POLLIN, 0}};
-    const int n = ::poll(fds, 3, -1);
+    reap_sets();
+    bool full = sets_in_flight_.size() >= kMaxSetsInFlight;
+    if (full) {
+      std::lock_guard lock(finished_mu_);
+      if (!finished_sets_.empty()) continue;  // room already: reap it
+      awaiting_room_ = true;
+    }
+    pollfd fds[4] = {{channel_.fd(), static_cast<short>(full ? 0 : POLLIN), 0},
+                     {outbox_fd_.get(), POLLIN, 0},
+                     {stop_fd_, POLLIN, 0},
+                     {answers_fd_.get(), POLLIN, 0}};
+    const int n = ::poll(fds, 4, next_set_deadline_ms());
     if (n < 0) {
       if (errno == EINTR) continue;
       return;
     }
     if (fds[2].revents != 0) return;
+    if (fds[3].revents != 0) {
+      (void)ipc::eventfd_drain(answers_fd_.get());
+      std::lock_guard lock(finished_mu_);
+      awaiting_room_ = false;
+    }
     if (fds[1].revents != 0) {
       (void)ipc::eventfd_drain(outbox_fd_.get());
       flush_outbox();
@@ -522,14 +573,35 @@ void ClientSession::on_set(const proto::ClientRequest& req) {
     t.text_value = std::get<std::string>(*value);
   }
   const auto timeout = s.timeout_ms() != 0 ? std::chrono::milliseconds(s.timeout_ms()) : core_.config.request_timeout;
-  const Outcome o = execute({t}, timeout).front();
-  if (!o.ok()) return send_error(id, o.code, fmt::format("set {} {}: {}", s.entity(), info->name, o.message));
+  // Asynchronous: the session goes on reading requests, and whoever completes the set (the shard
+  // that reads the provider's answer, or reap_sets at the deadline) answers the client itself.
+  // In flight before submit, which may complete it at once (an offline device).
+  sets_in_flight_[t.request_id] = std::chrono::steady_clock::now() + timeout;
+  core_.pending.add(t.request_id, t.device,
+                    [this, id, request_id = t.request_id, entity = s.entity(), component = info->name,
+                     timeout](Outcome&& o) { answer_set(id, request_id, entity, component, timeout, std::move(o)); });
+  core_.shard_of(t.device).submit(t);
+}
+
+void ClientSession::answer_set(std::uint64_t client_id, std::uint64_t request_id, const std::string& entity,
+                               std::string_view component, std::chrono::milliseconds timeout, Outcome&& outcome) {
   proto::ClientResponse resp;
-  resp.set_id(id);
-  auto* r = resp.mutable_set()->add_results();
-  r->set_entity(s.entity());
-  r->set_ok(true);
-  send(resp);
+  resp.set_id(client_id);
+  if (outcome.ok()) {
+    auto* r = resp.mutable_set()->add_results();
+    r->set_entity(entity);
+    r->set_ok(true);
+  } else {
+    resp.mutable_error()->set_code(outcome.code);
+    resp.mutable_error()->set_message(
+        outcome.code == proto::ERROR_CODE_TIMEOUT
+            ? fmt::format("set {} {}: the provider did not answer within {} ms", entity, component, timeout.count())
+            : fmt::format("set {} {}: {}", entity, component, outcome.message));
+  }
+  enqueue(resp.SerializeAsString());
+  std::lock_guard lock(finished_mu_);
+  finished_sets_.push_back(request_id);
+  if (awaiting_room_) ipc::eventfd_signal(answers_fd_.get());
 }
 
 void ClientSession::on_query(const proto::ClientRequest& req) {

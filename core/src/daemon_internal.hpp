@@ -79,22 +79,31 @@ struct Outcome {
 /// Requests waiting for a provider's RequestResult. Any thread.
 class PendingTable {
  public:
+  /// Called exactly once with the outcome, on the completing thread, with the table's lock held:
+  /// so once drop() or forget() returns, the callback of that request is not running and never will.
+  using Callback = std::function<void(Outcome&&)>;
   struct Entry {
     DeviceId device;
-    std::promise<Outcome> promise;
-    int done_fd = -1;  // an eventfd signalled after the promise is set (-1: none)
+    std::promise<Outcome> promise;  // when `callback` is empty
+    int done_fd = -1;               // an eventfd signalled after the promise is set (-1: none)
+    Callback callback;
     void finish(Outcome outcome);
   };
   /// Registers a request for `device`; the future completes exactly once, after which
   /// `done_fd` (an eventfd the caller keeps open until the future is done or forgotten) is signalled.
   std::future<Outcome> add(std::uint64_t request_id, DeviceId device, int done_fd = -1);
+  /// Registers a request whose outcome goes to `callback` (see Callback) instead of a future.
+  void add(std::uint64_t request_id, DeviceId device, Callback callback);
   /// Completes `request_id` if it is pending for `from` (a provider cannot answer another
   /// device's requests). Returns false for unknown ids.
   bool complete(std::uint64_t request_id, DeviceId from, Outcome outcome);
   /// Completes every request of `device`.
   void fail_device(DeviceId device, const Outcome& outcome);
   void fail_all(const Outcome& outcome);
-  void forget(std::uint64_t request_id);
+  /// The waiter gave up: completes the request with TIMEOUT. False if it was no longer pending.
+  bool forget(std::uint64_t request_id);
+  /// Removes the request without completing it (its waiter is going away). False if not pending.
+  bool drop(std::uint64_t request_id);
 
  private:
   std::mutex mu_;
@@ -256,6 +265,14 @@ class ClientSession {
   bool within_limits(const proto::ClientRequest& req, std::size_t bytes);
   /// Pushes the requests, waits for their outcomes until `timeout`.
   std::vector<Outcome> execute(const std::vector<SetTask>& tasks, std::chrono::milliseconds timeout);
+  /// A single set's outcome, on the completing thread (usually a shard's): answers the client
+  /// straight away, without waking this session's thread.
+  void answer_set(std::uint64_t client_id, std::uint64_t request_id, const std::string& entity,
+                  std::string_view component, std::chrono::milliseconds timeout, Outcome&& outcome);
+  /// This session's thread: forgets finished sets, times out the overdue ones.
+  void reap_sets();
+  /// Milliseconds until the first in-flight set is overdue (-1: none in flight).
+  [[nodiscard]] int next_set_deadline_ms() const;
 
   Core& core_;
   ipc::Channel channel_;
@@ -275,6 +292,11 @@ class ClientSession {
   std::uint64_t refused_in_a_row_ = 0;  // by the bucket: logged when it starts and when it ends
   std::uint64_t next_watch_id_ = 1;
   std::map<std::uint64_t, WatchHandle> watches_;
+  /// Single sets in flight, by pending request id: their deadlines. This session's thread only.
+  std::unordered_map<std::uint64_t, std::chrono::steady_clock::time_point> sets_in_flight_;
+  std::mutex finished_mu_;
+  std::vector<std::uint64_t> finished_sets_;  // finished_mu_: answered, to drop from sets_in_flight_
+  bool awaiting_room_ = false;                // finished_mu_: at the in-flight limit, woken by answers_fd_
   std::thread thread_;
   std::atomic<bool> finished_{false};
 };

@@ -52,7 +52,18 @@ std::future<Outcome> PendingTable::add(std::uint64_t request_id, DeviceId device
   return e.promise.get_future();
 }
 
+void PendingTable::add(std::uint64_t request_id, DeviceId device, Callback callback) {
+  std::lock_guard lock(mu_);
+  auto& e = entries_[request_id];
+  e.device = device;
+  e.callback = std::move(callback);
+}
+
 void PendingTable::Entry::finish(Outcome outcome) {
+  if (callback) {
+    callback(std::move(outcome));
+    return;
+  }
   promise.set_value(std::move(outcome));
   if (done_fd >= 0) ipc::eventfd_signal(done_fd);
 }
@@ -84,15 +95,21 @@ void PendingTable::fail_all(const Outcome& outcome) {
   entries_.clear();
 }
 
-void PendingTable::forget(std::uint64_t request_id) {
+bool PendingTable::drop(std::uint64_t request_id) {
+  std::lock_guard lock(mu_);
+  return entries_.erase(request_id) != 0;
+}
+
+bool PendingTable::forget(std::uint64_t request_id) {
   std::lock_guard lock(mu_);
   auto it = entries_.find(request_id);
-  if (it == entries_.end()) return;
+  if (it == entries_.end()) return false;
   // The waiter gave up. Its future must still hold an Outcome: a promise destroyed unset would
   // make the waiter's get() throw future_error (broken promise), which terminated floe-core
   // whenever a provider left a set unanswered past its timeout.
   it->second.finish({proto::ERROR_CODE_TIMEOUT, "the provider did not answer in time"});
   entries_.erase(it);
+  return true;
 }
 
 // ---- Shard --------------------------------------------------------------------------------------

@@ -24,6 +24,8 @@
 #include <filesystem>
 #include <fstream>
 #include <optional>
+#include <set>
+#include <map>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -806,6 +808,90 @@ TEST_F(CoreDaemon, WatchEventsFlowWhileTheClientsOwnSetWaits) {
     EXPECT_TRUE(m->set().results(0).ok());
     break;
   }
+  EXPECT_EQ(stop_core(), 0);
+}
+
+// A set no longer holds its session: while the provider keeps sets unanswered, the same connection
+// is served (a get), and every set gets exactly one answer, whoever gives it: the provider, the
+// deadline, or a full ring. Past the in-flight limit the session just reads more slowly; a client
+// that leaves with sets in flight harms nobody when their answers come later.
+TEST_F(CoreDaemon, HeldSetsDoNotHoldTheSessionAndEachGetsExactlyOneAnswer) {
+  Client client = start_core_and_provider();
+  ASSERT_FALSE(HasFailure());
+  ASSERT_EQ(command("hold"), "ok");
+
+  // Ten held sets, then a get on the same connection: answered while the sets wait.
+  std::set<std::uint64_t> held;
+  for (int i = 0; i < 10; ++i) {
+    auto req = Client::set_request("lamp_light", "Switch", i % 2 == 0 ? "true" : "false");
+    req.mutable_set()->set_timeout_ms(600'000);  // the test, not a clock, decides when they end
+    const std::uint64_t id = client.post(req);
+    ASSERT_NE(id, 0U);
+    held.insert(id);
+  }
+  for (int i = 0; i < 10; ++i) ASSERT_EQ(recv_text(ctl_), "request") << "held request " << i;
+  auto got = client.get("lamp_light", "Dimmer");
+  ASSERT_TRUE(got && got->has_value()) << "a get behind held sets was not answered";
+  ASSERT_EQ(command("answer"), "ok");
+  std::multiset<std::uint64_t> answered;
+  while (answered.size() < held.size()) {
+    auto m = client.receive();
+    ASSERT_TRUE(m) << answered.size() << " of " << held.size() << " held sets answered";
+    if (!held.contains(m->id())) continue;
+    EXPECT_TRUE(m->has_set() && m->set().results(0).ok()) << (m->has_error() ? m->error().message() : "");
+    answered.insert(m->id());
+  }
+  EXPECT_EQ(std::set<std::uint64_t>(answered.begin(), answered.end()), held);
+
+  // More sets than a session keeps in flight (256), all left unanswered with a short deadline:
+  // each one is answered exactly once, with TIMEOUT (it reached the provider) or LIMIT (the ring
+  // was full), and the session keeps serving.
+  constexpr int kFlood = 300;
+  std::set<std::uint64_t> flood;
+  for (int i = 0; i < kFlood; ++i) {
+    auto req = Client::set_request("lamp_light", "Switch", "true");
+    req.mutable_set()->set_timeout_ms(300);
+    const std::uint64_t id = client.post(req);
+    ASSERT_NE(id, 0U);
+    flood.insert(id);
+  }
+  std::map<std::uint64_t, int> answers;
+  int timeouts = 0;
+  for (std::size_t seen = 0; seen < flood.size();) {
+    auto m = client.receive();
+    ASSERT_TRUE(m) << seen << " of " << kFlood << " flooded sets answered";
+    if (!flood.contains(m->id())) continue;
+    ++seen;
+    ++answers[m->id()];
+    ASSERT_TRUE(m->has_error()) << "a held set succeeded";
+    EXPECT_TRUE(m->error().code() == proto::ERROR_CODE_TIMEOUT || m->error().code() == proto::ERROR_CODE_LIMIT)
+        << m->error().message();
+    if (m->error().code() == proto::ERROR_CODE_TIMEOUT) ++timeouts;
+  }
+  EXPECT_EQ(answers.size(), flood.size());
+  for (const auto& [id, n] : answers) EXPECT_EQ(n, 1) << "set " << id << " answered " << n << " times";
+  EXPECT_GT(timeouts, 0);
+  // The provider reported each set that reached it; late answers to timed-out sets go nowhere.
+  for (int i = 0; i < timeouts; ++i) ASSERT_EQ(recv_text(ctl_), "request") << "flooded request " << i;
+  ASSERT_EQ(command("answer"), "ok");
+  got = client.get("lamp_light", "Dimmer");
+  ASSERT_TRUE(got && got->has_value());
+
+  // A client that leaves with sets in flight; their answers arrive after its session ended.
+  {
+    Client leaving(sock_dir_);
+    ASSERT_TRUE(leaving.hello());
+    for (int i = 0; i < 5; ++i) {
+      auto req = Client::set_request("lamp_light", "Switch", "true");
+      req.mutable_set()->set_timeout_ms(600'000);
+      ASSERT_NE(leaving.post(req), 0U);
+    }
+    for (int i = 0; i < 5; ++i) ASSERT_EQ(recv_text(ctl_), "request");
+  }
+  ASSERT_EQ(command("answer"), "ok");
+  ASSERT_EQ(command("dimmer 0.5"), "ok");
+  const auto v = wait_value(client, "Dimmer", 0.5);
+  EXPECT_TRUE(v && v->has_value() && v->value().value().real() == 0.5) << "the core stopped serving";
   EXPECT_EQ(stop_core(), 0);
 }
 
