@@ -87,6 +87,7 @@ struct Connection {
   ipc::Fd fd;
   std::unique_ptr<Transport> transport;
   std::string out;  // encoded bytes the socket has not taken yet
+  std::uint32_t interest = 0;  // the epoll events registered for `fd`
   bool hello_sent = false;
   Clock::time_point next_attempt{};
   Clock::time_point step_deadline{};
@@ -212,8 +213,10 @@ struct EsphomeProvider::Impl {
     if (c.fd.get() < 0) return;
     epoll_event ev{};
     ev.events = EPOLLIN | ((c.phase == Phase::kConnecting || !c.out.empty()) ? EPOLLOUT : 0U);
+    // Unchanged (the common case: a message sent whole): no epoll_ctl, one syscall less per message.
+    if (ev.events == c.interest) return;
     ev.data.u64 = tag_of(c);
-    (void)::epoll_ctl(epoll.get(), EPOLL_CTL_MOD, c.fd.get(), &ev);
+    if (::epoll_ctl(epoll.get(), EPOLL_CTL_MOD, c.fd.get(), &ev) == 0) c.interest = ev.events;
   }
 
   Clock::time_point next_deadline(Clock::time_point now) const {
@@ -301,7 +304,8 @@ struct EsphomeProvider::Impl {
     c.hello_sent = false;
     c.ping_outstanding = false;
     c.last_rx = now;
-    if (auto s = add_watch(c.fd.get(), EPOLLIN | EPOLLOUT, tag_of(c)); !s) drop(c, s.error().to_string());
+    c.interest = EPOLLIN | EPOLLOUT;
+    if (auto s = add_watch(c.fd.get(), c.interest, tag_of(c)); !s) drop(c, s.error().to_string());
   }
 
   /// Closes the connection (if any), fails its requests, marks its devices unreachable and
