@@ -287,6 +287,29 @@ TEST_F(EsphomeHostile, ADeviceSendingGarbageFromTheStartIsRetriedWithGrowingDela
   expect_good_serves(false);
 }
 
+TEST_F(EsphomeHostile, ADeviceThatHangsUpRightAfterConnectingIsRetriedWithGrowingDelays) {
+  FakeDevice good("good-node", std::nullopt);
+  FakeDevice bad("bad-node", std::nullopt);
+  ASSERT_NO_FATAL_FAILURE(start({{"good", good.port(), std::nullopt}, {"bad", bad.port(), std::nullopt}}));
+  // Each connection completes (handshake, listing, subscription) and is closed at once: a
+  // flapping device. A completed connection no longer resets the delay unless it lasted.
+  bad.set_misdeed([](int, Transport&) { return false; });
+  ASSERT_TRUE(eventually([&] { return lines_about("bad", "reconnecting in 0.8 s") >= 2; })) << "capped at max_ms";
+  std::vector<double> delays;
+  const std::string log = slurp(dir_ / "esphome.log");
+  const std::regex line("ESPHome device bad \\([^)]*\\): connection lost: [^\\n]*; reconnecting in ([0-9.]+) s");
+  for (auto it = std::sregex_iterator(log.begin(), log.end(), line); it != std::sregex_iterator(); ++it) {
+    delays.push_back(std::stod((*it)[1]));
+  }
+  ASSERT_GE(delays.size(), 5u) << log;
+  EXPECT_EQ(std::vector<double>(delays.begin(), delays.begin() + 5), (std::vector<double>{0.1, 0.2, 0.4, 0.8, 0.8}));
+  expect_good_serves(true);
+  bad.set_misdeed({});
+  EXPECT_TRUE(eventually([&] { return online("bad"); }));
+  auto r = client_->set("bad.relay", "Switch", "true");
+  EXPECT_TRUE(r) << r.error().message;
+}
+
 }  // namespace
 }  // namespace floe::test
 

@@ -37,6 +37,10 @@ namespace pb = floe::esphome::api;
 
 // Connecting and every step before the entity list is complete must make progress within this.
 constexpr auto kStepTimeout = 10s;
+// A connection that stayed up this long was a good one: the next failure retries after min_ms
+// again. Shorter ones (a device that accepts, talks and hangs up, over and over) keep the delay
+// growing, so a flapping device is not hammered.
+constexpr auto kStableConnection = 10s;
 // A device that stops reading gets dropped rather than buffered without bound.
 constexpr std::size_t kMaxOutBytes = 1 << 20;
 constexpr int kReadRounds = 4;
@@ -92,6 +96,7 @@ struct Connection {
   Clock::time_point next_attempt{};
   Clock::time_point step_deadline{};
   Clock::time_point last_rx{};
+  Clock::time_point live_since{};
   bool ping_outstanding = false;
   std::string node_name;
   pb::DeviceInfoResponse info;
@@ -325,6 +330,7 @@ struct EsphomeProvider::Impl {
     c.pending.clear();
     set_available(c, false, reason);
     if (!retry) return;
+    if (was == Phase::kLive && Clock::now() - c.live_since >= kStableConnection) c.backoff.reset();
     const auto delay = c.backoff.next();
     c.next_attempt = Clock::now() + delay;
     // The first failure of a kind is a warning; the same failure again only an info line.
@@ -508,7 +514,7 @@ struct EsphomeProvider::Impl {
         if (c.phase != Phase::kListing) return;
         declare(c);
         enter(c, Phase::kLive);
-        c.backoff.reset();
+        c.live_since = Clock::now();  // the backoff resets once it has lasted (drop())
         c.last_error.clear();
         c.ping_outstanding = false;
         spdlog::info("ESPHome device {}: connected ({}{} entities{})", c.label,
