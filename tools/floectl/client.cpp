@@ -2,6 +2,7 @@
 
 #include <poll.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <utility>
@@ -11,6 +12,11 @@ namespace {
 
 tl::unexpected<ClientError> fail(ExitCode code, std::string message) {
   return tl::unexpected(ClientError{code, std::move(message)});
+}
+
+// The connection ended without a verdict from the core.
+tl::unexpected<ClientError> lost(std::string message) {
+  return tl::unexpected(ClientError{ExitCode::kGeneric, std::move(message), /*connection_lost=*/true});
 }
 
 // The core answers a provider's slow request itself (ERROR_CODE_TIMEOUT) after the timeout the
@@ -99,10 +105,8 @@ ClientResult<proto::ClientResponse> Client::receive_one() {
     packet = channel_.receive();
   }
   if (!packet) {
-    if (packet.error().code == ECONNRESET) {
-      return fail(ExitCode::kGeneric, "floe-core closed the connection");
-    }
-    return fail(ExitCode::kGeneric, "receiving from floe-core: " + packet.error().to_string());
+    if (packet.error().code == ECONNRESET) return lost("floe-core closed the connection");
+    return lost("receiving from floe-core: " + packet.error().to_string());
   }
   proto::ClientResponse response;
   if (!response.ParseFromArray(packet->bytes.data(), static_cast<int>(packet->bytes.size()))) {
@@ -125,7 +129,7 @@ ClientResult<proto::ClientResponse> Client::call(proto::ClientRequest& request, 
         return fail(exit_code_for(last->error().code()), last->error().message());
       }
     }
-    return fail(ExitCode::kGeneric, "floe-core closed the connection");
+    return lost("floe-core closed the connection");
   }
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   for (;;) {
@@ -244,13 +248,13 @@ ClientResult<WaitOutcome> Client::next_event(int interrupt_fd, std::chrono::mill
   const auto deadline = std::chrono::steady_clock::now() + (forever ? std::chrono::milliseconds(0) : timeout);
   for (;;) {
     if (!pending_events_.empty()) {
-      WaitOutcome out{WaitOutcome::Kind::kEvent, std::move(pending_events_.front())};
+      WaitOutcome out{WaitOutcome::Kind::kEvent, std::move(pending_events_.front()), {}};
       pending_events_.pop_front();
       return out;
     }
     auto ready = wait_readable(interrupt_fd, deadline, forever);
     if (!ready) return tl::unexpected(std::move(ready.error()));
-    if (*ready == Ready::kInterrupted) return WaitOutcome{WaitOutcome::Kind::kInterrupted, {}};
+    if (*ready == Ready::kInterrupted) return WaitOutcome{WaitOutcome::Kind::kInterrupted, {}, {}};
     if (*ready == Ready::kTimedOut) {
       return fail(ExitCode::kTimeout, "no watch event within " + std::to_string(timeout.count()) + " ms");
     }
@@ -264,6 +268,69 @@ ClientResult<WaitOutcome> Client::next_event(int interrupt_fd, std::chrono::mill
     }
     // Anything else is a stray answer to nothing we wait for.
   }
+}
+
+std::chrono::milliseconds Backoff::delay(unsigned attempt) const noexcept {
+  std::chrono::milliseconds d = std::max(first, std::chrono::milliseconds(1));
+  for (unsigned i = 0; i < attempt && d < max; ++i) d *= 2;
+  return std::min(d, max);
+}
+
+ClientResult<ResumingWatch> ResumingWatch::start(const ClientOptions& options, std::string query, Backoff backoff) {
+  ResumingWatch w(options, std::move(query), backoff);
+  auto client = Client::connect(w.options_);
+  if (!client) return tl::unexpected(std::move(client.error()));
+  auto id = client->watch(w.query_);
+  if (!id) return tl::unexpected(std::move(id.error()));
+  w.client_.emplace(std::move(*client));
+  w.watch_id_ = *id;
+  return w;
+}
+
+ClientResult<WaitOutcome> ResumingWatch::next_event(int interrupt_fd) {
+  if (!client_) return reconnect(interrupt_fd);
+  auto next = client_->next_event(interrupt_fd);
+  if (!next && next.error().connection_lost) {
+    client_.reset();
+    return WaitOutcome{.kind = WaitOutcome::Kind::kLost, .event = {}, .reason = std::move(next.error().message)};
+  }
+  return next;
+}
+
+ClientResult<WaitOutcome> ResumingWatch::reconnect(int interrupt_fd) {
+  // Worth another attempt: no core listening yet, a hang-up (a core still starting or stopping),
+  // or a core too busy to answer in time. Anything else is the core's refusal.
+  const auto retry = [](const ClientError& e) {
+    return e.connection_lost || e.exit == ExitCode::kConnect || e.exit == ExitCode::kTimeout;
+  };
+  for (unsigned attempt = 0;; ++attempt) {
+    pollfd p{interrupt_fd, POLLIN, 0};
+    const int r = ::poll(&p, interrupt_fd >= 0 ? 1 : 0, static_cast<int>(backoff_.delay(attempt).count()));
+    if (r < 0 && errno != EINTR) return fail(ExitCode::kGeneric, std::string("poll: ") + std::strerror(errno));
+    if (r > 0) return WaitOutcome{.kind = WaitOutcome::Kind::kInterrupted, .event = {}, .reason = {}};
+    auto client = Client::connect(options_);
+    if (!client) {
+      if (retry(client.error())) continue;
+      return tl::unexpected(std::move(client.error()));
+    }
+    auto id = client->watch(query_);
+    if (!id) {
+      if (retry(id.error())) continue;
+      return tl::unexpected(std::move(id.error()));
+    }
+    client_.emplace(std::move(*client));
+    watch_id_ = *id;
+    ++resumes_;
+    return WaitOutcome{.kind = WaitOutcome::Kind::kResumed, .event = {}, .reason = {}};
+  }
+}
+
+ClientResult<void> ResumingWatch::stop() {
+  if (!client_) return {};
+  auto done = client_->unwatch(watch_id_);
+  client_.reset();
+  if (!done && done.error().connection_lost) return {};  // the core went away: no watch left to end
+  return done;
 }
 
 }  // namespace floe::client

@@ -1,11 +1,13 @@
 // floe::client — a small synchronous client of floe-core's client socket (ipc/proto/client.proto),
 // used by floectl and by the end-to-end tests. One request in flight at a time; watch events that
-// arrive while a request waits are queued and handed out by next_event().
+// arrive while a request waits are queued and handed out by next_event(). ResumingWatch keeps a
+// watch going across core restarts (reconnect, watch again).
 #pragma once
 
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -38,6 +40,9 @@ enum class ExitCode : int {
 struct ClientError {
   ExitCode exit = ExitCode::kGeneric;
   std::string message;
+  /// The connection to floe-core ended (or the core hung up without saying why): a new connection
+  /// may succeed, as opposed to a refusal the core stated.
+  bool connection_lost = false;
 };
 
 template <typename T>
@@ -55,10 +60,25 @@ struct ClientOptions {
   std::string peer_name = "floectl";
 };
 
-/// What next_event() returns while waiting for watch events.
+/// What next_event() returns while waiting for watch events. Client::next_event() returns only
+/// kEvent and kInterrupted; ResumingWatch::next_event() also kLost and kResumed.
 struct WaitOutcome {
-  enum class Kind { kEvent, kInterrupted } kind = Kind::kEvent;
+  enum class Kind {
+    kEvent,        // `event` holds a watch event
+    kInterrupted,  // the interrupt fd became readable
+    kLost,         // the connection ended (`reason` says how); the next call reconnects
+    kResumed,      // connected and watching again; the next event is the current result
+  } kind = Kind::kEvent;
   proto::WatchEvent event;
+  std::string reason{};
+};
+
+/// How long to wait before reconnect attempt `attempt` (0-based): `first`, doubling per attempt,
+/// at most `max`.
+struct Backoff {
+  std::chrono::milliseconds first{50};
+  std::chrono::milliseconds max{2000};
+  [[nodiscard]] std::chrono::milliseconds delay(unsigned attempt) const noexcept;
 };
 
 /// A connection to floe-core. Move-only; use from one thread.
@@ -108,6 +128,44 @@ class Client {
   std::uint64_t next_id_ = 1;
   proto::Welcome welcome_;
   std::deque<proto::WatchEvent> pending_events_;
+};
+
+/// A watch that survives floe-core going away: when the connection ends, next_event() reports
+/// kLost once, then (on the next call) reconnects with `backoff` between attempts until it can
+/// watch again (kResumed) or the interrupt fd becomes readable (kInterrupted). It gives up only on
+/// a refusal: the core rejects the watch (bad query, limit) or the client (uid, protocol version).
+/// Changes made while no connection existed are not replayed one by one: the first event after
+/// kResumed is the query's current result. Move-only; use from one thread.
+class ResumingWatch {
+ public:
+  /// Connects and starts watching `query` (errors as Client::connect and Client::watch).
+  [[nodiscard]] static ClientResult<ResumingWatch> start(const ClientOptions& options, std::string query,
+                                                         Backoff backoff = {});
+
+  /// Blocks until an outcome (see WaitOutcome::Kind). While reconnecting, the interrupt fd is
+  /// checked between attempts; one attempt's handshake is bounded by the options' timeout. An error
+  /// ends the watch (the core refused it on resume, or a local failure).
+  [[nodiscard]] ClientResult<WaitOutcome> next_event(int interrupt_fd = -1);
+
+  /// Ends the watch (Unwatch) if connected; nothing to do while (or if meanwhile) the core is away.
+  [[nodiscard]] ClientResult<void> stop();
+
+  /// The current watch's id (it changes on each resume); 0 while disconnected.
+  [[nodiscard]] std::uint64_t watch_id() const noexcept { return client_ ? watch_id_ : 0; }
+  /// How many times it resumed.
+  [[nodiscard]] unsigned resumes() const noexcept { return resumes_; }
+
+ private:
+  ResumingWatch(ClientOptions options, std::string query, Backoff backoff)
+      : options_(std::move(options)), query_(std::move(query)), backoff_(backoff) {}
+  [[nodiscard]] ClientResult<WaitOutcome> reconnect(int interrupt_fd);
+
+  ClientOptions options_;
+  std::string query_;
+  Backoff backoff_;
+  std::optional<Client> client_;  // empty while the core is away
+  std::uint64_t watch_id_ = 0;
+  unsigned resumes_ = 0;
 };
 
 }  // namespace floe::client

@@ -23,7 +23,7 @@ namespace {
 constexpr const char* kExitCodesHelp =
     "Exit codes:\n"
     "  0  success\n"
-    "  1  other error (internal, provider-reported failure, lost connection)\n"
+    "  1  other error (internal, provider-reported failure, lost connection; watch --no-resume)\n"
     "  2  bad command line\n"
     "  3  not found: unknown entity, device, group or component\n"
     "  4  bad value for the component\n"
@@ -74,9 +74,9 @@ ExitCode exit_code_for_set(const proto::SetResult& r) {
   return ExitCode::kGeneric;
 }
 
-int run_watch(Client& client, const Invocation& inv, std::ostream& out, std::ostream& err) {
-  // SIGINT/SIGTERM become readable data on a signalfd, so the wait loop can send Unwatch and leave
-  // cleanly instead of dying mid-write.
+int run_watch(const ClientOptions& options, const Invocation& inv, std::ostream& out, std::ostream& err) {
+  // SIGINT/SIGTERM become readable data on a signalfd, so the wait loop (also the wait to
+  // reconnect) can send Unwatch and leave cleanly instead of dying mid-write.
   sigset_t mask;
   sigemptyset(&mask);
   sigaddset(&mask, SIGINT);
@@ -92,26 +92,36 @@ int run_watch(Client& client, const Invocation& inv, std::ostream& out, std::ost
   ipc::Fd sigfd(::signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK));
   if (!sigfd) return report(err, {ExitCode::kGeneric, std::string("signalfd: ") + std::strerror(errno)});
 
-  auto id = client.watch(inv.query);
-  if (!id) return report(err, id.error());
+  auto watch = ResumingWatch::start(options, inv.query);
+  if (!watch) return report(err, watch.error());
   if (!inv.json) out << "watching: " << inv.query << "  (Ctrl-C to stop)" << std::endl;
-  for (;;) {
-    auto next = client.next_event(sigfd.get());
+  for (bool interrupted = false; !interrupted;) {
+    auto next = watch->next_event(sigfd.get());
     if (!next) return report(err, next.error());
-    if (next->kind == WaitOutcome::Kind::kInterrupted) {
-      // Consume the pending signals, or restoring the mask would deliver them and kill us.
-      signalfd_siginfo info;
-      while (::read(sigfd.get(), &info, sizeof info) == static_cast<ssize_t>(sizeof info)) {
+    switch (next->kind) {
+      case WaitOutcome::Kind::kInterrupted: {
+        // Consume the pending signals, or restoring the mask would deliver them and kill us.
+        signalfd_siginfo info;
+        while (::read(sigfd.get(), &info, sizeof info) == static_cast<ssize_t>(sizeof info)) {
+        }
+        interrupted = true;
+        break;
       }
-      break;
-    }
-    if (inv.json) {
-      out << to_json(next->event).dump() << std::endl;
-    } else {
-      out << format_watch_event(next->event, now_hms()) << std::flush;
+      case WaitOutcome::Kind::kLost:
+        if (!inv.resume) return report(err, {ExitCode::kGeneric, next->reason});
+        err << "floectl: floe-core went away (" << next->reason << "); reconnecting..." << std::endl;
+        break;
+      case WaitOutcome::Kind::kResumed: err << "floectl: resumed" << std::endl; break;
+      case WaitOutcome::Kind::kEvent:
+        if (inv.json) {
+          out << to_json(next->event).dump() << std::endl;
+        } else {
+          out << format_watch_event(next->event, now_hms()) << std::flush;
+        }
+        break;
     }
   }
-  if (auto done = client.unwatch(*id); !done) return report(err, done.error());
+  if (auto done = watch->stop(); !done) return report(err, done.error());
   return 0;
 }
 
@@ -149,8 +159,11 @@ ParseOutcome parse_arguments(int argc, const char* const* argv, std::ostream& ou
   set->add_option("value", inv.value, "New value: true, 0.5, open, #ff8000, text")->required();
   auto* query = app.add_subcommand("query", "Run a query, e.g. 'avg Dimmer where Light in group kitchen'");
   query->add_option("text", query_words, "The query (quote it, or pass it as several words)")->required();
-  auto* watch = app.add_subcommand("watch", "Print the query's result each time it changes, until Ctrl-C");
+  auto* watch = app.add_subcommand("watch", "Print the query's result each time it changes, until Ctrl-C;\n"
+                                              "if floe-core goes away, reconnect and watch again");
   watch->add_option("text", query_words, "The query")->required();
+  bool no_resume = false;
+  watch->add_flag("--no-resume", no_resume, "Exit with an error when the connection to floe-core ends");
   auto* groups = app.add_subcommand("groups", "List groups and their devices");
   auto* group = app.add_subcommand("group", "Edit a group");
   group->require_subcommand(1);
@@ -178,6 +191,7 @@ ParseOutcome parse_arguments(int argc, const char* const* argv, std::ostream& ou
   else if (*group_add) inv.command = Command::kGroupAdd;
   else if (*group_remove) inv.command = Command::kGroupRemove;
   inv.query = join_words(query_words);
+  inv.resume = !no_resume;
   if ((inv.command == Command::kQuery || inv.command == Command::kWatch) && inv.query.empty()) {
     err << "floectl: the query is empty\n";
     return {std::nullopt, to_int(ExitCode::kUsage)};
@@ -190,6 +204,7 @@ int execute(const Invocation& inv, std::ostream& out, std::ostream& err) {
   options.socket_dir = inv.socket_dir;
   options.timeout = std::chrono::milliseconds(static_cast<std::int64_t>(std::ceil(inv.timeout_seconds * 1000.0)));
   options.protocol_version = inv.protocol_version;
+  if (inv.command == Command::kWatch) return run_watch(options, inv, out, err);
   auto client = Client::connect(options);
   if (!client) return report(err, client.error());
 
@@ -236,7 +251,7 @@ int execute(const Invocation& inv, std::ostream& out, std::ostream& err) {
       auto r = client->query(inv.query);
       return r ? emit(*r, format_query_result(*r)) : report(err, r.error());
     }
-    case Command::kWatch: return run_watch(*client, inv, out, err);
+    case Command::kWatch: break;  // handled above
     case Command::kGroups: {
       auto r = client->list_groups();
       return r ? emit(*r, format_groups(*r)) : report(err, r.error());

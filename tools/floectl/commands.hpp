@@ -25,6 +25,7 @@ struct Invocation {
   std::string device;  // entities [DEVICE], group add/remove
   std::string group;
   std::string query;  // query and watch: the words joined by single spaces
+  bool resume = true;  // watch: reconnect and watch again when floe-core goes away (--no-resume: false)
 };
 
 /// Either an invocation to execute, or the exit code to leave with (help printed: 0; usage
@@ -38,7 +39,8 @@ struct ParseOutcome {
 [[nodiscard]] ParseOutcome parse_arguments(int argc, const char* const* argv, std::ostream& out, std::ostream& err);
 
 /// Connects, runs the command, prints its result to `out` and problems to `err`; returns the exit
-/// code (see ExitCode). `watch` runs until SIGINT or SIGTERM (then Unwatch, exit 0).
+/// code (see ExitCode). `watch` runs until SIGINT or SIGTERM (then Unwatch, exit 0), resuming
+/// across core restarts unless `resume` is false (ResumingWatch; notices go to `err`).
 [[nodiscard]] int execute(const Invocation& invocation, std::ostream& out, std::ostream& err);
 
 /// parse_arguments + execute on std::cout/std::cerr: floectl's main.
