@@ -426,6 +426,9 @@ struct EsphomeProvider::Impl {
         if (c.fd.get() < 0) return;
       }
       flush(c);
+      // A short read took everything there was: no second recv() just to meet EAGAIN (epoll is
+      // level-triggered, so whatever arrives meanwhile, or the peer's close, wakes us again).
+      if (static_cast<std::size_t>(n) < buf.size()) return;
     }
   }
 
