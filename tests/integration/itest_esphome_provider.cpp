@@ -13,6 +13,7 @@
 #include <fstream>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -259,6 +260,37 @@ TEST_F(EsphomeProvider, SilentDeviceFailsTheRequestWithATimeout) {
   quiet.set_silent(false);
   auto again = floectl({"set", "quiet.relay", "Switch", "false"});
   EXPECT_EQ(again.exit, 0) << again.out;
+}
+
+TEST_F(EsphomeProvider, AStateSayingTheOppositeDoesNotPassForTheAnswerToASet) {
+  FakeDevice quiet("quiet-node", std::nullopt);
+  start({{"quiet", quiet.port(), std::nullopt}}, "request_timeout_ms: 1000\n");
+  ASSERT_TRUE(eventually([&] { return online("quiet"); }));
+  ASSERT_TRUE(eventually([&] { return value_of("quiet.relay", "Switch") == json(false); }));
+  ASSERT_TRUE(eventually([&] { return value_of("quiet.temperature", "Real") == json(20.0); }));
+  quiet.set_silent(true);  // it takes the command and never reports the result
+  Ran set;
+  std::thread setter([&] { set = floectl({"set", "quiet.relay", "Switch", "true"}); });
+  ASSERT_TRUE(eventually([&] { return quiet.commands() == 1; }));
+  // Then a relay state of "off" arrives, as one the device sent before it took the command would:
+  // it is not the device's answer to "on", so the set still fails when its time is up.
+  quiet.set_misdeed([](int fd, esphome::Transport& t) {
+    esphome::api::SwitchStateResponse off;
+    off.set_key(2);
+    off.set_state(false);
+    auto frame = t.encode(static_cast<std::uint16_t>(esphome::MsgType::SwitchStateResponse), off.SerializeAsString());
+    return frame && FakeDevice::write_all(fd, *frame);
+  });
+  setter.join();
+  EXPECT_NE(set.exit, 0) << set.out;
+  EXPECT_NE(set.out.find("did not report the new state"), std::string::npos) << set.out;
+  EXPECT_EQ(value_of("quiet.relay", "Switch"), json(false)) << "floe shows what the device reported";
+  // A state that agrees completes the next set.
+  quiet.set_misdeed({});
+  quiet.set_silent(false);
+  auto again = floectl({"set", "quiet.relay", "Switch", "true"});
+  EXPECT_EQ(again.exit, 0) << again.out;
+  EXPECT_EQ(value_of("quiet.relay", "Switch"), json(true));
 }
 
 TEST_F(EsphomeProvider, AnIdleDeviceIsPingedAndAFrozenOneIsDroppedAndReconnected) {

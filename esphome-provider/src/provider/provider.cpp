@@ -81,6 +81,12 @@ struct Pending {
   std::uint32_t key = 0;
   std::uint32_t device_id = 0;
   Clock::time_point deadline;
+  // A boolean set (a Switch on, ...) completes only on a state that reports this value for
+  // `component`: a state the device sent before it took the command (and that reached us after
+  // it) says the opposite, and must not pass for the answer. Other sets complete on the entity's
+  // next state (float rounding and partial light states make their values no exact match).
+  ipc::Component component = ipc::Component::kNone;
+  std::optional<bool> expect;
 };
 
 struct Connection {
@@ -563,13 +569,26 @@ struct EsphomeProvider::Impl {
     auto [dev, index] = c.by_key.at({e.key, e.device_id});
     for (const auto& w : (*update)->writes) write(*dev->device, index, w);
     for (auto it = c.pending.begin(); it != c.pending.end();) {
-      if (it->key == e.key && it->device_id == e.device_id) {
+      if (it->key == e.key && it->device_id == e.device_id && !contradicts(**update, *it)) {
         it->request.succeed();
         it = c.pending.erase(it);
       } else {
         ++it;
       }
     }
+  }
+
+  /// True if `update` reports, for the pending set's boolean component, the other value.
+  template <typename Update>
+  static bool contradicts(const Update& update, const Pending& p) {
+    if (!p.expect) return false;
+    for (const auto& w : update.writes) {
+      if (w.component != p.component) continue;
+      const auto* v = std::get_if<ipc::Value>(&w.value);
+      const bool* b = v != nullptr ? std::get_if<bool>(v) : nullptr;
+      return b != nullptr && *b != *p.expect;
+    }
+    return false;
   }
 
   static void write(sdk::Device& d, sdk::EntityIndex i, const Write& w) {
@@ -703,7 +722,12 @@ struct EsphomeProvider::Impl {
       return r.fail(fmt::format("lost the connection to ESPHome device {}", c->label), sdk::RequestStatus::kUnreachable);
     }
     if (!cmd->answered_by_state) return r.succeed();
-    c->pending.push_back({std::move(r), e.key, e.device_id, Clock::now() + config.request_timeout});
+    std::optional<bool> expect;
+    if (const auto* v = std::get_if<ipc::Value>(&value)) {
+      if (const bool* b = std::get_if<bool>(v)) expect = *b;
+    }
+    const ipc::Component component = r.component();
+    c->pending.push_back({std::move(r), e.key, e.device_id, Clock::now() + config.request_timeout, component, expect});
   }
 };
 
