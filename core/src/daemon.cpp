@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <filesystem>
 #include <chrono>
+#include <cstring>
 #include <list>
 #include <thread>
 
@@ -80,7 +81,34 @@ struct Device {
   std::uint64_t owner = 0;  // provider session id; 0 = offline
   bool ever_attached = false;
   bool available = true;  // DeviceAvailability: reachable by its provider (reset by each grant)
+  // Its last provider was disconnected for corrupting a ring: whatever else it wrote into the
+  // region is suspect, so the next declaration gets a new region (and loses the old state).
+  bool tainted = false;
 };
+
+/// Whether a known device's region still holds the structure the core wrote: the region header
+/// as a provider's Region::open checks it, the device header byte for byte, and a tree that
+/// validates. A provider maps its regions writable, so a buggy or hostile one can leave any of
+/// them broken; such a region is replaced rather than handed to the next provider.
+Status check_region(const Device& d) {
+  constexpr std::string_view op = "device region";
+  auto fd = d.region->share(ipc::RegionAccess::kReadWrite);
+  if (!fd) return tl::unexpected(fd.error());
+  auto reopened = ipc::Region::open(std::move(*fd), {.access = ipc::RegionAccess::kReadOnly,
+                                                     .expected_size = d.region->size(),
+                                                     .min_size = 0,
+                                                     .require_kind = true,
+                                                     .kind = ipc::RegionKind::kDevice});
+  if (!reopened) return tl::unexpected(reopened.error());
+  if (std::memcmp(d.region->data() + ipc::kRegionPayloadOffset, &d.layout.header, sizeof d.layout.header) != 0) {
+    return logic_error(op, "the device header was overwritten");
+  }
+  auto parts = ipc::device_region_attach({d.region->data(), d.region->size()});
+  if (!parts) return tl::unexpected(parts.error());
+  auto tree = ipc::TreeReader::attach(parts->tree);
+  if (!tree) return tl::unexpected(tree.error());
+  return {};
+}
 
 struct ProviderSession {
   ProviderSession(ipc::Channel c, const Limits& limits)
@@ -237,6 +265,12 @@ Status Daemon::setup() {
     core_.main.post([this, dev, why = std::move(why)] {
       for (auto& [id, d] : devices_) {
         if (d->reg == dev && d->owner != 0) {
+          if (auto p = providers_.find(d->owner); p != providers_.end()) {
+            std::lock_guard lock(core_.meta_mu);
+            for (const auto& mine : p->second->devices) {
+              if (auto m = devices_.find(mine); m != devices_.end() && m->second->owner == d->owner) m->second->tainted = true;
+            }
+          }
           close_provider(d->owner, fmt::format("corrupt ring of device '{}': {}", id, why));
           return;
         }
@@ -649,7 +683,15 @@ void Daemon::add_device(ProviderSession& s, std::uint64_t msg_id, const proto::A
     for (std::size_t i = 0; same_ids && i < meta.entities.size(); ++i) {
       same_ids = old_meta.entities[i].id == meta.entities[i].id && old_meta.entities[i].name == meta.entities[i].name;
     }
-    if (old.schema == schema && same_ids && old_meta.provider == s.name) {
+    std::string why_new;
+    if (old.schema != schema || !same_ids || old_meta.provider != s.name) {
+      why_new = "re-declared with a different schema";
+    } else if (old.tainted) {
+      why_new = "its last provider corrupted its region";
+    } else if (auto intact = check_region(old); !intact) {
+      why_new = "its region fails validation (" + intact.error().message + ")";
+    }
+    if (why_new.empty()) {
       reuse = true;
       dev = it->second;
     } else {
@@ -662,7 +704,7 @@ void Daemon::add_device(ProviderSession& s, std::uint64_t msg_id, const proto::A
       core_.shard_of(old.reg).detach(old.reg);
       devices_.erase(it);
       core_.meta.erase(id);
-      spdlog::info("device '{}' re-declared with a different schema: new region", id);
+      spdlog::info("device '{}' {}: new region", id, why_new);
     }
   }
   // Declared groups are joined on every registration (docs/CORE.md, "Groups").
@@ -752,7 +794,8 @@ void Daemon::add_device(ProviderSession& s, std::uint64_t msg_id, const proto::A
   g->set_tree_offset(dev->layout.header.tree_offset);
   g->set_tree_size(dev->layout.header.tree_size);
   auto* rg = g->mutable_region();
-  rg->set_name(dev->region->header().name);
+  const auto& region_name = dev->region->header().name;  // shared memory: bounded, never trusted to end
+  rg->set_name(std::string(region_name, ::strnlen(region_name, sizeof region_name)));
   rg->set_size(dev->region->size());
   rg->add_fd_roles(proto::FD_ROLE_REGION);
   rg->add_fd_roles(proto::FD_ROLE_TX_EVENTFD);
