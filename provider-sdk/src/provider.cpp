@@ -2,6 +2,15 @@
 // device's tx eventfd, a wake eventfd for answers queued from other threads, and timerfds for
 // reconnects, result retries and polled rings. process() dispatches it without blocking; run()
 // waits on it in an ipc::EventLoop.
+//
+// How the tx rings (core -> provider) are waited on, per the ring's NotifyMode:
+//   eventfd  the core signals the device's tx eventfd when we announced sleep (prepare_sleep);
+//   futex    the core bumps the ring's futex word and FUTEX_WAKEs it; a FutexBridge thread waits on
+//            up to 127 such words at once (futex_waitv) and signals the device's tx eventfd, so
+//            the rest is the eventfd path;
+//   spin     while any ring spins, an always-readable eventfd sits in the epoll set: the loop never
+//            sleeps and every pass drains every spinning ring (a core busy by design);
+//   poll     drained on a 1 ms timerfd (kPollInterval).
 #include "floe/sdk/provider.hpp"
 
 #include <fcntl.h>
@@ -19,6 +28,7 @@
 #include <cstring>
 #include <deque>
 #include <mutex>
+#include <thread>
 #include <unordered_map>
 #include <unordered_set>
 #include <utility>
@@ -29,6 +39,7 @@
 #include "floe/ipc/region.hpp"
 #include "floe/ipc/ring.hpp"
 #include "floe/sdk/backoff.hpp"
+#include "futex_bridge.hpp"
 #include "management.pb.h"
 
 namespace floe::sdk {
@@ -45,6 +56,8 @@ struct Attachment {
   ipc::Fd tx_eventfd;
   ipc::Fd rx_eventfd;
   bool polled = false;     // the tx ring's mode never signals: drained on the poll timer
+  bool spin = false;       // drained on every pass of the loop (NotifyMode::kSpin)
+  FutexBridge* bridge = nullptr;  // watching the tx ring's futex word (NotifyMode::kFutex)
   bool tx_broken = false;  // the tx ring failed validation: no longer read
 };
 
@@ -105,7 +118,13 @@ std::string descriptor_shortage() {
   return fmt::format("{} of RLIMIT_NOFILE {} descriptors open", open, rl.rlim_cur);
 }
 
-enum Tag : std::uint64_t { kTagWake = 1, kTagTimer = 2, kTagRetry = 3, kTagSocket = 4, kTagPoll = 5, kTagHeartbeat = 6 };
+enum Tag : std::uint64_t {
+  kTagWake = 1, kTagTimer = 2, kTagRetry = 3, kTagSocket = 4, kTagPoll = 5, kTagHeartbeat = 6, kTagSpin = 7
+};
+
+/// The interval at which rings in NotifyMode::kPoll are drained (the ring header's
+/// poll_interval_us is the core's, for its side).
+constexpr auto kPollInterval = std::chrono::milliseconds(1);
 
 struct ProviderState {
   ProviderOptions options;
@@ -117,7 +136,10 @@ struct ProviderState {
   ipc::Fd retry_timer;  // timerfd: results waiting for room in an rx ring
   ipc::Fd poll_timer;   // timerfd: tx rings in spin/poll mode
   ipc::Fd heartbeat_timer;  // timerfd: our Heartbeat while connected
+  ipc::Fd spin;             // eventfd, always readable: in the epoll set while a tx ring spins
   bool poll_armed = false;
+  std::size_t spinning = 0;  // attached tx rings in NotifyMode::kSpin
+  FutexBridges bridges;      // threads waiting on the futex words of NotifyMode::kFutex tx rings
 
   std::deque<std::shared_ptr<Device>> devices;
   // Removed by remove_device() during this process() call: kept until it returns, since events of
@@ -176,6 +198,16 @@ struct ProviderState {
   /// Unmaps the device's region; `retire`: keep the mapping until process() returns.
   void detach(DeviceState& ds, bool retire = false) noexcept;
   void drain(DeviceState& ds);
+  /// drain() for every attached device whose attachment satisfies `which`.
+  template <typename Pred>
+  void drain_all(Pred which) {
+    // By index: a request handler may remove a device (devices shrinks; the DeviceState is retired,
+    // not freed), which at worst skips one device until the next pass.
+    for (std::size_t i = 0; i < devices.size(); ++i) {
+      DeviceState& ds = *devices[i]->state_;
+      if (ds.att && which(*ds.att)) drain(ds);
+    }
+  }
   void handle_record(DeviceState& ds, const ipc::RecordView& view);
   void flush_all_results();
   DeviceState* find_device(std::string_view id) noexcept;
@@ -278,6 +310,13 @@ void ProviderState::init() {
     return;
   }
   wake = std::move(*w);
+  auto s = ipc::make_eventfd(/*nonblocking=*/true);
+  if (!s) {
+    init_error = s.error();
+    return;
+  }
+  spin = std::move(*s);
+  ipc::eventfd_signal(spin.get());  // never drained: level-triggered epoll reports it on every pass
   for (ipc::Fd* t : {&timer, &retry_timer, &poll_timer, &heartbeat_timer}) {
     *t = ipc::Fd(::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
     if (!*t) return fail("timerfd_create");
@@ -366,9 +405,13 @@ void ProviderState::dispatch(std::uint64_t tag) {
       return;
     case kTagPoll:
       (void)!::read(poll_timer.get(), &ticks, sizeof ticks);
-      for (auto& d : devices) {
-        if (d->state_->att && d->state_->att->polled) drain(*d->state_);
-      }
+      drain_all([](const Attachment& a) { return a.polled; });
+      return;
+    case kTagSpin:
+      drain_all([](const Attachment& a) { return a.spin; });
+      // The core's threads that feed and read these rings may need this CPU (two vCPUs, a spinning
+      // shard): offer it once per pass, as RingConsumer::wait does while it spins.
+      std::this_thread::yield();
       return;
     default: {
       // A device's tx eventfd. The tag is its DeviceState; it may have been detached (and even
@@ -688,7 +731,20 @@ void ProviderState::handle_grant(const proto::DeviceGrant& grant, std::vector<ip
   detach(*ds);  // a re-grant replaces the old region
   auto a = std::make_unique<Attachment>(Attachment{std::move(*region), std::move(*writer), std::move(*rx),
                                                    std::move(*tx), std::move(tx_fd), std::move(rx_fd)});
-  a->polled = a->tx.header().notify_mode != static_cast<std::uint32_t>(ipc::NotifyMode::kEventfd);
+  switch (static_cast<ipc::NotifyMode>(a->tx.header().notify_mode)) {
+    case ipc::NotifyMode::kEventfd: break;
+    case ipc::NotifyMode::kFutex:
+      // Before the first prepare_sleep (drain() below): the bridge's snapshot of the word must
+      // precede any bump the core makes for our sleep.
+      a->bridge = bridges.add(a->tx.header().futex_word, a->tx_eventfd.get());
+      a->polled = a->bridge == nullptr;  // no thread for it: the poll timer keeps it served
+      break;
+    case ipc::NotifyMode::kSpin:
+      a->spin = true;
+      if (spinning++ == 0) epoll_add(spin.get(), kTagSpin);
+      break;
+    default: a->polled = true; break;
+  }
   epoll_add(a->tx_eventfd.get(), reinterpret_cast<std::uint64_t>(ds));
   std::size_t replayed = 0;
   {
@@ -707,7 +763,7 @@ void ProviderState::handle_grant(const proto::DeviceGrant& grant, std::vector<ip
     ds->online.store(true, std::memory_order_release);
   }
   if (ds->att->polled && !poll_armed) {
-    arm(poll_timer.get(), std::chrono::milliseconds(1), std::chrono::milliseconds(1));
+    arm(poll_timer.get(), kPollInterval, kPollInterval);
     poll_armed = true;
   }
   spdlog::info("floe-sdk: provider '{}': device '{}' online (handle {:#x}), {} value(s) written", options.name,
@@ -718,6 +774,9 @@ void ProviderState::handle_grant(const proto::DeviceGrant& grant, std::vector<ip
 void ProviderState::detach(DeviceState& ds, bool retire) noexcept {
   if (!ds.att) return;
   epoll_del(ds.att->tx_eventfd.get());
+  // Before the eventfd closes and the region unmaps (remove() guarantees the bridge is done with both).
+  if (ds.att->bridge != nullptr) ds.att->bridge->remove(ds.att->tx.header().futex_word);
+  if (ds.att->spin && --spinning == 0) epoll_del(spin.get());
   std::unique_ptr<Attachment> old;
   {
     std::lock_guard lock(ds.mu);
@@ -767,7 +826,7 @@ void ProviderState::drain(DeviceState& ds) {
       return;
     }
     if (*n > 0) continue;
-    if (a->polled) return;
+    if (a->polled || a->spin) return;
     // Empty: raise the sleeping flag; if a record raced in meanwhile, drain again.
     if (a->tx.prepare_sleep()) return;
   }
