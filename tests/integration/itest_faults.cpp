@@ -220,9 +220,9 @@ bool alive(pid_t pid) {
   return paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] != 'Z';
 }
 
-// A client thread keeping a watch on `query` across core restarts. The client library (like
-// floectl watch) ends a watch with its connection, so resuming is the caller's job: connect again
-// (retrying while the core is away), watch again; the new watch's first event is the current result.
+// A client thread keeping a watch on `query` across core restarts with the client library's
+// ResumingWatch (what floectl watch uses): it reconnects and watches again while the core is away;
+// the new watch's first event is the current result.
 class ResumingWatcher {
  public:
   ResumingWatcher(std::string sock_dir, std::string query)
@@ -250,21 +250,34 @@ class ResumingWatcher {
     return ::poll(&p, 1, 0) == 1;
   }
   void run() {
-    while (!stopping()) {
-      auto c = client::Client::connect({.socket_dir = sock_dir_, .timeout = 30s, .peer_name = "itest-watcher"});
-      if (!c) {  // the core is away: try again soon (or stop)
+    std::optional<client::ResumingWatch> watch;
+    while (!watch && !stopping()) {
+      auto w = client::ResumingWatch::start({.socket_dir = sock_dir_, .timeout = 30s, .peer_name = "itest-watcher"},
+                                            query_, {.first = 20ms, .max = 200ms});
+      if (w) {
+        watch.emplace(std::move(*w));
+      } else {  // the core is not serving yet: try again soon (or stop)
         pollfd p{stop_, POLLIN, 0};
         ::poll(&p, 1, 20);
-        continue;
       }
-      if (!c->watch(query_)) continue;
-      sessions_.fetch_add(1);
-      for (;;) {
-        auto e = c->next_event(stop_);
-        if (!e) break;  // the connection is gone: resume
-        if (e->kind == client::WaitOutcome::Kind::kInterrupted) return;
-        std::lock_guard lock(mu_);
-        last_ = e->event.result().has_number() ? std::optional(e->event.result().number()) : std::nullopt;
+    }
+    if (!watch) return;
+    sessions_.fetch_add(1);
+    for (;;) {
+      auto e = watch->next_event(stop_);
+      if (!e) {  // refused on resume: sessions() stops growing and the test says so
+        std::fprintf(stderr, "ResumingWatcher: %s\n", e.error().message.c_str());
+        return;
+      }
+      switch (e->kind) {
+        case client::WaitOutcome::Kind::kInterrupted: return;
+        case client::WaitOutcome::Kind::kLost: break;
+        case client::WaitOutcome::Kind::kResumed: sessions_.fetch_add(1); break;
+        case client::WaitOutcome::Kind::kEvent: {
+          std::lock_guard lock(mu_);
+          last_ = e->event.result().has_number() ? std::optional(e->event.result().number()) : std::nullopt;
+          break;
+        }
       }
     }
   }

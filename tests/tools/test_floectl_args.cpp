@@ -57,6 +57,18 @@ TEST(FloectlArgs, GlobalOptionsMayComeBeforeOrAfterTheCommand) {
   }
 }
 
+TEST(FloectlArgs, WatchResumesUnlessNoResumeIsGiven) {
+  auto plain = parse({"watch", "avg Dimmer where Light"});
+  auto no_resume = parse({"watch", "--no-resume", "avg", "Dimmer", "where", "Light"});
+  ASSERT_TRUE(plain.outcome.invocation) << plain.err;
+  ASSERT_TRUE(no_resume.outcome.invocation) << no_resume.err;
+  EXPECT_TRUE(plain.outcome.invocation->resume);
+  EXPECT_FALSE(no_resume.outcome.invocation->resume);
+  EXPECT_EQ(no_resume.outcome.invocation->query, "avg Dimmer where Light");
+  // Only watch has it.
+  EXPECT_EQ(parse({"query", "--no-resume", "count where Light"}).outcome.exit_code, to_int(ExitCode::kUsage));
+}
+
 TEST(FloectlArgs, DefaultsAreTheSharedSocketDirAndFiveSeconds) {
   auto p = parse({"groups"});
   ASSERT_TRUE(p.outcome.invocation);

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
@@ -19,29 +20,35 @@ namespace {
 
 using Handler = std::function<bool(ipc::Channel&, const proto::ClientRequest&)>;  // false: hang up
 
-// Accepts one connection and feeds every request to `handler` until it returns false or the
-// client leaves.
+// Accepts `connections` connections one after the other and feeds every request to `handler`
+// until it returns false (hang up) or the client leaves.
 class FakeCore {
  public:
-  explicit FakeCore(Handler handler) {
+  explicit FakeCore(Handler handler, int connections = 1) {
     char tmpl[] = "/tmp/floectl-test-XXXXXX";
     dir_ = ::mkdtemp(tmpl);
     auto l = ipc::Listener::bind(dir_ + "/client.sock");
     EXPECT_TRUE(l) << l.error().to_string();
     listener_.emplace(std::move(*l));
-    thread_ = std::thread([this, handler = std::move(handler)] {
-      auto ch = listener_->accept();
-      if (!ch) return;
-      for (;;) {
-        proto::ClientRequest req;
-        if (!ch->receive(req)) return;
-        if (!handler(*ch, req)) return;
+    thread_ = std::thread([this, connections, handler = std::move(handler)] {
+      for (int i = 0; i < connections && !leaving_.load(); ++i) {
+        auto ch = listener_->accept();
+        if (!ch) break;
+        for (;;) {
+          proto::ClientRequest req;
+          if (!ch->receive(req) || !handler(*ch, req)) break;
+        }
       }
+      done_.store(true);
     });
   }
   ~FakeCore() {
-    // Unblock accept() if no client ever came.
-    if (auto c = ipc::Channel::connect(dir_ + "/client.sock")) {}
+    // Unblock accept() if fewer clients came than expected.
+    leaving_.store(true);
+    while (!done_.load()) {
+      if (auto c = ipc::Channel::connect(dir_ + "/client.sock")) {}
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
     thread_.join();
     listener_.reset();
     std::filesystem::remove_all(dir_);
@@ -56,6 +63,8 @@ class FakeCore {
  private:
   std::string dir_;
   std::optional<ipc::Listener> listener_;
+  std::atomic<bool> leaving_{false};
+  std::atomic<bool> done_{false};
   std::thread thread_;
 };
 
@@ -208,6 +217,116 @@ TEST(FloectlClient, WatchEventsArrivingDuringARequestAreQueuedInOrder) {
   ASSERT_TRUE(ev) << ev.error().message;
   EXPECT_EQ(ev->kind, WaitOutcome::Kind::kInterrupted);
   EXPECT_TRUE(c->unwatch(42));
+}
+
+TEST(FloectlClient, BackoffDoublesFromFirstAndStopsAtMax) {
+  const Backoff b{.first = std::chrono::milliseconds(50), .max = std::chrono::milliseconds(2000)};
+  EXPECT_EQ(b.delay(0).count(), 50);
+  EXPECT_EQ(b.delay(1).count(), 100);
+  EXPECT_EQ(b.delay(5).count(), 1600);
+  EXPECT_EQ(b.delay(6).count(), 2000);
+  EXPECT_EQ(b.delay(1000).count(), 2000);  // no overflow however long the core stays away
+  const Backoff odd{.first = std::chrono::milliseconds(0), .max = std::chrono::milliseconds(3)};
+  EXPECT_EQ(odd.delay(0).count(), 1);  // never a busy loop
+  EXPECT_EQ(odd.delay(9).count(), 3);
+}
+
+// A watch event carrying `count`.
+bool send_count(ipc::Channel& ch, std::uint64_t watch_id, std::uint64_t count) {
+  proto::ClientResponse ev;
+  ev.mutable_watch_event()->set_watch_id(watch_id);
+  ev.mutable_watch_event()->mutable_result()->set_action("count");
+  ev.mutable_watch_event()->mutable_result()->set_count(count);
+  return static_cast<bool>(ch.send(ev));
+}
+
+// Connection n (1, 2, ...) starts watch n, sends count n and, on the first connection, hangs up.
+// `refuse_second`: the second connection's Watch is refused as a bad query instead.
+Handler restarting_core(std::atomic<int>& connections, bool refuse_second) {
+  return [&connections, refuse_second](ipc::Channel& ch, const proto::ClientRequest& req) {
+    if (req.has_hello()) {
+      connections.fetch_add(1);
+      return welcome(ch, req);
+    }
+    const int n = connections.load();
+    if (req.has_watch()) {
+      if (n == 2 && refuse_second) return error(ch, req.id(), proto::ERROR_CODE_BAD_QUERY, "unknown component");
+      proto::ClientResponse r;
+      r.set_id(req.id());
+      r.mutable_watch_started()->set_watch_id(static_cast<std::uint64_t>(n));
+      return ch.send(r) && send_count(ch, static_cast<std::uint64_t>(n), static_cast<std::uint64_t>(n)) && n != 1;
+    }
+    if (req.has_unwatch()) {
+      proto::ClientResponse r;
+      r.set_id(req.id());
+      r.mutable_ok();
+      return static_cast<bool>(ch.send(r));
+    }
+    return false;
+  };
+}
+
+TEST(FloectlClient, ResumingWatchReportsTheLossReconnectsAndWatchesAgain) {
+  std::atomic<int> connections{0};
+  FakeCore core(restarting_core(connections, false), 2);
+  auto w = ResumingWatch::start(core.options(), "count where Light");
+  ASSERT_TRUE(w) << w.error().message;
+  EXPECT_EQ(w->watch_id(), 1u);
+  std::vector<WaitOutcome::Kind> kinds;
+  std::vector<std::uint64_t> counts;
+  while (counts.size() < 2) {
+    auto next = w->next_event();
+    ASSERT_TRUE(next) << next.error().message;
+    kinds.push_back(next->kind);
+    if (next->kind == WaitOutcome::Kind::kEvent) counts.push_back(next->event.result().count());
+    if (next->kind == WaitOutcome::Kind::kLost) {
+      EXPECT_NE(next->reason.find("closed"), std::string::npos) << next->reason;
+    }
+  }
+  using K = WaitOutcome::Kind;
+  EXPECT_EQ(kinds, (std::vector<K>{K::kEvent, K::kLost, K::kResumed, K::kEvent}));
+  EXPECT_EQ(counts, (std::vector<std::uint64_t>{1, 2}));
+  EXPECT_EQ(w->resumes(), 1u);
+  EXPECT_EQ(w->watch_id(), 2u);
+  EXPECT_TRUE(w->stop());
+}
+
+TEST(FloectlClient, ResumingWatchEndsWhenTheCoreRefusesTheWatchOnResume) {
+  std::atomic<int> connections{0};
+  FakeCore core(restarting_core(connections, true), 2);
+  auto w = ResumingWatch::start(core.options(), "count where Light");
+  ASSERT_TRUE(w) << w.error().message;
+  auto first = w->next_event();
+  ASSERT_TRUE(first) << first.error().message;
+  EXPECT_EQ(first->kind, WaitOutcome::Kind::kEvent);
+  auto gone = w->next_event();
+  ASSERT_TRUE(gone) << gone.error().message;
+  EXPECT_EQ(gone->kind, WaitOutcome::Kind::kLost);
+  auto refused = w->next_event();
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().exit, ExitCode::kBadQuery);
+  EXPECT_FALSE(refused.error().connection_lost);
+  EXPECT_EQ(w->watch_id(), 0u);
+  EXPECT_TRUE(w->stop());  // nothing to end
+}
+
+TEST(FloectlClient, ResumingWatchWaitingForAnAbsentCoreEndsOnInterrupt) {
+  std::atomic<int> connections{0};
+  std::optional<FakeCore> core;
+  core.emplace(restarting_core(connections, false), 1);
+  auto w = ResumingWatch::start(core->options(), "count where Light");
+  ASSERT_TRUE(w) << w.error().message;
+  for (auto want : {WaitOutcome::Kind::kEvent, WaitOutcome::Kind::kLost}) {
+    auto next = w->next_event();
+    ASSERT_TRUE(next && next->kind == want) << (next ? "another outcome" : next.error().message);
+  }
+  core.reset();  // no core at all now: every attempt fails to connect
+  const int efd = ::eventfd(1, EFD_CLOEXEC);
+  ASSERT_GE(efd, 0);
+  auto next = w->next_event(efd);
+  ::close(efd);
+  ASSERT_TRUE(next) << next.error().message;
+  EXPECT_EQ(next->kind, WaitOutcome::Kind::kInterrupted);
 }
 
 }  // namespace
