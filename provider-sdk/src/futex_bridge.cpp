@@ -1,6 +1,7 @@
 #include "futex_bridge.hpp"
 
 #include <linux/futex.h>
+#include <pthread.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -101,6 +102,8 @@ void FutexBridge::kick_locked() noexcept {
 }
 
 void FutexBridge::run() noexcept {
+  // Named for top and /proc (the integration test counts the bridges by this name).
+  (void)::pthread_setname_np(::pthread_self(), "floe-sdk-futex");
   // The wait runs without mu_ on a copy of the addresses; everything that touches a word's value
   // or an eventfd afterwards happens under mu_ on entries_ as it is then. So a remove() need not
   // wait for the thread: a wait still naming a removed word at most returns early (the control
