@@ -134,7 +134,7 @@ struct ProviderState {
   ipc::Fd wake;         // eventfd: answers queued by other threads, stop()
   ipc::Fd timer;        // timerfd: reconnect attempts and the handshake timeout
   ipc::Fd retry_timer;  // timerfd: results waiting for room in an rx ring
-  ipc::Fd poll_timer;   // timerfd: tx rings in spin/poll mode
+  ipc::Fd poll_timer;   // timerfd: tx rings in poll mode (and futex rings no bridge could take)
   ipc::Fd heartbeat_timer;  // timerfd: our Heartbeat while connected
   ipc::Fd spin;             // eventfd, always readable: in the epoll set while a tx ring spins
   bool poll_armed = false;
