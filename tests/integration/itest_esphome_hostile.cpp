@@ -150,6 +150,19 @@ class EsphomeHostile : public ::testing::Test {
     return n;
   }
 
+  /// The first five retry delays floe-esphome logged for device "bad" on lines matching `what`
+  /// (a regex ending just before the delay) double from min_ms to max_ms: 0.1, 0.2, 0.4, 0.8, 0.8.
+  void expect_doubling_delays(const std::string& what) {
+    std::vector<double> delays;
+    const std::string log = slurp(dir_ / "esphome.log");
+    const std::regex line("ESPHome device bad \\([^)]*\\): " + what + " ([0-9.]+) s");
+    for (auto it = std::sregex_iterator(log.begin(), log.end(), line); it != std::sregex_iterator(); ++it) {
+      delays.push_back(std::stod((*it)[it->size() - 1]));
+    }
+    ASSERT_GE(delays.size(), 5u) << log;
+    EXPECT_EQ(std::vector<double>(delays.begin(), delays.begin() + 5), (std::vector<double>{0.1, 0.2, 0.4, 0.8, 0.8}));
+  }
+
   /// `bad` misbehaves with `misdeed` (once subscribed): floe-esphome logs `reason` for it, drops
   /// it, and takes it back once it behaves; "good" is served all along.
   void expect_isolated(FakeDevice& bad, const FakeDevice::Misdeed& misdeed, const std::string& reason) {
@@ -273,14 +286,7 @@ TEST_F(EsphomeHostile, ADeviceSendingGarbageFromTheStartIsRetriedWithGrowingDela
   ASSERT_NO_FATAL_FAILURE(start({{"good", good.port(), std::nullopt}, {"bad", bad.port(), std::nullopt}}, {"good"}));
   ASSERT_TRUE(eventually([&] { return lines_about("bad", "retrying in 0.8 s") >= 2; })) << "capped at max_ms";
   // The delays double from min_ms to max_ms and stay there: 0.1, 0.2, 0.4, 0.8, 0.8, ...
-  std::vector<double> delays;
-  const std::string log = slurp(dir_ / "esphome.log");
-  const std::regex line("ESPHome device bad \\([^)]*\\): (handshake failed|bad data)[^\\n]*; retrying in ([0-9.]+) s");
-  for (auto it = std::sregex_iterator(log.begin(), log.end(), line); it != std::sregex_iterator(); ++it) {
-    delays.push_back(std::stod((*it)[2]));
-  }
-  ASSERT_GE(delays.size(), 5u) << log;
-  EXPECT_EQ(std::vector<double>(delays.begin(), delays.begin() + 5), (std::vector<double>{0.1, 0.2, 0.4, 0.8, 0.8}));
+  expect_doubling_delays("(handshake failed|bad data)[^\\n]*; retrying in");
   expect_good_serves(true);
   bad.set_misdeed({});
   EXPECT_TRUE(eventually([&] { return online("bad"); }));
@@ -295,14 +301,7 @@ TEST_F(EsphomeHostile, ADeviceThatHangsUpRightAfterConnectingIsRetriedWithGrowin
   // flapping device. A completed connection no longer resets the delay unless it lasted.
   bad.set_misdeed([](int, Transport&) { return false; });
   ASSERT_TRUE(eventually([&] { return lines_about("bad", "reconnecting in 0.8 s") >= 2; })) << "capped at max_ms";
-  std::vector<double> delays;
-  const std::string log = slurp(dir_ / "esphome.log");
-  const std::regex line("ESPHome device bad \\([^)]*\\): connection lost: [^\\n]*; reconnecting in ([0-9.]+) s");
-  for (auto it = std::sregex_iterator(log.begin(), log.end(), line); it != std::sregex_iterator(); ++it) {
-    delays.push_back(std::stod((*it)[1]));
-  }
-  ASSERT_GE(delays.size(), 5u) << log;
-  EXPECT_EQ(std::vector<double>(delays.begin(), delays.begin() + 5), (std::vector<double>{0.1, 0.2, 0.4, 0.8, 0.8}));
+  expect_doubling_delays("connection lost: [^\\n]*; reconnecting in");
   expect_good_serves(true);
   bad.set_misdeed({});
   EXPECT_TRUE(eventually([&] { return online("bad"); }));
