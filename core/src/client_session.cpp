@@ -261,7 +261,10 @@ void ClientSession::send_error(std::uint64_t id, proto::ErrorCode code, const st
   resp.mutable_error()->set_message(message);
   resp.mutable_error()->set_fatal(fatal);
   if (fatal) closing_ = true;
-  (void)channel_.send(resp);
+  // Straight to the socket (not through the outbox, which may be what overflowed), but waiting for
+  // room like every send of this thread: a client that floods refused requests and never reads
+  // must not park this thread in a blocking send that shutdown cannot interrupt.
+  if (!send_waiting(resp.SerializeAsString())) closing_ = true;
 }
 
 void ClientSession::reap_sets() {

@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <deque>
 #include <filesystem>
 #include <fstream>
@@ -949,6 +950,33 @@ TEST_F(CoreDaemon, StopsWhileAWatcherDoesNotRead) {
   auto started = client.call(watch);
   ASSERT_TRUE(started && started->has_watch_started());
   ASSERT_EQ(command("ramp 3000"), "ok");  // fills the socket: the session thread waits to send
+  EXPECT_EQ(stop_core(), 0);
+}
+
+// The same for refusals: a client that floods requests the core refuses (each answered with an
+// error) and never reads fills its socket; its session thread must still let floe-core stop.
+TEST_F(CoreDaemon, StopsWhileAClientFloodsRefusedRequestsAndDoesNotRead) {
+  Client client = start_core_and_provider();
+  ASSERT_FALSE(HasFailure());
+  proto::ClientRequest get;
+  get.mutable_get()->set_entity("no_such_entity");
+  get.mutable_get()->set_component("Switch");
+  const std::string bytes = get.SerializeAsString();
+  // Until the core stops reading (its answers fill the client's receive queue, then its session
+  // waits to send) and this socket's own send buffer is full: MSG_DONTWAIT, so the test never blocks.
+  std::size_t sent = 0;
+  int idle_rounds = 0;
+  while (idle_rounds < 50) {
+    if (::send(client.channel().fd(), bytes.data(), bytes.size(), MSG_DONTWAIT | MSG_NOSIGNAL) > 0) {
+      ++sent;
+      idle_rounds = 0;
+    } else {
+      ASSERT_TRUE(errno == EAGAIN || errno == EWOULDBLOCK) << std::strerror(errno);
+      ++idle_rounds;
+      std::this_thread::sleep_for(10ms);
+    }
+  }
+  EXPECT_GT(sent, 100U);
   EXPECT_EQ(stop_core(), 0);
 }
 
