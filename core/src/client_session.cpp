@@ -267,37 +267,33 @@ void ClientSession::send_error(std::uint64_t id, proto::ErrorCode code, const st
   if (!send_waiting(resp.SerializeAsString())) closing_ = true;
 }
 
-void ClientSession::reap_sets() {
+int ClientSession::reap_sets() {
   {
     std::lock_guard lock(finished_mu_);
     for (std::uint64_t id : finished_sets_) sets_in_flight_.erase(id);
     finished_sets_.clear();
   }
-  if (sets_in_flight_.empty()) return;
   const auto now = std::chrono::steady_clock::now();
-  std::vector<std::uint64_t> overdue;
-  for (const auto& [id, deadline] : sets_in_flight_) {
-    if (deadline <= now) overdue.push_back(id);
-  }
-  for (std::uint64_t id : overdue) {
+  auto next = std::chrono::steady_clock::time_point::max();
+  for (auto it = sets_in_flight_.begin(); it != sets_in_flight_.end();) {
+    if (it->second > now) {
+      next = std::min(next, it->second);
+      ++it;
+      continue;
+    }
     // Completes it with TIMEOUT through its callback (which answers the client), unless its
     // answer won the race; either way the client has exactly one answer.
-    (void)core_.pending.forget(id);
-    sets_in_flight_.erase(id);
+    (void)core_.pending.forget(it->first);
+    it = sets_in_flight_.erase(it);
   }
-}
-
-int ClientSession::next_set_deadline_ms() const {
-  if (sets_in_flight_.empty()) return -1;
-  auto first = std::chrono::steady_clock::time_point::max();
-  for (const auto& [id, deadline] : sets_in_flight_) first = std::min(first, deadline);
-  const auto left = std::chrono::ceil<std::chrono::milliseconds>(first - std::chrono::steady_clock::now());
+  if (next == std::chrono::steady_clock::time_point::max()) return -1;
+  const auto left = std::chrono::ceil<std::chrono::milliseconds>(next - now);
   return static_cast<int>(std::clamp<std::int64_t>(left.count(), 0, 60'000));
 }
 
 void ClientSession::run() {
   while (!closing_) {
-    reap_sets();
+    const int timeout_ms = reap_sets();
     bool full = sets_in_flight_.size() >= kMaxSetsInFlight;
     if (full) {
       std::lock_guard lock(finished_mu_);
@@ -308,7 +304,7 @@ void ClientSession::run() {
                      {outbox_fd_.get(), POLLIN, 0},
                      {stop_fd_, POLLIN, 0},
                      {answers_fd_.get(), POLLIN, 0}};
-    const int n = ::poll(fds, 4, next_set_deadline_ms());
+    const int n = ::poll(fds, 4, timeout_ms);
     if (n < 0) {
       if (errno == EINTR) continue;
       return;

@@ -84,10 +84,7 @@ class PendingTable {
   using Callback = std::function<void(Outcome&&)>;
   struct Entry {
     DeviceId device;
-    std::promise<Outcome> promise;  // when `callback` is empty
-    int done_fd = -1;               // an eventfd signalled after the promise is set (-1: none)
     Callback callback;
-    void finish(Outcome outcome);
   };
   /// Registers a request for `device`; the future completes exactly once, after which
   /// `done_fd` (an eventfd the caller keeps open until the future is done or forgotten) is signalled.
@@ -269,10 +266,9 @@ class ClientSession {
   /// straight away, without waking this session's thread.
   void answer_set(std::uint64_t client_id, std::uint64_t request_id, const std::string& entity,
                   std::string_view component, std::chrono::milliseconds timeout, Outcome&& outcome);
-  /// This session's thread: forgets finished sets, times out the overdue ones.
-  void reap_sets();
-  /// Milliseconds until the first in-flight set is overdue (-1: none in flight).
-  [[nodiscard]] int next_set_deadline_ms() const;
+  /// This session's thread: forgets finished sets, times out the overdue ones. Returns the
+  /// milliseconds until the next one is overdue (-1: none in flight), a poll timeout.
+  int reap_sets();
 
   Core& core_;
   ipc::Channel channel_;

@@ -45,34 +45,26 @@ TaskLoop::~TaskLoop() {
 // ---- PendingTable -------------------------------------------------------------------------------
 
 std::future<Outcome> PendingTable::add(std::uint64_t request_id, DeviceId device, int done_fd) {
-  std::lock_guard lock(mu_);
-  auto& e = entries_[request_id];
-  e.device = device;
-  e.done_fd = done_fd;
-  return e.promise.get_future();
+  // A future is one more completion callback: it sets the promise, then signals `done_fd`.
+  auto promise = std::make_shared<std::promise<Outcome>>();
+  auto future = promise->get_future();
+  add(request_id, device, [promise, done_fd](Outcome&& outcome) {
+    promise->set_value(std::move(outcome));
+    if (done_fd >= 0) ipc::eventfd_signal(done_fd);
+  });
+  return future;
 }
 
 void PendingTable::add(std::uint64_t request_id, DeviceId device, Callback callback) {
   std::lock_guard lock(mu_);
-  auto& e = entries_[request_id];
-  e.device = device;
-  e.callback = std::move(callback);
-}
-
-void PendingTable::Entry::finish(Outcome outcome) {
-  if (callback) {
-    callback(std::move(outcome));
-    return;
-  }
-  promise.set_value(std::move(outcome));
-  if (done_fd >= 0) ipc::eventfd_signal(done_fd);
+  entries_[request_id] = Entry{device, std::move(callback)};
 }
 
 bool PendingTable::complete(std::uint64_t request_id, DeviceId from, Outcome outcome) {
   std::lock_guard lock(mu_);
   auto it = entries_.find(request_id);
   if (it == entries_.end() || !(it->second.device == from)) return false;
-  it->second.finish(std::move(outcome));
+  it->second.callback(std::move(outcome));
   entries_.erase(it);
   return true;
 }
@@ -81,7 +73,7 @@ void PendingTable::fail_device(DeviceId device, const Outcome& outcome) {
   std::lock_guard lock(mu_);
   for (auto it = entries_.begin(); it != entries_.end();) {
     if (it->second.device == device) {
-      it->second.finish(outcome);
+      it->second.callback(Outcome(outcome));
       it = entries_.erase(it);
     } else {
       ++it;
@@ -91,7 +83,7 @@ void PendingTable::fail_device(DeviceId device, const Outcome& outcome) {
 
 void PendingTable::fail_all(const Outcome& outcome) {
   std::lock_guard lock(mu_);
-  for (auto& [id, e] : entries_) e.finish(outcome);
+  for (auto& [id, e] : entries_) e.callback(Outcome(outcome));
   entries_.clear();
 }
 
@@ -107,7 +99,7 @@ bool PendingTable::forget(std::uint64_t request_id) {
   // The waiter gave up. Its future must still hold an Outcome: a promise destroyed unset would
   // make the waiter's get() throw future_error (broken promise), which terminated floe-core
   // whenever a provider left a set unanswered past its timeout.
-  it->second.finish({proto::ERROR_CODE_TIMEOUT, "the provider did not answer in time"});
+  it->second.callback({proto::ERROR_CODE_TIMEOUT, "the provider did not answer in time"});
   entries_.erase(it);
   return true;
 }
