@@ -364,21 +364,7 @@ class RawPeer {
   bool send(const proto::Envelope& e) { return channel_ && channel_->send(e).has_value(); }
   /// One packet of `bytes` (may be empty) with `fds` (any number up to the kernel's).
   bool send_raw(std::string_view bytes, const std::vector<int>& fds = {}) {
-    iovec iov{const_cast<char*>(bytes.data()), bytes.size()};
-    msghdr msg{};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    std::vector<char> control(CMSG_SPACE(fds.size() * sizeof(int)));
-    if (!fds.empty()) {
-      msg.msg_control = control.data();
-      msg.msg_controllen = control.size();
-      cmsghdr* c = CMSG_FIRSTHDR(&msg);
-      c->cmsg_level = SOL_SOCKET;
-      c->cmsg_type = SCM_RIGHTS;
-      c->cmsg_len = CMSG_LEN(fds.size() * sizeof(int));
-      std::memcpy(CMSG_DATA(c), fds.data(), fds.size() * sizeof(int));
-    }
-    return ::sendmsg(channel_->fd(), &msg, MSG_NOSIGNAL) == static_cast<ssize_t>(bytes.size());
+    return send_packet(channel_->fd(), std::as_bytes(std::span(bytes.data(), bytes.size())), fds);
   }
   /// The next envelope from the core (nullopt on EOF or after the hang guard).
   std::optional<proto::Envelope> answer() {

@@ -22,6 +22,7 @@
 
 #include "management.pb.h"
 #include "support/environment.hpp"
+#include "support/integration.hpp"
 
 namespace floe::ipc {
 namespace {
@@ -57,21 +58,7 @@ std::pair<Channel, Channel> make_pair() {
 
 // Sends a packet the way a hostile or buggy peer could: any size, any number of fds.
 void raw_send(int socket, const std::vector<std::byte>& bytes, const std::vector<int>& fds) {
-  iovec iov{const_cast<std::byte*>(bytes.data()), bytes.size()};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  std::vector<char> control(CMSG_SPACE(fds.size() * sizeof(int)));
-  if (!fds.empty()) {
-    msg.msg_control = control.data();
-    msg.msg_controllen = control.size();
-    cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
-    cmsg->cmsg_level = SOL_SOCKET;
-    cmsg->cmsg_type = SCM_RIGHTS;
-    cmsg->cmsg_len = CMSG_LEN(fds.size() * sizeof(int));
-    std::memcpy(CMSG_DATA(cmsg), fds.data(), fds.size() * sizeof(int));
-  }
-  ASSERT_EQ(::sendmsg(socket, &msg, MSG_NOSIGNAL), static_cast<ssize_t>(bytes.size())) << std::strerror(errno);
+  ASSERT_TRUE(test::send_packet(socket, bytes, fds)) << std::strerror(errno);
 }
 
 // Sends `count` fresh eventfds in one raw packet and closes this side's copies, so that afterwards

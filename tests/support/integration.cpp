@@ -1,15 +1,18 @@
 #include "support/integration.hpp"
 
 #include <poll.h>
+#include <sys/socket.h>
 #include <stdlib.h>
 
 #include <cerrno>
+#include <cstring>
 
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
+#include <vector>
 
 namespace floe::test {
 
@@ -30,6 +33,24 @@ bool wait_readable(int fd, std::chrono::milliseconds timeout) {
     r = ::poll(&p, 1, static_cast<int>(timeout.count()));
   } while (r < 0 && errno == EINTR);
   return r == 1;
+}
+
+bool send_packet(int socket, std::span<const std::byte> bytes, std::span<const int> fds) {
+  iovec iov{const_cast<std::byte*>(bytes.data()), bytes.size()};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  std::vector<char> control(CMSG_SPACE(fds.size() * sizeof(int)));
+  if (!fds.empty()) {
+    msg.msg_control = control.data();
+    msg.msg_controllen = control.size();
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(fds.size() * sizeof(int));
+    std::memcpy(CMSG_DATA(c), fds.data(), fds.size() * sizeof(int));
+  }
+  return ::sendmsg(socket, &msg, MSG_NOSIGNAL) == static_cast<ssize_t>(bytes.size());
 }
 
 std::string slurp(const std::string& path) {

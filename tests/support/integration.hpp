@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstddef>
 #include <functional>
+#include <span>
 #include <string>
 
 namespace floe::test {
@@ -21,6 +22,11 @@ bool eventually(const std::function<bool()>& done, std::chrono::milliseconds bou
 
 /// Waits (poll, EINTR retried) until `fd` is readable; false on timeout or error.
 bool wait_readable(int fd, std::chrono::milliseconds timeout = kHangGuard);
+
+/// Sends one packet of `bytes` (may be empty) with `fds` attached (SCM_RIGHTS, any number up to
+/// the kernel's), as a hostile or buggy peer could; true if the packet went out whole (errno
+/// says why not).
+bool send_packet(int socket, std::span<const std::byte> bytes, std::span<const int> fds = {});
 
 /// The whole file (empty if it cannot be read).
 std::string slurp(const std::string& path);
