@@ -369,6 +369,16 @@ class Client {
     auto d = device(name);
     return d && std::find(d->groups().begin(), d->groups().end(), group) != d->groups().end();
   }
+  /// Starts a watch on `query`: the Watch request's id (its events carry it), or 0 with the
+  /// reason in `failure`.
+  std::uint64_t start_watch(const std::string& query, std::string& failure) {
+    proto::ClientRequest req;
+    req.mutable_watch()->set_text(query);
+    auto started = call(req);
+    if (started && started->has_watch_started()) return started->id();
+    failure = !started ? "no answer" : started->has_error() ? started->error().message() : started->DebugString();
+    return 0;
+  }
   ipc::Channel& channel() { return *channel_; }
 
  private:
@@ -778,11 +788,9 @@ TEST_F(CoreDaemon, WatchEventsFlowWhileTheClientsOwnSetWaits) {
     auto g = client.get("lamp_light", "Dimmer");
     return g && g->has_value() && g->value().value().real() == 0.1;
   }));
-  proto::ClientRequest watch;
-  watch.mutable_watch()->set_text("avg Dimmer where Light");
-  auto started = client.call(watch);
-  ASSERT_TRUE(started && started->has_watch_started()) << (started && started->has_error() ? started->error().message() : "");
-  const std::uint64_t watch_req = started->id();
+  std::string why;
+  const std::uint64_t watch_req = client.start_watch("avg Dimmer where Light", why);
+  ASSERT_NE(watch_req, 0U) << why;
 
   // The provider keeps the request; the client's set is pending until the test says "answer".
   ASSERT_EQ(command("hold"), "ok");
@@ -904,11 +912,9 @@ TEST_F(CoreDaemon, ASlowWatcherGetsTheLatestResultAndIsNotDisconnected) {
   Client client = start_core_and_provider();
   ASSERT_FALSE(HasFailure());
   ASSERT_TRUE(eventually([&] { return client.online("lamp"); }));
-  proto::ClientRequest watch;
-  watch.mutable_watch()->set_text("max Dimmer where Light");
-  auto started = client.call(watch);
-  ASSERT_TRUE(started && started->has_watch_started()) << (started && started->has_error() ? started->error().message() : "");
-  const std::uint64_t watch_req = started->id();
+  std::string why;
+  const std::uint64_t watch_req = client.start_watch("max Dimmer where Light", why);
+  ASSERT_NE(watch_req, 0U) << why;
 
   // The client does not read while the provider writes 8,000 values, each drained on its own.
   constexpr int kWrites = 8000;
@@ -945,10 +951,8 @@ TEST_F(CoreDaemon, StopsWhileAWatcherDoesNotRead) {
   Client client = start_core_and_provider();
   ASSERT_FALSE(HasFailure());
   ASSERT_TRUE(eventually([&] { return client.online("lamp"); }));
-  proto::ClientRequest watch;
-  watch.mutable_watch()->set_text("max Dimmer where Light");
-  auto started = client.call(watch);
-  ASSERT_TRUE(started && started->has_watch_started());
+  std::string why;
+  ASSERT_NE(client.start_watch("max Dimmer where Light", why), 0U) << why;
   ASSERT_EQ(command("ramp 3000"), "ok");  // fills the socket: the session thread waits to send
   EXPECT_EQ(stop_core(), 0);
 }
