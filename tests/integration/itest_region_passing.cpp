@@ -21,6 +21,7 @@
 #include "management.pb.h"
 #include "support/child_process.hpp"
 #include "support/environment.hpp"
+#include "support/integration.hpp"
 
 namespace floe::ipc {
 namespace {
@@ -142,19 +143,7 @@ FLOE_CHILD_ROLE(hostile_sender) {
       data[0] = std::byte{0x0a};
       data[1] = std::byte{0x7f};
     }
-    std::vector<char> control(CMSG_SPACE(raw.size() * sizeof(int)));
-    iovec iov{data.data(), data.size()};
-    msghdr msg{};
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.data();
-    msg.msg_controllen = control.size();
-    cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
-    cmsg->cmsg_level = SOL_SOCKET;
-    cmsg->cmsg_type = SCM_RIGHTS;
-    cmsg->cmsg_len = CMSG_LEN(raw.size() * sizeof(int));
-    std::memcpy(CMSG_DATA(cmsg), raw.data(), raw.size() * sizeof(int));
-    return ::sendmsg(sock, &msg, MSG_NOSIGNAL) == static_cast<ssize_t>(bytes);
+    return test::send_packet(sock, data, raw);
   };
 
   if (!raw_send(8, 3 * kMaxPacketFds)) return child_fail(30, std::string("too-many-fds send: ") + std::strerror(errno));
