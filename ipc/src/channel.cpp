@@ -133,18 +133,18 @@ Status Channel::send(const google::protobuf::MessageLite& message, std::span<con
   return send(std::span<const std::byte>(buffer), fds);
 }
 
-Result<Packet> Channel::receive() {
+Result<std::size_t> Channel::receive_raw(std::vector<Fd>& fds) {
   if (!socket_) return logic_error("channel.receive", "channel is closed (moved from?)");
 
-  Packet packet;
   // Allocated before recvmsg: once descriptors arrive, taking them must not be able to throw.
   constexpr std::size_t kMaxFdsInControl = (kControlBytes - CMSG_LEN(0)) / sizeof(int);
-  packet.fds.reserve(kMaxFdsInControl);
-  packet.bytes.resize(kMaxPacketBytes + 1);
+  fds.clear();
+  fds.reserve(kMaxFdsInControl);
+  if (!rx_buf_) rx_buf_ = std::make_unique_for_overwrite<std::byte[]>(kMaxPacketBytes + 1);
 
   iovec iov{};
-  iov.iov_base = packet.bytes.data();
-  iov.iov_len = packet.bytes.size();
+  iov.iov_base = rx_buf_.get();
+  iov.iov_len = kMaxPacketBytes + 1;
   ControlBuffer control{};
   msghdr msg{};
   msg.msg_iov = &iov;
@@ -159,7 +159,7 @@ Result<Packet> Channel::receive() {
   if (n < 0) return sys_error("recvmsg");
 
   // Own every descriptor that arrived before looking at anything else: from here on, every
-  // return path closes them through packet.fds.
+  // return path closes them through fds.
   bool foreign_cmsg = false;
   for (cmsghdr* cmsg = CMSG_FIRSTHDR(&msg); cmsg != nullptr; cmsg = CMSG_NXTHDR(&msg, cmsg)) {
     if (cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS) {
@@ -171,7 +171,7 @@ Result<Packet> Channel::receive() {
     for (std::size_t i = 0; i < count; ++i) {
       int fd = -1;
       std::memcpy(&fd, data + i * sizeof(int), sizeof(int));
-      packet.fds.emplace_back(fd);  // capacity reserved above: cannot reallocate or throw
+      fds.emplace_back(fd);  // capacity reserved above: cannot reallocate or throw
     }
   }
 
@@ -182,39 +182,46 @@ Result<Packet> Channel::receive() {
     return logic_error("channel.receive",
                        fmt::format("control data truncated (MSG_CTRUNC): the peer sent more than {} fds or "
                                    "unexpected ancillary data; closed the {} fds that arrived",
-                                   kMaxPacketFds, packet.fds.size()));
+                                   kMaxPacketFds, fds.size()));
   }
   if ((msg.msg_flags & MSG_TRUNC) != 0 || static_cast<std::size_t>(n) > kMaxPacketBytes) {
     return logic_error("channel.receive",
                        fmt::format("packet truncated (MSG_TRUNC): the peer sent more than {} bytes; closed "
                                    "its {} fds",
-                                   kMaxPacketBytes, packet.fds.size()));
+                                   kMaxPacketBytes, fds.size()));
   }
   if (foreign_cmsg) {
     return logic_error("channel.receive",
                        fmt::format("unexpected ancillary data (not SCM_RIGHTS); closed the {} fds that arrived",
-                                   packet.fds.size()));
+                                   fds.size()));
   }
-  if (packet.fds.size() > kMaxPacketFds) {
+  if (fds.size() > kMaxPacketFds) {
     return logic_error("channel.receive", fmt::format("{} fds in one packet exceed the limit of {}; closed them",
-                                                      packet.fds.size(), kMaxPacketFds));
+                                                      fds.size(), kMaxPacketFds));
   }
-  packet.bytes.resize(static_cast<std::size_t>(n));
-  packet.bytes.shrink_to_fit();
+  return static_cast<std::size_t>(n);
+}
+
+Result<Packet> Channel::receive() {
+  Packet packet;
+  auto n = receive_raw(packet.fds);
+  if (!n) return tl::unexpected(std::move(n).error());
+  packet.bytes.assign(rx_buf_.get(), rx_buf_.get() + *n);
   return packet;
 }
 
 Result<std::vector<Fd>> Channel::receive(google::protobuf::MessageLite& message) {
-  auto packet = receive();
-  if (!packet) return tl::unexpected(std::move(packet).error());
-  // Checked above against kMaxPacketBytes, which fits in int.
+  std::vector<Fd> fds;
+  auto n = receive_raw(fds);
+  if (!n) return tl::unexpected(std::move(n).error());
+  // Checked by receive_raw against kMaxPacketBytes, which fits in int.
   static_assert(kMaxPacketBytes <= static_cast<std::size_t>(std::numeric_limits<int>::max()));
-  if (!message.ParseFromArray(packet->bytes.data(), static_cast<int>(packet->bytes.size()))) {
+  if (!message.ParseFromArray(rx_buf_.get(), static_cast<int>(*n))) {
     return logic_error("channel.receive",
-                       fmt::format("{} bytes did not parse as {}; closed the {} fds that came with them",
-                                   packet->bytes.size(), message.GetTypeName(), packet->fds.size()));
+                       fmt::format("{} bytes did not parse as {}; closed the {} fds that came with them", *n,
+                                   message.GetTypeName(), fds.size()));
   }
-  return std::move(packet->fds);
+  return fds;
 }
 
 Result<PeerCredentials> Channel::peer_credentials() const {

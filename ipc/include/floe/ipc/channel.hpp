@@ -5,6 +5,7 @@
 #include <sys/types.h>
 
 #include <cstddef>
+#include <memory>
 #include <span>
 #include <string>
 #include <utility>
@@ -68,7 +69,12 @@ class Channel {
 
  private:
   explicit Channel(Fd socket) noexcept : socket_(std::move(socket)) {}
+  /// recvmsg into rx_buf_ with every check of receive(); the packet's bytes are rx_buf_[0, n).
+  [[nodiscard]] Result<std::size_t> receive_raw(std::vector<Fd>& fds);
   Fd socket_;
+  /// The receiver's buffer, kMaxPacketBytes + 1 (to detect longer packets), allocated on the
+  /// first receive and reused: a fresh zeroed 64 KiB per packet cost more than the recvmsg.
+  std::unique_ptr<std::byte[]> rx_buf_;
 };
 
 /// A listening SEQPACKET socket bound to a filesystem path.
