@@ -1,6 +1,7 @@
 #include "paths/common.hpp"
 
 #include <linux/futex.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -61,6 +62,26 @@ void sleep_until_ns(std::int64_t t_ns) noexcept {
 }
 
 namespace {
+std::int64_t thread_cpu_ns() noexcept {
+  timespec ts{};
+  ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+}  // namespace
+
+std::int64_t send_at_ns(std::int64_t t_ns, std::int64_t lead_ns) noexcept {
+  if (lead_ns <= 0) {
+    sleep_until_ns(t_ns);
+    return 0;
+  }
+  if (now_ns() < t_ns - lead_ns) sleep_until_ns(t_ns - lead_ns);
+  if (now_ns() >= t_ns) return 0;
+  const std::int64_t cpu0 = thread_cpu_ns();
+  while (now_ns() < t_ns) ::sched_yield();
+  return thread_cpu_ns() - cpu0;
+}
+
+namespace {
 
 /// Follows the phases: returns the next spec (kStop when the run ends). `gen` is the last seen.
 PhaseSpec next_phase(Shared& s, std::uint32_t& gen) {
@@ -93,7 +114,7 @@ void request_thread(Shared& s, RequestClient& client, std::uint32_t index, std::
         if (open) {
           intended = spec.start_ns + static_cast<std::int64_t>(static_cast<double>(idx) * step_ns);
           if (intended >= spec.end_ns) break;
-          sleep_until_ns(intended);
+          (void)send_at_ns(intended, spec.lead_ns);
         } else {
           intended = now_ns();
           if (intended >= spec.end_ns) break;
@@ -175,7 +196,7 @@ void run_commit_driver(Shared& s, const std::function<void(std::uint32_t, std::u
       const std::uint64_t seq = idx + 1;
       const auto intended = spec.start_ns + static_cast<std::int64_t>(static_cast<double>(idx) * step_ns);
       if (seq >= kMaxSeq || intended >= spec.end_ns) break;
-      sleep_until_ns(intended);
+      s.commit_lead_cpu_ns.fetch_add(send_at_ns(intended, spec.lead_ns), std::memory_order_relaxed);
       s.commit_intended[seq].store(intended, std::memory_order_relaxed);
       s.commits_sent.fetch_add(1, std::memory_order_relaxed);
       commit(static_cast<std::uint32_t>(seq % spec.devices), std::uint64_t{gen} * kMaxSeq + seq);

@@ -37,6 +37,7 @@ struct PhaseSpec {
   double rate = 0;                 // open phases: total sends per second
   std::int64_t start_ns = 0;       // CLOCK_MONOTONIC of the first intended send
   std::int64_t end_ns = 0;         // no send is scheduled at or after this
+  std::int64_t lead_ns = 0;        // open phases: wake this early and spin to the intended time
 };
 
 /// The control block, in a MAP_SHARED anonymous mapping made before the children fork.
@@ -50,6 +51,7 @@ struct Shared {
   std::atomic<std::uint64_t> completed;     // requests answered in the phase
   std::atomic<std::uint64_t> failures;      // requests or watch waits that failed
   std::atomic<std::uint64_t> commits_sent;
+  std::atomic<std::int64_t> commit_lead_cpu_ns;  // CPU the commit driver spent in send_at_ns
   std::atomic<std::uint32_t> stop;          // set with the kStop phase
   std::atomic<std::uint32_t> error_set;
   char error[512];
@@ -71,6 +73,12 @@ void wait_word(std::atomic<std::uint32_t>& word, std::uint32_t seen, std::chrono
 void wake_word(std::atomic<std::uint32_t>& word) noexcept;
 /// Sleeps until CLOCK_MONOTONIC reaches `t_ns` (returns at once if it has).
 void sleep_until_ns(std::int64_t t_ns) noexcept;
+/// Returns as close after `t_ns` as it can: sleeps until `lead_ns` before it, then spins (yielding
+/// the CPU to any other runnable thread). A timer wakeup is late by 20-80 us on a virtual machine
+/// even with a 1 ns timer slack; without the lead that lateness would be counted into every
+/// sample of every path as if the path had spent it. A late wakeup is still counted: samples are
+/// measured from `t_ns`. Returns the CPU time the calling thread spent spinning, in ns.
+std::int64_t send_at_ns(std::int64_t t_ns, std::int64_t lead_ns) noexcept;
 
 /// One request connection of a path, used by one thread. set() returns once the path's
 /// acknowledgement came back (the provider has the request); false with `error` filled on failure.
