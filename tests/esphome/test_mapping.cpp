@@ -3,6 +3,10 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <bit>
+#include <cmath>
+#include <limits>
+#include <random>
 #include <set>
 
 #include "floe/esphome/config.hpp"
@@ -205,6 +209,39 @@ TEST(EsphomeMapping, LightStateBecomesItsComponents) {
   EXPECT_FALSE(u->has_value());
 }
 
+TEST(EsphomeMapping, FloatsBecomeTheDoublesTheirDecimalFormsMean) {
+  // ESPHome sends float32; 21.3F as a double is 21.299999237060547, which is not what the device
+  // showed. The tree gets the double of the float's shortest decimal form.
+  const auto sensor = entity(EntityKind::kSensor);
+  pb::SensorStateResponse s;
+  s.set_key(7);
+  for (const auto& [f, d] : {std::pair{21.3F, 21.3}, {0.1F, 0.1}, {-40.7F, -40.7}, {1013.25F, 1013.25},
+                             {1e-7F, 1e-7}, {3.4028235e38F, 3.4028235e38}}) {
+    s.set_state(f);
+    EXPECT_EQ(small<double>(state_writes(sensor, s), Component::Real), d) << f;
+  }
+  s.set_state(std::numeric_limits<float>::quiet_NaN());
+  EXPECT_TRUE(state_writes(sensor, s).empty()) << "NaN is no reading";
+
+  const auto e = entity(EntityKind::kLight, 11, 2);
+  pb::LightStateResponse light;
+  light.set_key(11);
+  light.set_device_id(2);
+  light.set_brightness(0.3F);
+  EXPECT_EQ(small<double>(state_writes(e, light), Component::Dimmer), 0.3);
+
+  // Nothing is lost: the written double narrows back to exactly the float the device sent.
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<std::uint32_t> bits;
+  for (int i = 0; i < 20000; ++i) {
+    const auto f = std::bit_cast<float>(bits(rng));
+    if (!std::isfinite(f)) continue;
+    s.set_state(f);
+    const double d = small<double>(state_writes(sensor, s), Component::Real);
+    ASSERT_EQ(std::bit_cast<std::uint32_t>(static_cast<float>(d)), std::bit_cast<std::uint32_t>(f)) << f;
+  }
+}
+
 TEST(EsphomeMapping, SensorFanCoverAndSelectStates) {
   const auto sensor = entity(EntityKind::kSensor);
   pb::SensorStateResponse s;
@@ -255,7 +292,7 @@ TEST(EsphomeMapping, SensorFanCoverAndSelectStates) {
   EXPECT_EQ(name(state_writes(cover, c)), "stopped");
   c.set_current_operation(pb::COVER_OPERATION_IS_CLOSING);
   EXPECT_EQ(name(state_writes(cover, c)), "closing");
-  EXPECT_DOUBLE_EQ(small<double>(state_writes(cover, c), Component::Position), static_cast<double>(0.4F));
+  EXPECT_EQ(small<double>(state_writes(cover, c), Component::Position), 0.4) << "the float's decimal value, widened";
 
   const auto select = entity(EntityKind::kSelect);
   pb::SelectStateResponse sel;

@@ -1,6 +1,7 @@
 #include "floe/esphome/mapping.hpp"
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <set>
 
@@ -46,6 +47,17 @@ template <typename M>
 std::string serialize(const M& m) {
   std::string out;
   m.SerializeToString(&out);
+  return out;
+}
+
+/// The double a person means by the float a device sent: the float's shortest decimal form
+/// (21.3F is 21.299999237060547 as a double; this gives 21.3). Non-finite values pass through.
+double widen(float v) noexcept {
+  if (!std::isfinite(v)) return static_cast<double>(v);
+  char buf[32];
+  const auto printed = std::to_chars(buf, buf + sizeof buf, v);
+  double out = static_cast<double>(v);
+  if (printed.ec == std::errc{}) (void)std::from_chars(buf, printed.ptr, out);
   return out;
 }
 
@@ -337,18 +349,18 @@ Result<std::optional<StateUpdate>> parse_state(std::uint16_t type, std::string_v
   auto small = [](Component c, ipc::Value v) { return Write{c, std::move(v)}; };
   auto real_unless_missing = [&](const auto& m, const EntityInfo&) {
     W w;
-    if (!m.missing_state() && std::isfinite(m.state())) w.push_back(small(Component::Real, static_cast<double>(m.state())));
+    if (!m.missing_state() && std::isfinite(m.state())) w.push_back(small(Component::Real, widen(m.state())));
     return w;
   };
   switch (static_cast<MsgType>(type)) {
     case MsgType::LightStateResponse:
       return as.operator()<pb::LightStateResponse>(EntityKind::kLight, [&](const auto& m, const EntityInfo&) {
         W w{small(Component::Switch, m.state()),
-            small(Component::Dimmer, std::clamp(static_cast<double>(m.brightness()), 0.0, 1.0)),
+            small(Component::Dimmer, std::clamp(widen(m.brightness()), 0.0, 1.0)),
             small(Component::Color, ipc::Rgb{channel(m.red()), channel(m.green()), channel(m.blue())}),
             small(Component::ColorMode, EnumValue{floe_color_mode(m.color_mode())})};
         if (m.color_temperature() > 0.0F) {
-          w.push_back(small(Component::ColorTemperature, 1e6 / static_cast<double>(m.color_temperature())));
+          w.push_back(small(Component::ColorTemperature, 1e6 / widen(m.color_temperature())));
         }
         return w;
       });
@@ -375,8 +387,8 @@ Result<std::optional<StateUpdate>> parse_state(std::uint16_t type, std::string_v
     case MsgType::CoverStateResponse:
       return as.operator()<pb::CoverStateResponse>(EntityKind::kCover, [&](const auto& m, const EntityInfo&) {
         return W{small(Component::CoverState, EnumValue{cover_state(m)}),
-                 small(Component::Position, std::clamp(static_cast<double>(m.position()), 0.0, 1.0)),
-                 small(Component::Tilt, std::clamp(static_cast<double>(m.tilt()), 0.0, 1.0))};
+                 small(Component::Position, std::clamp(widen(m.position()), 0.0, 1.0)),
+                 small(Component::Tilt, std::clamp(widen(m.tilt()), 0.0, 1.0))};
       });
     case MsgType::FanStateResponse:
       return as.operator()<pb::FanStateResponse>(EntityKind::kFan, [&](const auto& m, const EntityInfo& e) {
