@@ -15,6 +15,7 @@
 #include "floe/core/query_parser.hpp"
 #include "floe/ipc/notify.hpp"
 #include "floe/ipc/protocol.hpp"
+#include "floe/ipc/text.hpp"
 
 namespace floe::core::detail {
 namespace {
@@ -89,19 +90,19 @@ Result<std::variant<std::uint64_t, std::string>> parse_set_value(ipc::Component 
     return logic_error("set", fmt::format("{} is a marker (presence only); it has no value to set", info->name));
   }
   if (text.empty() || text.size() > 256 || text.find_first_of("\n\r") != std::string::npos) {
-    return logic_error("set", fmt::format("'{}' is not a value for {}", text, info->name));
+    return logic_error("set", fmt::format("'{}' is not a value for {}", ipc::excerpt(text), info->name));
   }
   const std::string qtext = fmt::format("set {} = {}", info->name, text);
   auto parsed = parse_query_detailed(qtext);
   if (auto* err = std::get_if<ParseError>(&parsed)) {
     const std::size_t offset = std::string_view("set  = ").size() + info->name.size();
     if (err->position < offset) return logic_error("set", err->message);
-    return logic_error("set", fmt::format("'{}' is not a value for {} ({}): {}", text, info->name,
+    return logic_error("set", fmt::format("'{}' is not a value for {} ({}): {}", ipc::excerpt(text), info->name,
                                           ipc::to_string(info->encoding), err->message));
   }
   const Query& q = std::get<Query>(parsed);
   if (!q.set_value || !q.scopes.empty() || q.where.kind != Filter::Kind::kTrue) {
-    return logic_error("set", fmt::format("'{}' is not a single value for {}", text, info->name));
+    return logic_error("set", fmt::format("'{}' is not a single value for {}", ipc::excerpt(text), info->name));
   }
   const Literal& lit = *q.set_value;
   ipc::Value v;
@@ -114,7 +115,7 @@ Result<std::variant<std::uint64_t, std::string>> parse_set_value(ipc::Component 
       break;
     case ipc::Encoding::kEnum: {
       auto e = ipc::enum_value(c, std::get<std::string>(lit));
-      if (!e) return logic_error("set", fmt::format("'{}' is not a value of {}", text, info->name));
+      if (!e) return logic_error("set", fmt::format("'{}' is not a value of {}", ipc::excerpt(text), info->name));
       v = *e;
       break;
     }
@@ -419,7 +420,7 @@ void ClientSession::handle(const proto::ClientRequest& req) {
       auto snap = core_.registry.snapshot();
       const std::string& only = req.list_entities().device();
       if (!only.empty() && snap->device(only) == nullptr) {
-        return send_error(id, proto::ERROR_CODE_NOT_FOUND, fmt::format("unknown device '{}'", only));
+        return send_error(id, proto::ERROR_CODE_NOT_FOUND, fmt::format("unknown device '{}'", ipc::excerpt(only)));
       }
       auto* list = resp.mutable_entities();
       for (const auto& d : snap->devices()) {
@@ -442,9 +443,9 @@ void ClientSession::handle(const proto::ClientRequest& req) {
       const auto& g = req.get();
       auto snap = core_.registry.snapshot();
       auto ref = snap->entity(g.entity());
-      if (!ref) return send_error(id, proto::ERROR_CODE_NOT_FOUND, fmt::format("unknown entity '{}'", g.entity()));
+      if (!ref) return send_error(id, proto::ERROR_CODE_NOT_FOUND, fmt::format("unknown entity '{}'", ipc::excerpt(g.entity())));
       const ipc::ComponentInfo* info = ipc::find_component(g.component());
-      if (info == nullptr) return send_error(id, proto::ERROR_CODE_NOT_FOUND, fmt::format("unknown component '{}'", g.component()));
+      if (info == nullptr) return send_error(id, proto::ERROR_CODE_NOT_FOUND, fmt::format("unknown component '{}'", ipc::excerpt(g.component())));
       const DeviceRecord* dev = snap->device(ref->device);
       const ipc::TreeReader& reader = dev->reader();
       if (!reader.has(ref->entity, info->id)) {
@@ -551,9 +552,9 @@ void ClientSession::on_set(const proto::ClientRequest& req) {
   const std::uint64_t id = req.id();
   auto snap = core_.registry.snapshot();
   auto ref = snap->entity(s.entity());
-  if (!ref) return send_error(id, proto::ERROR_CODE_NOT_FOUND, fmt::format("unknown entity '{}'", s.entity()));
+  if (!ref) return send_error(id, proto::ERROR_CODE_NOT_FOUND, fmt::format("unknown entity '{}'", ipc::excerpt(s.entity())));
   const ipc::ComponentInfo* info = ipc::find_component(s.component());
-  if (info == nullptr) return send_error(id, proto::ERROR_CODE_NOT_FOUND, fmt::format("unknown component '{}'", s.component()));
+  if (info == nullptr) return send_error(id, proto::ERROR_CODE_NOT_FOUND, fmt::format("unknown component '{}'", ipc::excerpt(s.component())));
   const DeviceRecord* dev = snap->device(ref->device);
   if (!dev->reader().has(ref->entity, info->id)) {
     return send_error(id, proto::ERROR_CODE_NOT_FOUND, fmt::format("entity '{}' has no component {}", s.entity(), info->name));
@@ -703,11 +704,11 @@ void ClientSession::on_edit_group(const proto::ClientRequest& req) {
   std::lock_guard lock(core_.meta_mu);
   auto snap = core_.registry.snapshot();
   const DeviceRecord* dev = snap->device(e.device());
-  if (dev == nullptr) return send_error(id, proto::ERROR_CODE_NOT_FOUND, fmt::format("unknown device '{}'", e.device()));
+  if (dev == nullptr) return send_error(id, proto::ERROR_CODE_NOT_FOUND, fmt::format("unknown device '{}'", ipc::excerpt(e.device())));
   const GroupRecord* group = snap->group(e.group());
   Status r;
   if (e.remove()) {
-    if (group == nullptr) return send_error(id, proto::ERROR_CODE_NOT_FOUND, fmt::format("unknown group '{}'", e.group()));
+    if (group == nullptr) return send_error(id, proto::ERROR_CODE_NOT_FOUND, fmt::format("unknown group '{}'", ipc::excerpt(e.group())));
     const bool last = group->devices.size() == 1 && group->devices.front() == dev->id;
     r = core_.registry.edit([&](Registry::Editor& ed) -> Status {
       FLOE_TRY(ed.remove_from_group(group->id, dev->id));
@@ -716,7 +717,7 @@ void ClientSession::on_edit_group(const proto::ClientRequest& req) {
     });
   } else {
     if (e.group().empty() || e.group().size() > 64 || is_query_keyword(e.group())) {
-      return send_error(id, proto::ERROR_CODE_BAD_VALUE, fmt::format("'{}' is not a usable group name", e.group()));
+      return send_error(id, proto::ERROR_CODE_BAD_VALUE, fmt::format("'{}' is not a usable group name", ipc::excerpt(e.group())));
     }
     r = core_.registry.edit([&](Registry::Editor& ed) -> Status {
       GroupId g;

@@ -23,6 +23,7 @@
 #include "floe/core/limits.hpp"
 #include "floe/ipc/notify.hpp"
 #include "floe/ipc/protocol.hpp"
+#include "floe/ipc/text.hpp"
 
 namespace floe::core {
 namespace detail {
@@ -572,8 +573,15 @@ void Daemon::handle_provider(ProviderSession& s, const proto::Envelope& env, std
       provider_error(s, env.id(), proto::ERROR_CODE_MALFORMED, "this is the provider socket; clients use client.sock", true);
       return;
     }
-    if (h.peer_name().empty() || h.peer_name().size() > 64) {
-      provider_error(s, env.id(), proto::ERROR_CODE_MALFORMED, "Hello.peer_name must be 1..64 bytes", true);
+    // The name goes into log lines and the registry: no control characters (a newline or an
+    // escape sequence in it could forge log lines). UTF-8 is fine (protobuf checked it).
+    const std::string& name = h.peer_name();
+    if (name.empty() || name.size() > 64 ||
+        std::any_of(name.begin(), name.end(), [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; })) {
+      provider_error(s, env.id(), proto::ERROR_CODE_MALFORMED,
+                     fmt::format("Hello.peer_name must be 1..64 bytes without control characters (got '{}')",
+                                 ipc::excerpt(name)),
+                     true);
       return;
     }
     s.name = h.peer_name();
@@ -609,13 +617,14 @@ void Daemon::add_device(ProviderSession& s, std::uint64_t msg_id, const proto::A
   auto fail = [&](proto::ErrorCode code, const std::string& msg) { provider_error(s, msg_id, code, msg, false); };
   if (!Registry::valid_entity_id(id)) {
     return fail(proto::ERROR_CODE_MALFORMED,
-                fmt::format("device id '{}' must be 1..64 characters of [a-z0-9_.-]", id));
+                fmt::format("device id '{}' must be 1..64 characters of [a-z0-9_.-]", ipc::excerpt(id)));
   }
   if (add.entities_size() == 0) return fail(proto::ERROR_CODE_MALFORMED, fmt::format("device '{}' declares no entities", id));
   for (const auto& e : add.entities()) {
     if (!Registry::valid_entity_id(e.id())) {
       return fail(proto::ERROR_CODE_MALFORMED,
-                  fmt::format("device '{}': entity id '{}' must be 1..64 characters of [a-z0-9_.-]", id, e.id()));
+                  fmt::format("device '{}': entity id '{}' must be 1..64 characters of [a-z0-9_.-]", id,
+                              ipc::excerpt(e.id())));
     }
     for (const auto& c : e.components()) {
       if (ipc::find_component(static_cast<ipc::Component>(std::min<std::uint32_t>(c.component(), 0xFFFF))) == nullptr) {
@@ -828,7 +837,7 @@ void Daemon::remove_device(ProviderSession& s, std::uint64_t msg_id, const std::
                      (it->second->owner == 0 && m != core_.meta.end() && m->second.provider == s.name));
   if (!mine) {
     provider_error(s, msg_id, proto::ERROR_CODE_NOT_FOUND,
-                   fmt::format("device '{}' is not declared by provider '{}'", device_id, s.name), false);
+                   fmt::format("device '{}' is not declared by provider '{}'", ipc::excerpt(device_id), s.name), false);
     return;
   }
   Device& d = *it->second;
@@ -855,7 +864,7 @@ void Daemon::set_availability(ProviderSession& s, std::uint64_t msg_id, const pr
   auto it = devices_.find(a.device_id());
   if (it == devices_.end() || it->second->owner != s.id) {
     provider_error(s, msg_id, proto::ERROR_CODE_NOT_FOUND,
-                   fmt::format("device '{}' is not declared on this connection", a.device_id()), false);
+                   fmt::format("device '{}' is not declared on this connection", ipc::excerpt(a.device_id())), false);
     return;
   }
   Device& d = *it->second;

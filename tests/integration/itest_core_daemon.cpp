@@ -509,6 +509,12 @@ TEST_F(CoreDaemon, ClientErrorsAreClearAndTheSessionSurvives) {
   ASSERT_TRUE(r && r->has_error());
   EXPECT_EQ(r->error().code(), proto::ERROR_CODE_NOT_FOUND);
   EXPECT_NE(r->error().message().find("nope"), std::string::npos);
+  // What the client sent is quoted bounded and escaped.
+  r = client.get(std::string(60'000, 'n') + "\x1b", "Dimmer");
+  ASSERT_TRUE(r && r->has_error());
+  EXPECT_LT(r->error().message().size(), 300u);
+  EXPECT_NE(r->error().message().find(std::string(64, 'n') + "...(60001 bytes)"), std::string::npos)
+      << r->error().message().substr(0, 300);
   const std::byte garbage[] = {std::byte{0x0a}, std::byte{0x7f}, std::byte{1}};
   ASSERT_TRUE(client.channel().send(garbage));
   auto m = client.receive();

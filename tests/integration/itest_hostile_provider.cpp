@@ -782,6 +782,8 @@ TEST_F(HostileProvider, MalformedMessagesGetAClearErrorAndFatalOnesADisconnectWi
       {"AddDevice before Hello", false, bytes_of(add_first), "the first message must be Hello"},
       {"empty peer name", false, bytes_of(nameless), "Hello.peer_name must be 1..64 bytes"},
       {"1000-byte peer name", false, bytes_of(long_name), "Hello.peer_name must be 1..64 bytes"},
+      {"a newline in the peer name (a forged log line)", false, bytes_of(hello_envelope("raw\nprovider 'x' connected")),
+       "without control characters (got 'raw\\x0aprovider 'x' connected')"},
       {"client role on the provider socket", false, bytes_of(client_role), "this is the provider socket"},
       {"garbage after Hello", true, garbage, "packet is not a floe.proto.Envelope"},
       {"truncated AddDevice", true, truncated, "packet is not a floe.proto.Envelope"},
@@ -886,6 +888,20 @@ TEST_F(HostileProvider, MalformedMessagesGetAClearErrorAndFatalOnesADisconnectWi
   expect_refused(absurd, proto::ERROR_CODE_MALFORMED, "4294967295");
   absurd = evil_device(std::string(300, 'a'));
   expect_refused(absurd, proto::ERROR_CODE_MALFORMED, "must be 1..64 characters");
+  {
+    // What a provider sent is quoted bounded and escaped, in the answer and in the log line.
+    absurd = evil_device(std::string(10'000, 'a') + "\n");
+    absurd.set_id(4250);
+    ASSERT_TRUE(p.send(absurd));
+    auto a = p.answer();
+    ASSERT_TRUE(a && a->has_error()) << (a ? a->DebugString() : "no answer");
+    EXPECT_NE(a->error().message().find("'" + std::string(64, 'a') + "...(10001 bytes)'"), std::string::npos)
+        << a->error().message().substr(0, 300);
+    EXPECT_LT(a->error().message().size(), 300u);
+    e.Clear();
+    e.mutable_remove_device()->set_device_id("gone\x1b[2J");
+    expect_refused(e, proto::ERROR_CODE_NOT_FOUND, "device 'gone\\x1b[2J' is not declared by provider 'raw'");
+  }
   absurd = evil_device("absurd");
   absurd.mutable_add_device()->clear_entities();
   expect_refused(absurd, proto::ERROR_CODE_MALFORMED, "declares no entities");
