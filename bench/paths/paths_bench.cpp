@@ -257,6 +257,15 @@ struct PhaseResult {
   double cpu_ns_per_op = 0;    // core + provider CPU over the phase / sent
 };
 
+/// The senders' spin before each send (see send_at_ns): `lead_us`, but never more than 5% of the
+/// mean interval between sends, so that all senders together spin at most 5% of one CPU. At the
+/// latency phases' 500/s that is 100 us; on the load ramp's higher rates it shrinks towards
+/// nothing, so spinning senders do not take the vCPUs the path under test needs.
+std::int64_t send_lead_ns(double lead_us, double rate) {
+  if (rate <= 0) return 0;
+  return static_cast<std::int64_t>(std::min(lead_us * 1e3, 0.05e9 / rate));
+}
+
 /// Runs one phase of `seconds`; the first `warm` fraction of sends is left out of the histogram.
 PhaseResult run_phase(Instance& inst, PhaseKind kind, std::uint32_t clients, double rate, double seconds,
                       double warm = 0.2) {
@@ -274,7 +283,7 @@ PhaseResult run_phase(Instance& inst, PhaseKind kind, std::uint32_t clients, dou
   const auto length = static_cast<std::int64_t>(seconds * 1e9);
   s.spec = PhaseSpec{.kind = kind, .clients = clients, .devices = inst.spec().devices, .rate = rate,
                      .start_ns = start, .end_ns = start + length,
-                     .lead_ns = static_cast<std::int64_t>(inst.send_lead_us() * 1e3)};
+                     .lead_ns = send_lead_ns(inst.send_lead_us(), rate)};
   const std::int64_t cpu0 = inst.cpu_ns();
   // SYNC(phase): release pairs with the drivers' acquire in next_phase: `spec` is published.
   s.phase_gen.fetch_add(1, std::memory_order_release);
@@ -601,7 +610,8 @@ CLI::App* add_paths_subcommand(CLI::App& app, PathsConfig& cfg) {
   cmd->add_option("--load-rps", cfg.load_rps, "offered load of the latency phases")->capture_default_str();
   cmd->add_option("--send-lead-us", cfg.send_lead_us,
                   "open phases: senders sleep until this long before each intended send time, then spin to it "
-                  "(0: sleep only; a timer wakeup's lateness then counts into every sample)")
+                  "(capped at 5% of the mean interval between sends; 0: sleep only, and a timer wakeup's lateness "
+                  "then counts into every sample)")
       ->capture_default_str();
   cmd->add_flag("!--no-ramp", cfg.ramp, "skip the offered-load ramp");
   cmd->add_flag("!--no-transports", cfg.transports, "do not run floe-bench ring for the transports section");
@@ -688,7 +698,7 @@ int run_paths_bench(PathsConfig cfg) {
   fmt::print("floe-bench paths — {} | {} | {} cores ({} allowed) | load {}\n", machine.cpu_model, machine.kernel,
              machine.cores_online, machine.cores_allowed, machine.loadavg);
   fmt::print("{} repetition(s) of {:.2f} s phases; latency at {:.0f} offered requests/s and commits/s, senders "
-             "spinning the last {:.0f} us to each send time; {}\n\n",
+             "spinning the last {:.0f} us (at most 5% of the interval between sends) to each send time; {}\n\n",
              cfg.repetitions, cfg.phase_s, cfg.load_rps, cfg.send_lead_us,
              cfg.setting == "both"  ? "device answered inside the provider, then behind TCP (floe-esphome-sim)"
              : cfg.setting == "tcp" ? "devices behind TCP (floe-esphome-sim on loopback)"
