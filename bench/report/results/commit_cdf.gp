@@ -1,6 +1,6 @@
 set terminal svg size 800,480 dynamic background rgb 'white'
 set output 'commit_cdf.svg'
-set title "commit latency CDF, 100 devices, 1 client"
+set title "commit latency CDF, 100 devices, 1 client, device inside the provider"
 set xlabel "latency (us, log)"
 set ylabel "fraction at or below"
 set termoption noenhanced
