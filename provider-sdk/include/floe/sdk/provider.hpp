@@ -70,7 +70,7 @@ struct DeviceSpec {
 };
 
 struct ProviderOptions {
-  std::string name{};                                    // stable across restarts
+  std::string name{};                                    // stable across restarts; 1..64 bytes, no control characters
   std::string socket_dir{};                              // empty: ipc::default_socket_dir()
   std::chrono::milliseconds reconnect_min{100};          // first retry delay
   std::chrono::milliseconds reconnect_max{5000};         // the delay stops doubling here
