@@ -22,6 +22,7 @@
 #include "daemon_internal.hpp"
 #include "floe/core/limits.hpp"
 #include "floe/ipc/notify.hpp"
+#include "floe/ipc/protobuf_log.hpp"
 #include "floe/ipc/protocol.hpp"
 #include "floe/ipc/text.hpp"
 
@@ -985,6 +986,8 @@ int App::run() {
   sigaddset(&set, SIGINT);
   ::pthread_sigmask(SIG_BLOCK, &set, nullptr);
   ::signal(SIGPIPE, SIG_IGN);
+  // Clients and providers send protobuf; the daemon reports what it cannot parse itself.
+  ipc::route_protobuf_logs_to_spdlog();
   core_ = std::make_unique<detail::Core>(config_);
   int code = 0;
   {

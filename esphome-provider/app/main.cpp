@@ -9,6 +9,7 @@
 
 #include "floe/esphome/config.hpp"
 #include "floe/esphome/provider.hpp"
+#include "floe/ipc/protobuf_log.hpp"
 
 namespace {
 floe::esphome::EsphomeProvider* g_provider = nullptr;
@@ -24,6 +25,8 @@ int main(int argc, char** argv) {
   app.add_flag("-v,--verbose", verbose, "More logging (-v debug, -vv trace)");
   CLI11_PARSE(app, argc, argv);
   if (verbose > 0) spdlog::set_level(verbose > 1 ? spdlog::level::trace : spdlog::level::debug);
+  // Devices send protobuf; the provider reports what it cannot parse itself.
+  floe::ipc::route_protobuf_logs_to_spdlog();
 
   auto config = floe::esphome::load_config(config_path);
   if (!config) {

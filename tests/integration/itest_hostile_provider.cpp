@@ -942,6 +942,57 @@ TEST_F(HostileProvider, MalformedMessagesGetAClearErrorAndFatalOnesADisconnectWi
   expect_no_fd_leak();
 }
 
+TEST_F(HostileProvider, StringsThatAreNotUtf8AreAnsweredAndNotLoggedPerPacket) {
+  ASSERT_NO_FATAL_FAILURE(start());
+  // protobuf refuses a string field that is not UTF-8 and by default writes a line to stderr for
+  // each one, so peers could fill the core's log with them. The core reports each such packet
+  // itself (the provider's disconnect reason, the client's MALFORMED answer) and routes protobuf's
+  // own lines to debug.
+  const auto not_utf8 = [](std::string bytes) {
+    bytes.replace(bytes.find("QQQQ"), 4, "\xff\xfe\xfd\xfc");
+    return bytes;
+  };
+  const std::string bad_provider_packet = not_utf8(bytes_of(evil_device("QQQQ")));
+  ASSERT_FALSE(parses(bad_provider_packet)) << "the test needs bytes protobuf refuses";
+  proto::ClientRequest get;
+  get.mutable_get()->set_entity("QQQQ");
+  get.mutable_get()->set_component("Dimmer");
+  const std::string bad_client_packet = not_utf8(get.SerializeAsString());
+
+  for (int i = 0; i < 5; ++i) {
+    RawPeer p(sockets());
+    ASSERT_TRUE(p.hello("raw-utf8"));
+    ASSERT_TRUE(p.send_raw(bad_provider_packet));
+    auto err = p.closed_with();
+    ASSERT_TRUE(err.has_value()) << "no ErrorReply before the core hung up";
+    EXPECT_EQ(err->code(), proto::ERROR_CODE_MALFORMED);
+  }
+  auto ch = ipc::Channel::connect(sockets() + "/client.sock");
+  ASSERT_TRUE(ch) << ch.error().to_string();
+  const auto call = [&](std::string_view bytes) -> std::optional<proto::ClientResponse> {
+    if (!ch->send(std::as_bytes(std::span(bytes.data(), bytes.size())))) return std::nullopt;
+    if (!readable(ch->fd(), static_cast<int>(kHangGuard.count()))) return std::nullopt;
+    proto::ClientResponse r;
+    if (!ch->receive(r)) return std::nullopt;
+    return r;
+  };
+  proto::ClientRequest hello;
+  hello.set_id(1);
+  hello.mutable_hello()->set_protocol_version(ipc::kProtocolVersion);
+  hello.mutable_hello()->set_role(proto::PEER_ROLE_CLIENT);
+  auto welcome = call(hello.SerializeAsString());
+  ASSERT_TRUE(welcome && !welcome->has_error()) << (welcome ? welcome->DebugString() : "no answer");
+  for (int i = 0; i < 5; ++i) {
+    auto r = call(bad_client_packet);
+    ASSERT_TRUE(r && r->has_error()) << "packet " << i << ": " << (r ? r->DebugString() : "no answer");
+    EXPECT_EQ(r->error().code(), proto::ERROR_CODE_MALFORMED);
+  }
+  EXPECT_TRUE(eventually([&] { return log_lines({"provider 'raw-utf8' (", ") gone (", "not a floe.proto.Envelope"}) == 5; }))
+      << "the core's own report of each bad provider packet";
+  EXPECT_EQ(slurp(dir_ / "core.log").find("UTF-8"), std::string::npos) << "protobuf's line, once per packet";
+  expect_honest_intact();
+}
+
 TEST_F(HostileProvider, HugeDescriptorPayloadsAreClosedAndTheSenderDisconnected) {
   ASSERT_NO_FATAL_FAILURE(start());
   const FdZoo zoo;
