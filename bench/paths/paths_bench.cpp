@@ -546,7 +546,7 @@ std::vector<Target> targets(const std::vector<Row>& rows, std::uint32_t devices,
   for (auto& x : out) x.judged = setting != "tcp";
   // Not one of the targets, reported beside them: one client's closed-loop round trip
   // (request, provider's answer, client has it), the interval where floe saves the most hops
-  // (4 wakeups against 6; bench/README.md). The ratio of the 1-client request rates, inverted.
+  // (4 wakeups against 10; bench/README.md). The ratio of the 1-client request rates, inverted.
   Target rt{"floe/old round trip, closed loop" + at, 0.5, false, std::nullopt};
   if (f && o && f->max_rps.median() > 0) rt.measured = o->max_rps.median() / f->max_rps.median();
   rt.judged = false;
