@@ -10,10 +10,10 @@ std::string excerpt(std::string_view text, std::size_t max_bytes) {
   out.reserve(shown.size() + 24);
   for (const char ch : shown) {
     const auto b = static_cast<unsigned char>(ch);
-    if (b >= 0x20 && b < 0x7f && b != '\\') {
-      out.push_back(ch);
-    } else if (b == '\\') {
+    if (b == '\\') {
       out += "\\\\";
+    } else if (b >= 0x20 && b < 0x7f) {
+      out.push_back(ch);
     } else {
       out += fmt::format("\\x{:02x}", b);
     }
