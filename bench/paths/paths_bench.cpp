@@ -103,6 +103,13 @@ class Instance {
   [[nodiscard]] std::int64_t cpu_ns() const {
     return std::max<std::int64_t>(0, process_cpu_ns_of(core_)) + std::max<std::int64_t>(0, process_cpu_ns_of(provider_));
   }
+  /// The clients process's CPU so far (ns): the dashboards' side of every request, the same kind
+  /// of work on every path.
+  [[nodiscard]] std::int64_t clients_cpu_ns() const { return std::max<std::int64_t>(0, process_cpu_ns_of(clients_)); }
+  /// Every process of the instance (core, provider, clients, and the devices behind TCP).
+  [[nodiscard]] std::int64_t all_cpu_ns() const {
+    return cpu_ns() + clients_cpu_ns() + std::max<std::int64_t>(0, process_cpu_ns_of(devices_));
+  }
   /// liveness(), or for floe the tail of the core's log: what to add to a failure.
   [[nodiscard]] std::string diagnose() {
     if (auto l = liveness(); !l.empty()) return l;
@@ -255,6 +262,8 @@ struct PhaseResult {
   std::uint64_t lost = 0;      // measured-window sends without an arrival / sighting
   double achieved_rps = 0;     // completed / phase length
   double cpu_ns_per_op = 0;    // core + provider CPU over the phase / sent
+  double client_cpu_ns_per_op = 0;  // the clients process's CPU over the phase / completed
+  double busy_cpus = 0;        // CPUs the instance's processes kept busy on average over the phase
 };
 
 /// The senders' spin before each send (see send_at_ns): `lead_us`, but never more than 5% of the
@@ -285,6 +294,9 @@ PhaseResult run_phase(Instance& inst, PhaseKind kind, std::uint32_t clients, dou
                      .start_ns = start, .end_ns = start + length,
                      .lead_ns = send_lead_ns(inst.send_lead_us(), rate)};
   const std::int64_t cpu0 = inst.cpu_ns();
+  const std::int64_t client_cpu0 = inst.clients_cpu_ns();
+  const std::int64_t all_cpu0 = inst.all_cpu_ns();
+  const std::int64_t start0 = now_ns();
   // SYNC(phase): release pairs with the drivers' acquire in next_phase: `spec` is published.
   s.phase_gen.fetch_add(1, std::memory_order_release);
   wake_word(s.phase_gen);
@@ -310,6 +322,8 @@ PhaseResult run_phase(Instance& inst, PhaseKind kind, std::uint32_t clients, dou
   const std::int64_t finished = now_ns();
   if (commit && r.ok) std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the last sightings
   const std::int64_t cpu1 = inst.cpu_ns();
+  const std::int64_t client_cpu1 = inst.clients_cpu_ns();
+  const std::int64_t all_cpu1 = inst.all_cpu_ns();
   if (s.error_set.load() != 0) {
     r.ok = false;
     r.error = s.error;
@@ -339,6 +353,9 @@ PhaseResult run_phase(Instance& inst, PhaseKind kind, std::uint32_t clients, dou
   // not the provider's. (Behind TCP the driver runs in the devices process, which is not counted.)
   const std::int64_t harness_cpu = commit && !inst.spec().tcp ? s.commit_lead_cpu_ns.load() : 0;
   if (r.sent > 0) r.cpu_ns_per_op = static_cast<double>(cpu1 - cpu0 - harness_cpu) / static_cast<double>(r.sent);
+  if (const std::uint64_t done = s.completed.load(); !commit && done > 0)
+    r.client_cpu_ns_per_op = static_cast<double>(client_cpu1 - client_cpu0) / static_cast<double>(done);
+  r.busy_cpus = static_cast<double>(all_cpu1 - all_cpu0) / static_cast<double>(std::max<std::int64_t>(1, finished - start0));
   return r;
 }
 
@@ -384,7 +401,7 @@ struct Row {
   std::uint32_t devices = 0, clients = 0;
   std::string status = "ok", reason{};
   Side request{}, commit{};
-  Spread max_rps{}, cpu_saturated{};
+  Spread max_rps{}, cpu_saturated{}, client_cpu_saturated{}, busy_cpus_saturated{};
   std::vector<RampPoint> ramp{};
   int repetitions = 0;
 };
@@ -408,6 +425,8 @@ void measure_row(Instance& inst, Row& row, const PathsConfig& cfg, bool with_ram
     row.commit.add(com);
     row.max_rps.values.push_back(sat.achieved_rps);
     row.cpu_saturated.values.push_back(sat.cpu_ns_per_op);
+    row.client_cpu_saturated.values.push_back(sat.client_cpu_ns_per_op);
+    row.busy_cpus_saturated.values.push_back(sat.busy_cpus);
     ++row.repetitions;
   }
   if (!with_ramp) return;
@@ -466,6 +485,8 @@ ordered_json row_json(const Row& r) {
   o["repetitions"] = r.repetitions;
   o["max_rps_spread"] = {r.max_rps.min(), r.max_rps.max()};
   o["cpu_ns_per_request_saturated"] = r.cpu_saturated.median();
+  o["client_cpu_ns_per_request_saturated"] = r.client_cpu_saturated.median();
+  o["busy_cpus_saturated"] = r.busy_cpus_saturated.median();
   o["request"] = side_json(r.request, true);
   o["commit"] = side_json(r.commit, true);
   if (!r.ramp.empty()) {
@@ -509,7 +530,9 @@ struct Target {
 };
 
 /// The issue's ratios at `devices`, among the rows of one setting.
-std::vector<Target> targets(const std::vector<Row>& rows, std::uint32_t devices, const std::string& setting) {
+/// `cpus`: the CPUs the run may use (for the throughput ceiling).
+std::vector<Target> targets(const std::vector<Row>& rows, std::uint32_t devices, const std::string& setting,
+                            unsigned cpus) {
   auto find = [&](const std::string& path, std::uint32_t clients) -> const Row* {
     for (const Row& r : rows)
       if (r.path == path && r.setting == setting && r.devices == devices && r.clients == clients &&
@@ -517,12 +540,12 @@ std::vector<Target> targets(const std::vector<Row>& rows, std::uint32_t devices,
         return &r;
     return nullptr;
   };
-  auto best_rps = [&](const std::string& path) -> std::optional<double> {
-    std::optional<double> best;
+  auto best_rps = [&](const std::string& path) -> const Row* {
+    const Row* best = nullptr;
     for (const Row& r : rows)
       if (r.path == path && r.setting == setting && r.devices == devices && r.status == "ok" && r.backend.empty() &&
-          (!best || r.max_rps.median() > *best))
-        best = r.max_rps.median();
+          (best == nullptr || r.max_rps.median() > best->max_rps.median()))
+        best = &r;
     return best;
   };
   const Row* f = find("floe", 1);
@@ -540,10 +563,21 @@ std::vector<Target> targets(const std::vector<Row>& rows, std::uint32_t devices,
   ratio("floe/old commit p99" + at, [](const Row& r) { return r.commit.p99.median(); });
   Target t{fmt::format("floe/old max_rps ({} devices, best client count, {})", devices, setting), 3.0, true,
            std::nullopt};
-  const auto fr = best_rps("floe"), orps = best_rps("old");
-  if (fr && orps && *orps > 0) t.measured = *fr / *orps;
+  const Row* fr = best_rps("floe");
+  const Row* orps = best_rps("old");
+  if (fr && orps && orps->max_rps.median() > 0) t.measured = fr->max_rps.median() / orps->max_rps.median();
   out.push_back(std::move(t));
   for (auto& x : out) x.judged = setting != "tcp";
+  // Not a target: the most the max_rps ratio could be on this machine. The clients (the dashboards)
+  // share its CPUs, and each of floe's requests costs them client_cpu_ns_per_request_saturated of
+  // CPU, so even a core and provider that cost nothing could not serve more than cpus / that per
+  // second. Over old's best rate that is the ceiling of the ratio (bench/README.md).
+  Target ceiling{fmt::format("floe/old max_rps ceiling: the clients' own CPU ({} CPUs)", cpus), 3.0, true,
+                 std::nullopt};
+  if (fr && orps && orps->max_rps.median() > 0 && fr->client_cpu_saturated.median() > 0)
+    ceiling.measured = static_cast<double>(cpus) * 1e9 / fr->client_cpu_saturated.median() / orps->max_rps.median();
+  ceiling.judged = false;
+  out.push_back(std::move(ceiling));
   // Not one of the issue's targets, reported beside them: one client's closed-loop round trip
   // (request, provider's answer, client has it), the interval where floe saves the most hops
   // (4 wakeups against 10; bench/README.md). The ratio of the 1-client request rates, inverted.
@@ -779,6 +813,17 @@ int run_paths_bench(PathsConfig cfg) {
     }
   }
 
+  // Where the CPU goes at saturation (the closed-loop phases).
+  fmt::print("\nat saturation (closed loop): CPU per request of the path (core + provider) and of the clients, "
+             "and the CPUs kept busy\n");
+  for (const Row& r : rows) {
+    if (r.status != "ok") continue;
+    const std::string notify = r.backend.empty() ? r.notify : r.notify + "/" + r.backend;
+    fmt::print("  {:<18} {:<6} {:<16} {:>5} {:>3} | {:>9.0f} req/s | path {:>6} us  clients {:>6} us | {:.2f} CPUs\n",
+               r.path, r.setting == "tcp" ? "tcp" : "inproc", notify, r.devices, r.clients, r.max_rps.median(),
+               us(r.cpu_saturated.median()), us(r.client_cpu_saturated.median()), r.busy_cpus_saturated.median());
+  }
+
   // Offered-load ramps.
   for (const Row& r : rows) {
     if (r.ramp.empty()) continue;
@@ -791,7 +836,7 @@ int run_paths_bench(PathsConfig cfg) {
 
   std::vector<Target> tgt;
   for (const bool tcp : settings) {
-    auto more = targets(rows, cfg.sweep_devices, setting_name(tcp));
+    auto more = targets(rows, cfg.sweep_devices, setting_name(tcp), static_cast<unsigned>(std::max(1, machine.cores_allowed)));
     tgt.insert(tgt.end(), more.begin(), more.end());
   }
   fmt::print("\ntargets (issue 6; ratios from this run; behind TCP the issue asks for the ratios only):\n");
