@@ -297,6 +297,21 @@ std::int64_t process_cpu_ns_of(pid_t pid) {
   return (utime + stime) * (1'000'000'000LL / (hz > 0 ? hz : 100));
 }
 
+bool set_process_cpus(pid_t pid, const std::vector<int>& cpus) {
+  if (pid <= 0 || cpus.empty()) return false;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  for (int cpu : cpus) CPU_SET(cpu, &set);
+  std::error_code ec;
+  bool all = true;
+  for (const auto& task : std::filesystem::directory_iterator(fmt::format("/proc/{}/task", pid), ec)) {
+    const auto tid = static_cast<pid_t>(std::strtol(task.path().filename().c_str(), nullptr, 10));
+    // A thread that exited since the listing is not an error.
+    if (tid > 0 && ::sched_setaffinity(tid, sizeof(set), &set) != 0 && errno != ESRCH) all = false;
+  }
+  return all && !ec;
+}
+
 void raise_fd_limit() {
   rlimit rl{};
   if (::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {

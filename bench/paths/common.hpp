@@ -127,6 +127,10 @@ bool child_alive(pid_t pid, int* status = nullptr);
 /// Threads that exited are not counted by the first (the runs keep theirs alive). -1 if unreadable.
 [[nodiscard]] std::int64_t process_cpu_ns_of(pid_t pid);
 
+/// Restricts every thread of process `pid` to `cpus` (sched_setaffinity per /proc/<pid>/task entry;
+/// threads it starts later inherit their creator's set). False if a thread could not be moved.
+bool set_process_cpus(pid_t pid, const std::vector<int>& cpus);
+
 /// Raises RLIMIT_NOFILE's soft limit to the hard limit (1,000 per-device sockets need it).
 void raise_fd_limit();
 

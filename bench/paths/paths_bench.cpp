@@ -23,6 +23,7 @@
 #include "paths/histogram.hpp"
 #include "paths/socket_paths.hpp"
 #include "paths/tcp_devices.hpp"
+#include "process.hpp"
 #include "report.hpp"
 #include "ring_bench.hpp"
 
@@ -102,6 +103,14 @@ class Instance {
   /// Core + provider CPU so far (ns).
   [[nodiscard]] std::int64_t cpu_ns() const {
     return std::max<std::int64_t>(0, process_cpu_ns_of(core_)) + std::max<std::int64_t>(0, process_cpu_ns_of(provider_));
+  }
+  /// Moves every process of the instance (core, provider, clients, devices) onto `cpus`. False if
+  /// a process could not be moved (the phase then runs wherever the kernel puts it).
+  bool place(const std::vector<int>& cpus) {
+    bool ok = true;
+    for (pid_t pid : {core_, provider_, clients_, devices_})
+      if (pid > 0 && !set_process_cpus(pid, cpus)) ok = false;
+    return ok;
   }
   /// The clients process's CPU so far (ns): the dashboards' side of every request, the same kind
   /// of work on every path.
@@ -404,14 +413,30 @@ struct Row {
   Spread max_rps{}, cpu_saturated{}, client_cpu_saturated{}, busy_cpus_saturated{};
   std::vector<RampPoint> ramp{};
   int repetitions = 0;
+  bool pinned = false;  // the latency phases ran with every process on one CPU
 };
 
 std::string us(double ns) { return fmt::format("{:.1f}", ns / 1000.0); }
 
-void measure_row(Instance& inst, Row& row, const PathsConfig& cfg, bool with_ramp) {
+/// Where the phases run: the latency phases on one CPU (`latency`), the throughput phases on all
+/// the run may use (`all`). Empty `latency`: not pinned (--no-pin, or a single CPU).
+struct Placement {
+  std::vector<int> latency;
+  std::vector<int> all;
+  /// Before a latency phase. False if asked to pin and a process could not be moved.
+  bool for_latency(Instance& inst) const { return latency.empty() || inst.place(latency); }
+  void for_throughput(Instance& inst) const {
+    if (!latency.empty()) (void)inst.place(all);
+  }
+};
+
+void measure_row(Instance& inst, Row& row, const PathsConfig& cfg, const Placement& where, bool with_ramp) {
+  row.pinned = !where.latency.empty();
   for (int rep = 0; rep < cfg.repetitions; ++rep) {
+    if (!where.for_latency(inst)) row.pinned = false;
     auto req = run_phase(inst, PhaseKind::kRequestOpen, row.clients, cfg.load_rps, cfg.phase_s);
     auto com = req.ok ? run_phase(inst, PhaseKind::kCommitOpen, row.clients, cfg.load_rps, cfg.phase_s) : PhaseResult{};
+    where.for_throughput(inst);
     auto sat = com.ok && req.ok ? run_phase(inst, PhaseKind::kRequestClosed, row.clients, 0, cfg.phase_s) : PhaseResult{};
     for (const auto* r : {&req, &com, &sat}) {
       if (!r->ok) {
@@ -485,6 +510,7 @@ ordered_json row_json(const Row& r) {
   o["repetitions"] = r.repetitions;
   o["max_rps_spread"] = {r.max_rps.min(), r.max_rps.max()};
   o["cpu_ns_per_request_saturated"] = r.cpu_saturated.median();
+  o["latency_pinned"] = r.pinned;
   o["client_cpu_ns_per_request_saturated"] = r.client_cpu_saturated.median();
   o["busy_cpus_saturated"] = r.busy_cpus_saturated.median();
   o["request"] = side_json(r.request, true);
@@ -648,6 +674,9 @@ CLI::App* add_paths_subcommand(CLI::App& app, PathsConfig& cfg) {
                   "then counts into every sample)")
       ->capture_default_str();
   cmd->add_flag("!--no-ramp", cfg.ramp, "skip the offered-load ramp");
+  cmd->add_flag("--pin-latency", cfg.pin,
+                "run the latency phases with every process of the path on one CPU (the last allowed): a hop is "
+                "then a context switch, never a wakeup of another, idle CPU");
   cmd->add_flag("!--no-transports", cfg.transports, "do not run floe-bench ring for the transports section");
   cmd->add_option("--task-threads", cfg.task_threads, "the baselines' task thread pools")->capture_default_str();
   cmd->add_option("--setting", cfg.setting,
@@ -738,6 +767,16 @@ int run_paths_bench(PathsConfig cfg) {
              : cfg.setting == "tcp" ? "devices behind TCP (floe-esphome-sim on loopback)"
                                     : "device answered inside the provider");
 
+  Placement where;
+  where.all = allowed_cpus();
+  if (cfg.pin && where.all.size() >= 2) where.latency = {where.all.back()};
+  if (!where.latency.empty())
+    fmt::print("latency phases: every process of the path on cpu{} (one CPU: no wakeup waits for an idle CPU to "
+               "come out of halt); throughput phases on all {} CPUs (--pin-latency)\n\n",
+               where.latency.front(), where.all.size());
+  else
+    fmt::print("not pinned{}: the kernel places every process\n\n", cfg.pin ? " (a single CPU)" : "");
+
   // The instances to bring up: every path at every device count (rows: 1 and throughput_clients
   // clients, plus the client sweep at sweep_devices), then floe's notification strategies.
   struct Plan {
@@ -786,6 +825,7 @@ int run_paths_bench(PathsConfig cfg) {
     const bool up = inst.bring_up(spec, cfg);
     if (up) {
       // Warm-up: one short request phase and one commit phase, not recorded.
+      (void)where.for_latency(inst);
       (void)run_phase(inst, PhaseKind::kRequestOpen, 1, cfg.load_rps, std::min(0.3, cfg.phase_s));
       (void)run_phase(inst, PhaseKind::kCommitOpen, 1, cfg.load_rps, std::min(0.3, cfg.phase_s));
     }
@@ -802,7 +842,7 @@ int run_paths_bench(PathsConfig cfg) {
         fmt::print(stderr, "  [{}/{}] {} {} {} devices {} clients ({:.0f} s so far)\n", done, total_rows, spec.path,
                    row.setting, spec.devices, clients,
                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t_begin).count());
-        measure_row(inst, row, cfg,
+        measure_row(inst, row, cfg, where,
                     cfg.ramp && spec.devices == cfg.sweep_devices && clients == cfg.throughput_clients &&
                         spec.backend.empty());
       }
@@ -864,6 +904,7 @@ int run_paths_bench(PathsConfig cfg) {
                       {"loadavg_at_start", machine.loadavg}};
     doc["config"] = {{"setting", cfg.setting},         {"repetitions", cfg.repetitions}, {"phase_s", cfg.phase_s},
                      {"load_rps", cfg.load_rps},        {"send_lead_us", cfg.send_lead_us},
+                     {"latency_cpus", where.latency},
                      {"quick", cfg.quick},             {"task_threads", cfg.task_threads},
                      {"sweep_devices", cfg.sweep_devices}, {"throughput_clients", cfg.throughput_clients}};
     ordered_json paths = ordered_json::array();

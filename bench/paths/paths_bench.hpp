@@ -23,6 +23,7 @@ struct PathsConfig {
   double phase_s = 1.0;          // length of each measured phase
   double load_rps = 500;         // offered load of the latency phases (requests/s and commits/s)
   double send_lead_us = 150;     // open phases: senders wake this early and spin to the intended time
+  bool pin = false;              // latency phases: every process of the path on one CPU
   bool ramp = true;              // ramp offered load at (sweep_devices, throughput_clients)
   bool transports = true;        // run `floe-bench ring` (small counts) and join its results
   std::size_t task_threads = 2;  // the baselines' device-task / link-task pools
