@@ -125,15 +125,27 @@ const DeviceRecord* Snapshot::device(DeviceId id) const noexcept {
   return pos < 0 ? nullptr : &devices_[static_cast<std::size_t>(pos)];
 }
 
+namespace {
+
+/// The value of `name` in a name index sorted by name, or nullptr.
+template <typename T>
+const T* find_name(const std::vector<std::pair<std::string_view, T>>& index, std::string_view name) noexcept {
+  const auto it = std::lower_bound(index.begin(), index.end(), name,
+                                   [](const auto& entry, std::string_view n) { return entry.first < n; });
+  return it != index.end() && it->first == name ? &it->second : nullptr;
+}
+
+}  // namespace
+
 const DeviceRecord* Snapshot::device(std::string_view name) const noexcept {
-  const auto it = device_by_name_.find(name);
-  return it == device_by_name_.end() ? nullptr : &devices_[it->second];
+  const std::uint32_t* pos = find_name(device_by_name_, name);
+  return pos == nullptr ? nullptr : &devices_[*pos];
 }
 
 std::optional<EntityRef> Snapshot::entity(std::string_view entity_id) const noexcept {
-  const auto it = entities_.find(entity_id);
-  if (it == entities_.end()) return std::nullopt;
-  return it->second;
+  const EntityRef* ref = find_name(entities_, entity_id);
+  if (ref == nullptr) return std::nullopt;
+  return *ref;
 }
 
 std::string_view Snapshot::entity_id(const EntityRef& e) const noexcept {
@@ -156,8 +168,8 @@ const GroupRecord* Snapshot::group(GroupId id) const noexcept {
 }
 
 const GroupRecord* Snapshot::group(std::string_view name) const noexcept {
-  const auto it = group_by_name_.find(name);
-  return it == group_by_name_.end() ? nullptr : &groups_[it->second];
+  const std::uint32_t* pos = find_name(group_by_name_, name);
+  return pos == nullptr ? nullptr : &groups_[*pos];
 }
 
 std::span<const GroupId> Snapshot::groups_of(DeviceId id) const noexcept {
@@ -308,6 +320,7 @@ std::unique_ptr<Snapshot> Registry::build() const {
 
   // Devices, in slot order, and their place in the home index.
   s->device_pos_.assign(devices_.size(), -1);
+  s->devices_.reserve(devices_.size() - free_devices_.size());
   std::uint32_t chunks = 0;
   std::uint32_t slots = 0;
   for (std::uint32_t i = 0; i < devices_.size(); ++i) {
@@ -317,6 +330,7 @@ std::unique_ptr<Snapshot> Registry::build() const {
     d.id = {i, slot.generation};
     d.name = slot.name;
     d.online = slot.online;
+    d.groups.reserve(slot.groups.size());
     for (std::uint32_t g : slot.groups) d.groups.push_back({g, groups_[g].generation});
     d.first_chunk = chunks;
     d.chunk_count = static_cast<std::uint32_t>(slot.data->reader->chunks().size());
@@ -325,10 +339,20 @@ std::unique_ptr<Snapshot> Registry::build() const {
     chunks += d.chunk_count;
     slots += d.entity_count();  // <= 4096 per device; a home of 2^32 entities is out of reach
     s->device_pos_[i] = static_cast<std::int32_t>(s->devices_.size());
-    s->device_by_name_.emplace(d.name, static_cast<std::uint32_t>(s->devices_.size()));
     s->devices_.push_back(std::move(d));
   }
-  s->entities_ = entity_ids_;
+  // The name indexes, in the writer's (sorted) order, viewing the snapshot's own copies: the
+  // records' names, and the entity ids in the DeviceData each record shares.
+  s->device_by_name_.reserve(device_names_.size());
+  for (const auto& [name, index] : device_names_) {
+    const auto pos = static_cast<std::uint32_t>(s->device_pos_[index]);
+    s->device_by_name_.emplace_back(s->devices_[pos].name, pos);
+  }
+  s->entities_.reserve(entity_ids_.size());
+  for (const auto& [id, ref] : entity_ids_) {
+    const DeviceRecord& d = s->devices_[static_cast<std::size_t>(s->device_pos_[ref.device.index])];
+    s->entities_.emplace_back(d.data->entity_ids[ref.entity], ref);
+  }
 
   // The flattened home index, copied from each reader's validated local index.
   HomeIndex& h = s->home_;
@@ -390,8 +414,12 @@ std::unique_ptr<Snapshot> Registry::build() const {
     }
     // Slot order of devices is chunk order, so g.chunks is already ascending.
     s->group_pos_[i] = static_cast<std::int32_t>(s->groups_.size());
-    s->group_by_name_.emplace(g.name, static_cast<std::uint32_t>(s->groups_.size()));
     s->groups_.push_back(std::move(g));
+  }
+  s->group_by_name_.reserve(group_names_.size());
+  for (const auto& [name, index] : group_names_) {
+    const auto pos = static_cast<std::uint32_t>(s->group_pos_[index]);
+    s->group_by_name_.emplace_back(s->groups_[pos].name, pos);
   }
   return s;
 }
