@@ -144,6 +144,7 @@ struct EsphomeProvider::Impl {
   ipc::Fd epoll;
   ipc::Fd stop_fd;
   std::atomic<bool> stopping{false};
+  Clock::time_point due{};  // loop thread: no connection's deadline is earlier (see soon())
 
   explicit Impl(Config c)
       : config(std::move(c)), provider({.name = config.name, .socket_dir = config.socket_dir}) {
@@ -167,12 +168,18 @@ struct EsphomeProvider::Impl {
 
     const auto start = Clock::now();
     for (auto& c : connections) c->next_attempt = start;
+    due = start;
     std::array<epoll_event, 64> events{};
     while (!stopping.load(std::memory_order_relaxed)) {
       const auto now = Clock::now();
-      tick(now);
+      // The timers of every connection are looked at only when the earliest of them is due: a pass
+      // over 1,000 connections on every wakeup cost each request ~10 us (bench/README.md).
+      if (now >= due) {
+        tick(now);
+        due = next_deadline(now);
+      }
       const int timeout_ms = static_cast<int>(
-          std::clamp<std::int64_t>(std::chrono::ceil<std::chrono::milliseconds>(next_deadline(now) - now).count(), 0, 1000));
+          std::clamp<std::int64_t>(std::chrono::ceil<std::chrono::milliseconds>(due - now).count(), 0, 1000));
       const int n = ::epoll_wait(epoll.get(), events.data(), static_cast<int>(events.size()), timeout_ms);
       if (n < 0) {
         if (errno == EINTR) continue;
@@ -230,6 +237,9 @@ struct EsphomeProvider::Impl {
     if (::epoll_ctl(epoll.get(), EPOLL_CTL_MOD, c.fd.get(), &ev) == 0) c.interest = ev.events;
   }
 
+  /// A deadline was set or moved earlier: the loop's next pass over the timers comes no later.
+  void soon(Clock::time_point t) noexcept { due = std::min(due, t); }
+
   Clock::time_point next_deadline(Clock::time_point now) const {
     auto next = now + 1s;
     for (const auto& c : connections) {
@@ -280,6 +290,8 @@ struct EsphomeProvider::Impl {
   void enter(Connection& c, Phase p) {
     c.phase = p;
     c.step_deadline = Clock::now() + kStepTimeout;
+    soon(c.step_deadline);
+    if (p == Phase::kLive) soon(c.last_rx + config.keepalive);
   }
 
   void connect(Connection& c, Clock::time_point now) {
@@ -339,6 +351,7 @@ struct EsphomeProvider::Impl {
     if (was == Phase::kLive && Clock::now() - c.live_since >= kStableConnection) c.backoff.reset();
     const auto delay = c.backoff.next();
     c.next_attempt = Clock::now() + delay;
+    soon(c.next_attempt);
     // The first failure of a kind is a warning; the same failure again only an info line.
     const bool repeat = reason == c.last_error;
     c.last_error = reason;
@@ -417,6 +430,7 @@ struct EsphomeProvider::Impl {
       }
       c.last_rx = Clock::now();
       c.ping_outstanding = false;  // anything the device sends shows it is alive
+      soon(c.last_rx + config.keepalive);
       std::vector<Message> messages;
       std::string reply;
       auto fed = c.transport->feed(std::span<const std::byte>(buf.data(), static_cast<std::size_t>(n)), messages, reply);
@@ -728,6 +742,7 @@ struct EsphomeProvider::Impl {
     }
     const ipc::Component component = r.component();
     c->pending.push_back({std::move(r), e.key, e.device_id, Clock::now() + config.request_timeout, component, expect});
+    soon(c->pending.back().deadline);
   }
 };
 
