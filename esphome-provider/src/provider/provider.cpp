@@ -91,6 +91,7 @@ struct Pending {
 
 struct Connection {
   const DeviceConfig* config = nullptr;
+  std::uint64_t tag = 0;  // its epoll tag: kFirstConnectionTag + its index in the provider's list
   std::string label;  // "kitchen (10.0.0.5:6053)" once the node's name is known
   sdk::Backoff backoff;
   Phase phase = Phase::kWaiting;
@@ -150,6 +151,7 @@ struct EsphomeProvider::Impl {
       : config(std::move(c)), provider({.name = config.name, .socket_dir = config.socket_dir}) {
     for (const auto& d : config.devices) {
       connections.push_back(std::make_unique<Connection>(&d, config.reconnect_min, config.reconnect_max));
+      connections.back()->tag = kFirstConnectionTag + connections.size() - 1;
     }
     provider.on_request([this](sdk::Request& r) { on_request(r); });
   }
@@ -220,20 +222,13 @@ struct EsphomeProvider::Impl {
     return {};
   }
 
-  std::uint64_t tag_of(const Connection& c) const {
-    for (std::size_t i = 0; i < connections.size(); ++i) {
-      if (connections[i].get() == &c) return kFirstConnectionTag + i;
-    }
-    return 0;
-  }
-
   void update_interest(Connection& c) {
     if (c.fd.get() < 0) return;
     epoll_event ev{};
     ev.events = EPOLLIN | ((c.phase == Phase::kConnecting || !c.out.empty()) ? EPOLLOUT : 0U);
     // Unchanged (the common case: a message sent whole): no epoll_ctl, one syscall less per message.
     if (ev.events == c.interest) return;
-    ev.data.u64 = tag_of(c);
+    ev.data.u64 = c.tag;
     if (::epoll_ctl(epoll.get(), EPOLL_CTL_MOD, c.fd.get(), &ev) == 0) c.interest = ev.events;
   }
 
@@ -328,7 +323,7 @@ struct EsphomeProvider::Impl {
     c.ping_outstanding = false;
     c.last_rx = now;
     c.interest = EPOLLIN | EPOLLOUT;
-    if (auto s = add_watch(c.fd.get(), c.interest, tag_of(c)); !s) drop(c, s.error().to_string());
+    if (auto s = add_watch(c.fd.get(), c.interest, c.tag); !s) drop(c, s.error().to_string());
   }
 
   /// Closes the connection (if any), fails its requests, marks its devices unreachable and
