@@ -112,13 +112,13 @@ class Instance {
       if (pid > 0 && !set_process_cpus(pid, cpus)) ok = false;
     return ok;
   }
-  /// The clients process's CPU so far (ns): the dashboards' side of every request, the same kind
-  /// of work on every path.
-  [[nodiscard]] std::int64_t clients_cpu_ns() const { return std::max<std::int64_t>(0, process_cpu_ns_of(clients_)); }
-  /// Every process of the instance (core, provider, clients, and the devices behind TCP).
-  [[nodiscard]] std::int64_t all_cpu_ns() const {
-    return cpu_ns() + clients_cpu_ns() + std::max<std::int64_t>(0, process_cpu_ns_of(devices_));
+  /// CPU so far (ns) of what every path shares and none of them is: the clients process (the
+  /// dashboards' side of every request) and, behind TCP, the simulated devices.
+  [[nodiscard]] std::int64_t clients_cpu_ns() const {
+    return std::max<std::int64_t>(0, process_cpu_ns_of(clients_)) + std::max<std::int64_t>(0, process_cpu_ns_of(devices_));
   }
+  /// Every process of the instance (core, provider, clients, and the devices behind TCP).
+  [[nodiscard]] std::int64_t all_cpu_ns() const { return cpu_ns() + clients_cpu_ns(); }
   /// liveness(), or for floe the tail of the core's log: what to add to a failure.
   [[nodiscard]] std::string diagnose() {
     if (auto l = liveness(); !l.empty()) return l;
@@ -271,7 +271,7 @@ struct PhaseResult {
   std::uint64_t lost = 0;      // measured-window sends without an arrival / sighting
   double achieved_rps = 0;     // completed / phase length
   double cpu_ns_per_op = 0;    // core + provider CPU over the phase / sent
-  double client_cpu_ns_per_op = 0;  // the clients process's CPU over the phase / completed
+  double client_cpu_ns_per_op = 0;  // clients' (and TCP devices') CPU over the phase / completed
   double busy_cpus = 0;        // CPUs the instance's processes kept busy on average over the phase
 };
 
@@ -594,10 +594,11 @@ std::vector<Target> targets(const std::vector<Row>& rows, std::uint32_t devices,
   if (fr && orps && orps->max_rps.median() > 0) t.measured = fr->max_rps.median() / orps->max_rps.median();
   out.push_back(std::move(t));
   for (auto& x : out) x.judged = setting != "tcp";
-  // Not a target: the most the max_rps ratio could be on this machine. The clients (the dashboards)
-  // share its CPUs, and each of floe's requests costs them client_cpu_ns_per_request_saturated of
-  // CPU, so even a core and provider that cost nothing could not serve more than cpus / that per
-  // second. Over old's best rate that is the ceiling of the ratio (bench/README.md).
+  // Not a target: the most the max_rps ratio could be on this machine. The clients (the dashboards,
+  // and behind TCP the simulated devices) share its CPUs, and each of floe's requests costs them
+  // client_cpu_ns_per_request_saturated of CPU, so even a core and provider that cost nothing could
+  // not serve more than cpus / that per second. Over old's best rate that is the ceiling of the
+  // ratio (bench/README.md).
   Target ceiling{fmt::format("floe/old max_rps ceiling: the clients' own CPU ({} CPUs)", cpus), 3.0, true,
                  std::nullopt};
   if (fr && orps && orps->max_rps.median() > 0 && fr->client_cpu_saturated.median() > 0)
@@ -854,8 +855,8 @@ int run_paths_bench(PathsConfig cfg) {
   }
 
   // Where the CPU goes at saturation (the closed-loop phases).
-  fmt::print("\nat saturation (closed loop): CPU per request of the path (core + provider) and of the clients, "
-             "and the CPUs kept busy\n");
+  fmt::print("\nat saturation (closed loop): CPU per request of the path (core + provider) and of the clients "
+             "(behind TCP with the simulated devices), and the CPUs kept busy\n");
   for (const Row& r : rows) {
     if (r.status != "ok") continue;
     const std::string notify = r.backend.empty() ? r.notify : r.notify + "/" + r.backend;
