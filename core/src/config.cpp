@@ -131,6 +131,10 @@ Result<Config> parse_config(std::string_view text, std::string_view origin) {
         if (!v) return tl::unexpected(v.error());
         cfg.allowed_uids.push_back(*v);
       }
+    } else if (key == "bind_devices_to_uid") {
+      const auto* b = node.as_boolean();
+      if (b == nullptr) return key_error(origin, key, "expected true or false");
+      cfg.bind_devices_to_uid = b->get();
     } else if (key == "log_level") {
       auto v = get_string(node, origin, key);
       if (!v) return tl::unexpected(v.error());

@@ -152,6 +152,11 @@ class Daemon {
   void handle_provider(ProviderSession& s, const proto::Envelope& env, std::vector<ipc::Fd>& fds);
   void add_device(ProviderSession& s, std::uint64_t msg_id, const proto::AddDevice& add);
   void remove_device(ProviderSession& s, std::uint64_t msg_id, const std::string& device_id);
+  /// With bind_devices_to_uid: the uid a stored device belongs to, when it is not `s`'s own uid.
+  [[nodiscard]] std::optional<std::uint32_t> foreign_uid(const StoredDevice& stored, const ProviderSession& s) const {
+    if (!core_.config.bind_devices_to_uid || !stored.uid || *stored.uid == s.peer.uid) return std::nullopt;
+    return stored.uid;
+  }
   void set_availability(ProviderSession& s, std::uint64_t msg_id, const proto::DeviceAvailability& a);
   void check_provider_liveness();
   void provider_error(ProviderSession& s, std::uint64_t id, proto::ErrorCode code, const std::string& msg, bool fatal);
@@ -666,7 +671,8 @@ void Daemon::add_device(ProviderSession& s, std::uint64_t msg_id, const proto::A
                                                      id, region_bytes, s.region_bytes + region_bytes,
                                                      limits.max_region_bytes_per_provider));
   }
-  StoredDevice meta{.id = id, .name = add.name().empty() ? id : add.name(), .provider = s.name, .entities = {}, .groups = {}};
+  StoredDevice meta{.id = id, .name = add.name().empty() ? id : add.name(), .provider = s.name,
+                    .uid = s.peer.uid, .entities = {}, .groups = {}};
   for (const auto& e : add.entities()) {
     StoredEntity se{.id = e.id(), .name = e.name().empty() ? e.id() : e.name(), .components = {}};
     for (const auto& c : e.components()) {
@@ -689,6 +695,12 @@ void Daemon::add_device(ProviderSession& s, std::uint64_t msg_id, const proto::A
                                     : fmt::format("device '{}' belongs to connected provider '{}'", id, who));
     }
     const auto& old_meta = core_.meta[id];
+    if (auto owner_uid = foreign_uid(old_meta, s)) {
+      return fail(proto::ERROR_CODE_CONFLICT,
+                  fmt::format("device '{}' belongs to uid {} (the uid of the provider that declared it); this provider "
+                              "runs as uid {} (bind_devices_to_uid, docs/SECURITY.md)",
+                              id, *owner_uid, s.peer.uid));
+    }
     bool same_ids = old_meta.entities.size() == meta.entities.size();
     for (std::size_t i = 0; same_ids && i < meta.entities.size(); ++i) {
       same_ids = old_meta.entities[i].id == meta.entities[i].id && old_meta.entities[i].name == meta.entities[i].name;
@@ -839,6 +851,14 @@ void Daemon::remove_device(ProviderSession& s, std::uint64_t msg_id, const std::
   if (!mine) {
     provider_error(s, msg_id, proto::ERROR_CODE_NOT_FOUND,
                    fmt::format("device '{}' is not declared by provider '{}'", ipc::excerpt(device_id), s.name), false);
+    return;
+  }
+  if (auto owner_uid = m != core_.meta.end() ? foreign_uid(m->second, s) : std::nullopt) {
+    provider_error(s, msg_id, proto::ERROR_CODE_CONFLICT,
+                   fmt::format("device '{}' belongs to uid {}; this provider runs as uid {} and may not remove it "
+                               "(bind_devices_to_uid, docs/SECURITY.md)",
+                               device_id, *owner_uid, s.peer.uid),
+                   false);
     return;
   }
   Device& d = *it->second;

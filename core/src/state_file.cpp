@@ -60,8 +60,11 @@ std::string state_to_json(const StoredState& state) {
       }
       entities.push_back({{"id", e.id}, {"name", e.name}, {"components", comps}});
     }
-    devices.push_back(
-        {{"id", d.id}, {"name", d.name}, {"provider", d.provider}, {"entities", entities}, {"groups", d.groups}});
+    json device = {{"id", d.id}, {"name", d.name}, {"provider", d.provider}};
+    if (d.uid) device["uid"] = *d.uid;
+    device["entities"] = std::move(entities);
+    device["groups"] = d.groups;
+    devices.push_back(std::move(device));
   }
   root["devices"] = devices;
   root["groups"] = state.groups;
@@ -84,6 +87,11 @@ Result<StoredState> state_from_json(std::string_view text) {
       d.id = need(devices[i], "id", json::value_t::string, w).get<std::string>();
       d.name = need(devices[i], "name", json::value_t::string, w).get<std::string>();
       d.provider = need(devices[i], "provider", json::value_t::string, w).get<std::string>();
+      if (devices[i].contains("uid")) {
+        const auto uid = need(devices[i], "uid", json::value_t::number_unsigned, w).get<std::uint64_t>();
+        if (uid > 0xFFFFFFFE) throw BadState{w + ".uid: out of range"};  // (uid_t)-1 names nobody
+        d.uid = static_cast<std::uint32_t>(uid);
+      }
       d.groups = strings(need(devices[i], "groups", json::value_t::array, w), w + ".groups");
       const auto& entities = need(devices[i], "entities", json::value_t::array, w);
       for (std::size_t j = 0; j < entities.size(); ++j) {

@@ -45,6 +45,7 @@ allowed_uids = [1000, 0]
 request_timeout_ms = 250
 provider_timeout_ms = 700
 max_clients = 9
+bind_devices_to_uid = false
 log_level = "debug"
 loop_backend = "epoll"
 [rings]
@@ -60,6 +61,7 @@ poll_interval_us = 200
   EXPECT_EQ(c->allowed_uids, (std::vector<uid_t>{1000, 0}));
   EXPECT_EQ(c->request_timeout, std::chrono::milliseconds(250));
   EXPECT_EQ(c->max_clients, 9U);
+  EXPECT_FALSE(c->bind_devices_to_uid);
   EXPECT_EQ(c->log_level, "debug");
   EXPECT_EQ(c->loop_backend, ipc::LoopBackend::kEpoll);
   EXPECT_EQ(c->tx_capacity, 4096U);
@@ -105,6 +107,7 @@ TEST(Config, WrongTypesAndRangesAreNamed) {
   expect_error("provider_timeout_ms = 10", "key 'provider_timeout_ms'");
   expect_error("log_level = \"loud\"", "key 'log_level'");
   expect_error("loop_backend = \"kqueue\"", "key 'loop_backend'");
+  expect_error("bind_devices_to_uid = 1", "key 'bind_devices_to_uid': expected true or false");
   expect_error("rings = 3", "key 'rings': expected a table");
 }
 

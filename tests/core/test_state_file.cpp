@@ -38,6 +38,27 @@ TEST(StateFile, RoundTrips) {
   EXPECT_EQ(schema_of(back->devices[0]).entities.size(), 1U);
 }
 
+TEST(StateFile, TheDeclaringUidRoundTripsAndOlderFilesHaveNone) {
+  StoredState st = sample();
+  st.devices[0].uid = 1000;
+  const std::string text = state_to_json(st);
+  EXPECT_NE(text.find("\"uid\": 1000"), std::string::npos) << text;
+  auto back = state_from_json(text);
+  ASSERT_TRUE(back) << back.error().to_string();
+  EXPECT_EQ(*back, st);
+  // Written before uids were recorded: no "uid" key, and none is made up.
+  EXPECT_EQ(state_to_json(sample()).find("\"uid\""), std::string::npos);
+  auto older = state_from_json(state_to_json(sample()));
+  ASSERT_TRUE(older) << older.error().to_string();
+  EXPECT_FALSE(older->devices[0].uid.has_value());
+  for (const char* bad : {"-1", "4294967295", "\"1000\"", "1.5"}) {
+    auto st2 = state_from_json(std::string(R"({"version": 1, "devices": [{"id": "a", "name": "A", "provider": "p", "uid": )") +
+                               bad + R"(, "groups": [], "entities": []}], "groups": []})");
+    ASSERT_FALSE(st2) << bad;
+    EXPECT_NE(st2.error().message.find("devices[0].uid"), std::string::npos) << bad << ": " << st2.error().message;
+  }
+}
+
 TEST(StateFile, MissingFileIsEmptyState) {
   TempDir dir;
   auto st = load_state(dir.path + "/state.json");

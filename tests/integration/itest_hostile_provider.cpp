@@ -6,6 +6,7 @@
 // core's log, the core's fd count is back to its level before the attack, and the honest devices
 // still answer get and set with their state intact. Waits are bounded polls, never thresholds.
 #include <fcntl.h>
+#include <grp.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
@@ -206,6 +207,35 @@ bool break_rx_ring(Grant& g, const std::string& how, std::string& error) {
 
 // args: socket dir, attack, [variant / seed]. Reports "granted" (or "error: ...") on fd 3, then
 // the attack's outcome, then waits for the test to close fd 3.
+// A provider running as another uid: drops to uid args[1] (gid 0, so the 0660 socket stays
+// reachable and the answer comes from the core, not from file modes), says Hello as "hostile" and
+// asks the core to "declare" or "remove" device "evil". Tells the test the answer: "error CODE
+// MESSAGE", "granted" or "removed".
+FLOE_CHILD_ROLE(other_uid) {
+  const std::string& dir = args.at(0);
+  const auto uid = static_cast<uid_t>(std::stoul(args.at(1)));
+  const bool declare = args.at(2) == "declare";
+  if (::setgroups(0, nullptr) != 0 || ::setgid(0) != 0 || ::setuid(uid) != 0) {
+    return child_fail("cannot become uid " + args.at(1));
+  }
+  auto ch = ipc::Channel::connect(dir + "/provider.sock");
+  if (!ch) return child_fail(ch.error().to_string());
+  proto::Envelope remove;
+  remove.set_id(2);
+  remove.mutable_remove_device()->set_device_id("evil");
+  if (!ch->send(hello_envelope("hostile")) || !ch->send(declare ? evil_device() : remove)) return child_fail("send");
+  proto::Envelope welcome;
+  if (!ch->receive(welcome) || !welcome.has_welcome()) return child_fail("no welcome");
+  proto::Envelope answer;
+  if (auto fds = ch->receive(answer); !fds) return child_fail("no answer: " + fds.error().to_string());
+  if (answer.has_error()) {
+    (void)send_text(kCtl, "error " + proto::ErrorCode_Name(answer.error().code()) + " " + answer.error().message());
+  } else {
+    (void)send_text(kCtl, answer.has_device_grant() ? "granted" : answer.has_device_removed() ? "removed" : "other");
+  }
+  return idle_until_released();
+}
+
 FLOE_CHILD_ROLE(hostile) {
   const std::string& dir = args.at(0);
   const std::string& attack = args.at(1);
@@ -462,10 +492,10 @@ class HostileProvider : public ::testing::Test {
   /// floe-core (logging at info), virtual-lights as provider "honest" (honest-1, honest-2 with
   /// entities light_1, light_2), a client, honest state set; then a first, idle connection of the
   /// hostile provider declares "evil" and leaves, so that the fd baseline includes its region.
-  void start() {
+  void start(const std::string& top_level_config = "") {
     // The message rate limit is low enough that even a core slowed down by a sanitizer reads a
     // flood faster than it, and high enough for every other case here.
-    std::ofstream(dir_ / "core.toml") << "provider_timeout_ms = 600000\nworker_threads = 2\n"
+    std::ofstream(dir_ / "core.toml") << top_level_config << "provider_timeout_ms = 600000\nworker_threads = 2\n"
                                       << "[limits]\nprovider_messages_per_second = 100\nprovider_message_burst = 1000\n";
     core_.emplace(FLOE_CORE_BIN,
                   std::vector<std::string>{"--socket-dir", sockets(), "--config", dir_ / "core.toml", "--log-level", "info"},
@@ -620,6 +650,39 @@ class HostileProvider : public ::testing::Test {
   int ctl_ = -1;
   std::size_t baseline_ = 0;
 };
+
+TEST_F(HostileProvider, AProviderOfAnotherUidCannotTakeOverOrRemoveAnOfflineDevice) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to run a provider as another uid";
+  // start() leaves "evil" offline, declared by this (root) process's hostile child.
+  ASSERT_NO_FATAL_FAILURE(start("allowed_uids = [0, 65534]\n"));
+  ASSERT_EQ(::chmod(sockets().c_str(), 0750), 0);
+  ASSERT_EQ(::chmod(dir_.path().c_str(), 0755), 0);
+  for (const char* what : {"declare", "remove"}) {
+    const std::size_t before = log_lines({"uid 65534", "device 'evil' belongs to uid 0"});
+    int sv[2];
+    ASSERT_EQ(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv), 0);
+    auto child = spawn_child("other_uid", {sockets(), "65534", what}, {sv[1]});
+    ::close(sv[1]);
+    ASSERT_TRUE(child) << child.error().to_string();
+    const std::string said = recv_text(sv[0]).value_or("no answer");
+    EXPECT_EQ(said.rfind("error ERROR_CODE_CONFLICT ", 0), 0U) << what << ": " << said;
+    EXPECT_NE(said.find("device 'evil' belongs to uid 0"), std::string::npos) << what << ": " << said;
+    EXPECT_NE(said.find("runs as uid 65534"), std::string::npos) << what << ": " << said;
+    ::close(sv[0]);
+    EXPECT_EQ(child->wait(), 0) << what;
+    // The refusal is in the core's log, naming the provider's uid.
+    EXPECT_TRUE(eventually([&] { return log_lines({"uid 65534", "device 'evil' belongs to uid 0"}) > before; }))
+        << what;
+    EXPECT_TRUE(known("evil")) << what;
+    EXPECT_FALSE(online("evil")) << what;
+  }
+  // Its own uid declares it again and is granted it.
+  start_hostile({"idle"});
+  EXPECT_TRUE(eventually([&] { return online("evil"); }));
+  release_hostile();
+  expect_honest_intact();
+  expect_no_fd_leak();
+}
 
 TEST_F(HostileProvider, ScribblingOverTheWholeRegionGetsItDisconnectedWithAReason) {
   ASSERT_NO_FATAL_FAILURE(start());

@@ -60,6 +60,9 @@ struct Config {
   unsigned worker_threads = 0;
   /// SO_PEERCRED uids allowed on both sockets. Empty = the daemon's own uid and root.
   std::vector<uid_t> allowed_uids;
+  /// A device belongs to the uid of the provider that declared it (recorded in the state file):
+  /// while it is offline, a provider of another uid may neither declare its id again nor remove it.
+  bool bind_devices_to_uid = true;
   /// Default wait for a provider's RequestResult.
   std::chrono::milliseconds request_timeout{5000};
   /// A provider silent this long is disconnected (its devices go offline). The core sends it a

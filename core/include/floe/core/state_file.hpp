@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -25,6 +26,9 @@ struct StoredDevice {
   std::string id;  // device id (the registry name)
   std::string name;
   std::string provider;
+  /// The uid of the provider that declared it last (SO_PEERCRED); absent in files written before
+  /// floe recorded it. With bind_devices_to_uid, only that uid may declare or remove it again.
+  std::optional<std::uint32_t> uid;
   std::vector<StoredEntity> entities;
   std::vector<std::string> groups;
   friend bool operator==(const StoredDevice&, const StoredDevice&) = default;
