@@ -754,48 +754,64 @@ void Daemon::add_device(ProviderSession& s, std::uint64_t msg_id, const proto::A
     auto made = make_device(id, schema);
     if (!made) return fail(proto::ERROR_CODE_MALFORMED, fmt::format("device '{}': {}", id, made.error().message));
     dev = *made;
-    DeviceSpec spec{.name = id, .provider = s.name, .entity_ids = {}, .entity_names = {}, .reader = dev->reader,
-                    .keepalive = dev->region, .online = false};  // online once its shard has it
-    for (const auto& e : meta.entities) {
-      spec.entity_ids.push_back(e.id);
-      spec.entity_names.push_back(e.name);
-    }
-    auto reg = core_.registry.edit([&](Registry::Editor& ed) -> Result<DeviceId> {
-      auto r = ed.add_device(std::move(spec));
-      if (r) join_groups(ed, *r);
-      return r;
-    });
-    if (!reg) return fail(proto::ERROR_CODE_CONFLICT, fmt::format("device '{}': {}", id, reg.error().message));
-    dev->reg = *reg;
   }
-
   auto tx = ipc::make_eventfd(true);
   auto rx = ipc::make_eventfd(true);
   auto share = dev->region->share(ipc::RegionAccess::kReadWrite);
   if (!tx || !rx || !share) {
-    (void)core_.registry.set_online(dev->reg, false);
+    if (reuse) (void)core_.registry.set_online(dev->reg, false);
     return fail(proto::ERROR_CODE_INTERNAL, "out of file descriptors");
   }
+  // The shard owns the eventfds from here until a detach, which only this thread requests.
   const int tx_raw = tx->get();
   const int rx_raw = rx->get();
-  auto attached = core_.shard_of(dev->reg).attach({.device = dev->reg, .region = dev->region,
-                                                   .options = dev->layout.options,
-                                                   .reinit_rings = dev->ever_attached, .tx_eventfd = std::move(*tx),
-                                                   .rx_eventfd = std::move(*rx)});
-  if (!attached) {
-    (void)core_.registry.set_online(dev->reg, false);
-    return fail(proto::ERROR_CODE_INTERNAL, fmt::format("device '{}': {}", id, attached.error().to_string()));
-  }
-  // Online only now that its shard holds the rings: a client that sees it online and sets at once
+  auto attach = [&](DeviceId reg) {
+    return core_.shard_of(reg).attach({.device = reg, .region = dev->region, .reader = dev->reader,
+                                       .options = dev->layout.options, .reinit_rings = dev->ever_attached,
+                                       .tx_eventfd = std::move(*tx), .rx_eventfd = std::move(*rx)});
+  };
+  // Online only once its shard holds the rings: a client that sees it online and sets at once
   // finds the tx port (the session writes the ring itself) instead of a spurious "offline".
-  if (auto r = core_.registry.edit([&](Registry::Editor& ed) -> Status {
-        FLOE_TRY(ed.set_online(dev->reg, true));
-        if (reuse) join_groups(ed, dev->reg);
-        return {};
-      });
-      !r) {
-    core_.shard_of(dev->reg).detach(dev->reg);
-    return fail(proto::ERROR_CODE_INTERNAL, r.error().to_string());
+  if (!reuse) {
+    // One publication: the device appears online, its rings already attached (its shard is told
+    // about it while the registry's writer waits; shards never edit the registry) and its groups
+    // joined. A declaration used to publish twice, and every publication is O(devices).
+    DeviceSpec spec{.name = id, .provider = s.name, .entity_ids = {}, .entity_names = {}, .reader = dev->reader,
+                    .keepalive = dev->region, .online = true};
+    for (const auto& e : meta.entities) {
+      spec.entity_ids.push_back(e.id);
+      spec.entity_names.push_back(e.name);
+    }
+    Status attached;
+    auto reg = core_.registry.edit([&](Registry::Editor& ed) -> Result<DeviceId> {
+      auto r = ed.add_device(std::move(spec));
+      if (!r) return r;
+      if (attached = attach(*r); !attached) {
+        (void)ed.remove_device(*r);  // never published
+        return r;
+      }
+      join_groups(ed, *r);
+      return r;
+    });
+    if (!reg) return fail(proto::ERROR_CODE_CONFLICT, fmt::format("device '{}': {}", id, reg.error().message));
+    if (!attached) {
+      return fail(proto::ERROR_CODE_INTERNAL, fmt::format("device '{}': {}", id, attached.error().to_string()));
+    }
+    dev->reg = *reg;
+  } else {
+    if (auto attached = attach(dev->reg); !attached) {
+      (void)core_.registry.set_online(dev->reg, false);
+      return fail(proto::ERROR_CODE_INTERNAL, fmt::format("device '{}': {}", id, attached.error().to_string()));
+    }
+    if (auto r = core_.registry.edit([&](Registry::Editor& ed) -> Status {
+          FLOE_TRY(ed.set_online(dev->reg, true));
+          join_groups(ed, dev->reg);
+          return {};
+        });
+        !r) {
+      core_.shard_of(dev->reg).detach(dev->reg);
+      return fail(proto::ERROR_CODE_INTERNAL, r.error().to_string());
+    }
   }
   dev->ever_attached = true;
   dev->owner = s.id;

@@ -113,6 +113,7 @@ struct Core;
 struct AttachArgs {
   DeviceId device;
   std::shared_ptr<ipc::Region> region;
+  std::shared_ptr<const ipc::TreeReader> reader;  // the device's tree in `region`
   ipc::DeviceRegionOptions options;
   bool reinit_rings = false;  // a reconnect: the old provider is gone, start both rings afresh
   ipc::Fd tx_eventfd;

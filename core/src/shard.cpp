@@ -227,12 +227,12 @@ Status Shard::attach_here(AttachArgs& args) {
   if (!tx) return tl::unexpected(tx.error());
   auto rx = ipc::RingConsumer::attach(parts->rx, args.rx_eventfd.get());
   if (!rx) return tl::unexpected(rx.error());
-  auto feed = core_.hub.attach(args.device);
-  if (!feed) return tl::unexpected(feed.error());
+  // Not looked up in the snapshot: a new device is attached before the snapshot that shows it.
+  auto feed = core_.hub.attach(args.device, args.reader, args.region);
   d->port = std::make_shared<TxPort>();
   d->port->tx.emplace(std::move(*tx));
   d->rx.emplace(std::move(*rx));
-  d->feed.emplace(std::move(*feed));
+  d->feed.emplace(std::move(feed));
   d->tx_eventfd = std::move(args.tx_eventfd);
   d->rx_eventfd = std::move(args.rx_eventfd);
   Attached* raw = d.get();

@@ -301,8 +301,15 @@ Result<WatchFeed> WatchHub::attach(DeviceId device) {
     reader = d->data->reader;
     keepalive = d->data->keepalive;
   }
+  return attach(device, std::move(reader), std::move(keepalive));
+}
+
+WatchFeed WatchHub::attach(DeviceId device, std::shared_ptr<const ipc::TreeReader> reader,
+                           std::shared_ptr<const void> keepalive) {
   WatchFeed feed(this, device, std::move(reader), std::move(keepalive));
-  feed_rescan(feed);  // baseline 0: every entity ever written counts as moved
+  // Baseline 0: every entity ever written counts as moved. A device the index does not know yet
+  // (unpublished) triggers nobody here; the publication that shows it re-evaluates every watcher.
+  feed_rescan(feed);
   return feed;
 }
 

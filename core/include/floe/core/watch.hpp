@@ -187,6 +187,11 @@ class WatchHub {
   /// performs one rescan at once, so writes made before the feed existed are not missed.
   /// Errors: no such device in the current snapshot.
   [[nodiscard]] Result<WatchFeed> attach(DeviceId device);
+  /// The same for a device that need not be published yet (the core attaches a new device's rings
+  /// before the snapshot that shows it, so clients never see it without them): `reader` is its
+  /// tree, `keepalive` whatever owns the memory the reader reads.
+  [[nodiscard]] WatchFeed attach(DeviceId device, std::shared_ptr<const ipc::TreeReader> reader,
+                                 std::shared_ptr<const void> keepalive);
 
   /// Re-binds every watcher if the registry changed, then evaluates each dirty watcher once and
   /// calls its subscribers if the result differs from the last one reported. Returns the number
