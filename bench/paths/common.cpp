@@ -247,36 +247,62 @@ void stop_child(pid_t pid, std::chrono::milliseconds grace) {
 
 namespace {
 
-/// Sum of se.sum_exec_runtime (ms with ns digits) over /proc/<pid>/task/*/sched; -1 if the kernel
-/// has no sched files (CONFIG_SCHED_DEBUG off).
+/// se.sum_exec_runtime (ms with ns digits) of one /proc/<pid>/task/<tid>/sched file; -1 if absent
+/// (a kernel without CONFIG_SCHED_DEBUG, or a thread that exited).
+std::int64_t task_runtime_ns(const std::filesystem::path& task) {
+  std::ifstream in(task / "sched");
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("se.sum_exec_runtime", 0) != 0) continue;
+    const auto colon = line.find(':');
+    if (colon == std::string::npos) break;
+    const std::string v = line.substr(colon + 1);
+    const auto dot = v.find('.');
+    const std::int64_t ms = std::strtoll(v.c_str(), nullptr, 10);
+    std::int64_t frac_ns = 0;
+    if (dot != std::string::npos) {
+      std::string frac = v.substr(dot + 1, 6);
+      while (frac.size() < 6) frac += '0';
+      frac_ns = std::strtoll(frac.c_str(), nullptr, 10);
+    }
+    return ms * 1'000'000 + frac_ns;
+  }
+  return -1;
+}
+
+/// Sum of task_runtime_ns over /proc/<pid>/task/*; -1 if the kernel has no sched files.
 std::int64_t sched_runtime_ns(pid_t pid) {
   std::error_code ec;
   std::int64_t total = 0;
   bool any = false;
   for (const auto& task : std::filesystem::directory_iterator(fmt::format("/proc/{}/task", pid), ec)) {
-    std::ifstream in(task.path() / "sched");
-    for (std::string line; std::getline(in, line);) {
-      if (line.rfind("se.sum_exec_runtime", 0) != 0) continue;
-      const auto colon = line.find(':');
-      if (colon == std::string::npos) break;
-      const std::string v = line.substr(colon + 1);
-      const auto dot = v.find('.');
-      const std::int64_t ms = std::strtoll(v.c_str(), nullptr, 10);
-      std::int64_t frac_ns = 0;
-      if (dot != std::string::npos) {
-        std::string frac = v.substr(dot + 1, 6);
-        while (frac.size() < 6) frac += '0';
-        frac_ns = std::strtoll(frac.c_str(), nullptr, 10);
-      }
-      total += ms * 1'000'000 + frac_ns;
+    if (const std::int64_t ns = task_runtime_ns(task.path()); ns >= 0) {
+      total += ns;
       any = true;
-      break;
     }
   }
   return any ? total : -1;
 }
 
 }  // namespace
+
+void name_this_thread(const std::string& name) noexcept {
+  (void)::prctl(PR_SET_NAME, name.substr(0, 15).c_str());
+}
+
+std::vector<ThreadCpu> thread_cpu_of(pid_t pid) {
+  std::vector<ThreadCpu> out;
+  if (pid <= 0) return out;
+  std::error_code ec;
+  for (const auto& task : std::filesystem::directory_iterator(fmt::format("/proc/{}/task", pid), ec)) {
+    const std::int64_t ns = task_runtime_ns(task.path());
+    if (ns < 0) continue;
+    ThreadCpu t{.tid = static_cast<pid_t>(std::strtol(task.path().filename().c_str(), nullptr, 10)), .name = {}, .ns = ns};
+    std::ifstream comm(task.path() / "comm");
+    std::getline(comm, t.name);
+    out.push_back(std::move(t));
+  }
+  return out;
+}
 
 std::int64_t process_cpu_ns_of(pid_t pid) {
   if (pid <= 0) return -1;

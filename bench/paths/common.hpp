@@ -127,6 +127,19 @@ bool child_alive(pid_t pid, int* status = nullptr);
 /// Threads that exited are not counted by the first (the runs keep theirs alive). -1 if unreadable.
 [[nodiscard]] std::int64_t process_cpu_ns_of(pid_t pid);
 
+/// Names the calling thread (/proc/<pid>/task/<tid>/comm; 15 bytes kept), so per-thread CPU can
+/// say which task was busy.
+void name_this_thread(const std::string& name) noexcept;
+
+/// One thread's on-CPU time so far (same clock as process_cpu_ns_of).
+struct ThreadCpu {
+  pid_t tid = 0;
+  std::string name;  // /proc/<pid>/task/<tid>/comm (what pthread_setname_np set)
+  std::int64_t ns = 0;
+};
+/// Every thread of `pid` (empty when the kernel has no sched files or the process is gone).
+[[nodiscard]] std::vector<ThreadCpu> thread_cpu_of(pid_t pid);
+
 /// Restricts every thread of process `pid` to `cpus` (sched_setaffinity per /proc/<pid>/task entry;
 /// threads it starts later inherit their creator's set). False if a thread could not be moved.
 bool set_process_cpus(pid_t pid, const std::vector<int>& cpus);

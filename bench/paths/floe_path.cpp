@@ -156,6 +156,7 @@ int run_floe_provider(Shared& s, const FloeSetup& setup) {
   // the previous batch is online: declaring 1,000 at once overflows the management socket, which
   // the SDK answers by reconnecting (and declaring all of them again).
   std::thread loop([&] {
+    name_this_thread("floe-provider");
     constexpr std::uint32_t kBatch = 64;
     std::uint32_t declared = 0;
     auto declare_batch = [&] {

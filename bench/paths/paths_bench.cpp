@@ -117,6 +117,13 @@ class Instance {
   [[nodiscard]] std::int64_t clients_cpu_ns() const {
     return std::max<std::int64_t>(0, process_cpu_ns_of(clients_)) + std::max<std::int64_t>(0, process_cpu_ns_of(devices_));
   }
+  /// The threads of the path under test (core and provider), with their CPU so far.
+  [[nodiscard]] std::vector<ThreadCpu> path_threads() const {
+    auto out = thread_cpu_of(core_);
+    auto more = thread_cpu_of(provider_);
+    out.insert(out.end(), more.begin(), more.end());
+    return out;
+  }
   /// Every process of the instance (core, provider, clients, and the devices behind TCP).
   [[nodiscard]] std::int64_t all_cpu_ns() const { return cpu_ns() + clients_cpu_ns(); }
   /// liveness(), or for floe the tail of the core's log: what to add to a failure.
@@ -273,6 +280,8 @@ struct PhaseResult {
   double cpu_ns_per_op = 0;    // core + provider CPU over the phase / sent
   double client_cpu_ns_per_op = 0;  // clients' (and TCP devices') CPU over the phase / completed
   double busy_cpus = 0;        // CPUs the instance's processes kept busy on average over the phase
+  std::string busiest_thread;  // the path's (core's or provider's) busiest thread over the phase
+  double busiest_cpus = 0;     // its CPU over the phase / the phase's length (1.0: one CPU, always)
 };
 
 /// The senders' spin before each send (see send_at_ns): `lead_us`, but never more than 5% of the
@@ -305,6 +314,7 @@ PhaseResult run_phase(Instance& inst, PhaseKind kind, std::uint32_t clients, dou
   const std::int64_t cpu0 = inst.cpu_ns();
   const std::int64_t client_cpu0 = inst.clients_cpu_ns();
   const std::int64_t all_cpu0 = inst.all_cpu_ns();
+  const std::vector<ThreadCpu> threads0 = inst.path_threads();
   const std::int64_t start0 = now_ns();
   // SYNC(phase): release pairs with the drivers' acquire in next_phase: `spec` is published.
   s.phase_gen.fetch_add(1, std::memory_order_release);
@@ -333,6 +343,7 @@ PhaseResult run_phase(Instance& inst, PhaseKind kind, std::uint32_t clients, dou
   const std::int64_t cpu1 = inst.cpu_ns();
   const std::int64_t client_cpu1 = inst.clients_cpu_ns();
   const std::int64_t all_cpu1 = inst.all_cpu_ns();
+  const std::vector<ThreadCpu> threads1 = inst.path_threads();
   if (s.error_set.load() != 0) {
     r.ok = false;
     r.error = s.error;
@@ -364,7 +375,17 @@ PhaseResult run_phase(Instance& inst, PhaseKind kind, std::uint32_t clients, dou
   if (r.sent > 0) r.cpu_ns_per_op = static_cast<double>(cpu1 - cpu0 - harness_cpu) / static_cast<double>(r.sent);
   if (const std::uint64_t done = s.completed.load(); !commit && done > 0)
     r.client_cpu_ns_per_op = static_cast<double>(client_cpu1 - client_cpu0) / static_cast<double>(done);
-  r.busy_cpus = static_cast<double>(all_cpu1 - all_cpu0) / static_cast<double>(std::max<std::int64_t>(1, finished - start0));
+  const auto span_ns = static_cast<double>(std::max<std::int64_t>(1, finished - start0));
+  r.busy_cpus = static_cast<double>(all_cpu1 - all_cpu0) / span_ns;
+  for (const ThreadCpu& t : threads1) {
+    std::int64_t before = 0;
+    for (const ThreadCpu& b : threads0)
+      if (b.tid == t.tid) before = b.ns;
+    if (const double cpus = static_cast<double>(t.ns - before) / span_ns; cpus > r.busiest_cpus) {
+      r.busiest_cpus = cpus;
+      r.busiest_thread = t.name;
+    }
+  }
   return r;
 }
 
@@ -410,7 +431,8 @@ struct Row {
   std::uint32_t devices = 0, clients = 0;
   std::string status = "ok", reason{};
   Side request{}, commit{};
-  Spread max_rps{}, cpu_saturated{}, client_cpu_saturated{}, busy_cpus_saturated{};
+  Spread max_rps{}, cpu_saturated{}, client_cpu_saturated{}, busy_cpus_saturated{}, busiest_cpus_saturated{};
+  std::string busiest_thread_saturated{};  // of the last repetition
   std::vector<RampPoint> ramp{};
   int repetitions = 0;
   bool pinned = false;  // the latency phases ran with every process on one CPU
@@ -452,6 +474,8 @@ void measure_row(Instance& inst, Row& row, const PathsConfig& cfg, const Placeme
     row.cpu_saturated.values.push_back(sat.cpu_ns_per_op);
     row.client_cpu_saturated.values.push_back(sat.client_cpu_ns_per_op);
     row.busy_cpus_saturated.values.push_back(sat.busy_cpus);
+    row.busiest_cpus_saturated.values.push_back(sat.busiest_cpus);
+    row.busiest_thread_saturated = sat.busiest_thread;
     ++row.repetitions;
   }
   if (!with_ramp) return;
@@ -513,6 +537,8 @@ ordered_json row_json(const Row& r) {
   o["latency_pinned"] = r.pinned;
   o["client_cpu_ns_per_request_saturated"] = r.client_cpu_saturated.median();
   o["busy_cpus_saturated"] = r.busy_cpus_saturated.median();
+  o["busiest_thread_saturated"] = {{"name", r.busiest_thread_saturated},
+                                   {"cpus", r.busiest_cpus_saturated.median()}};
   o["request"] = side_json(r.request, true);
   o["commit"] = side_json(r.commit, true);
   if (!r.ramp.empty()) {
@@ -856,13 +882,15 @@ int run_paths_bench(PathsConfig cfg) {
 
   // Where the CPU goes at saturation (the closed-loop phases).
   fmt::print("\nat saturation (closed loop): CPU per request of the path (core + provider) and of the clients "
-             "(behind TCP with the simulated devices), and the CPUs kept busy\n");
+             "(behind TCP with the simulated devices), the CPUs kept busy, and the path's busiest thread\n");
   for (const Row& r : rows) {
     if (r.status != "ok") continue;
     const std::string notify = r.backend.empty() ? r.notify : r.notify + "/" + r.backend;
-    fmt::print("  {:<18} {:<6} {:<16} {:>5} {:>3} | {:>9.0f} req/s | path {:>6} us  clients {:>6} us | {:.2f} CPUs\n",
+    fmt::print("  {:<18} {:<6} {:<16} {:>5} {:>3} | {:>9.0f} req/s | path {:>6} us  clients {:>6} us | {:.2f} CPUs | "
+               "{} {:.2f}\n",
                r.path, r.setting == "tcp" ? "tcp" : "inproc", notify, r.devices, r.clients, r.max_rps.median(),
-               us(r.cpu_saturated.median()), us(r.client_cpu_saturated.median()), r.busy_cpus_saturated.median());
+               us(r.cpu_saturated.median()), us(r.client_cpu_saturated.median()), r.busy_cpus_saturated.median(),
+               r.busiest_thread_saturated.empty() ? "-" : r.busiest_thread_saturated, r.busiest_cpus_saturated.median());
   }
 
   // Offered-load ramps.

@@ -228,6 +228,7 @@ int run_socket_core(Shared& s, const SocketCorePlan& plan) {
   // Client tasks: socket -> main (tagged with the client); queue -> socket.
   for (std::size_t c = 0; c < nclients; ++c) {
     threads.emplace_back([&, c] {
+      name_this_thread("core-client");
       const int fd = plan.client_fds[c];
       run_task(
           {fd}, client_q[c].get(),
@@ -243,6 +244,7 @@ int run_socket_core(Shared& s, const SocketCorePlan& plan) {
   // Extension / device tasks: queue -> the device's socket; sockets -> main.
   for (std::size_t t = 0; t < pool; ++t) {
     threads.emplace_back([&, t] {
+      name_this_thread("core-link");
       run_task(
           strided(plan.link_fds, t, pool), link_q[t].get(), [&](std::size_t, const Msg& m) { main_q.push(m); },
           [&](const Msg& m) {
@@ -254,6 +256,7 @@ int run_socket_core(Shared& s, const SocketCorePlan& plan) {
   // written to the tree and forwarded to every watching client.
   std::vector<std::uint64_t> tree(plan.devices, 0);
   std::vector<std::uint32_t> watchers;
+  name_this_thread("core-main");
   run_task({}, &main_q, [](std::size_t, const Msg&) {}, [&](const Msg& m) {
     switch (m.kind) {
       case kRequest: link_q[link_of_device(m.device) % pool]->push(m); break;
@@ -307,6 +310,7 @@ inline constexpr std::uint64_t kTcpTag = std::uint64_t{1} << 32;
   std::vector<std::thread> threads;
   for (std::size_t task = 0; task < pool; ++task) {
     threads.emplace_back([&, task] {
+      name_this_thread("prov-device");
       Poller p;
       std::vector<std::unique_ptr<MsgReader>> readers(devices);
       for (std::uint32_t d = static_cast<std::uint32_t>(task); d < devices; d += static_cast<std::uint32_t>(pool)) {
@@ -355,6 +359,7 @@ inline constexpr std::uint64_t kTcpTag = std::uint64_t{1} << 32;
   }
   if (!plan.per_device) {
     threads.emplace_back([&] {
+      name_this_thread("prov-main");
       run_task(
           {sock}, &main_q, [&](std::size_t, const Msg& m) { dev_q[m.device % pool]->push(m); },
           [&](const Msg& m) {
@@ -385,6 +390,7 @@ int run_socket_provider(Shared& s, const SocketProviderPlan& plan) {
     for (auto& q : dev_q) q = std::make_unique<TaskQueue>();
     const int sock = plan.link_fds.at(0);
     threads.emplace_back([&] {
+      name_this_thread("prov-main");
       run_task(
           {sock}, &main_q, [&](std::size_t, const Msg& m) { dev_q[m.device % pool]->push(m); },
           [&](const Msg& m) {
@@ -393,6 +399,7 @@ int run_socket_provider(Shared& s, const SocketProviderPlan& plan) {
     });
     for (std::size_t t = 0; t < pool; ++t) {
       threads.emplace_back([&, t] {
+        name_this_thread("prov-device");
         run_task({}, dev_q[t].get(), [](std::size_t, const Msg&) {}, [&](Msg m) {
           if (m.kind != kRequest) return;
           stamp_arrival(s, m.seq, now_ns());  // the device task has it; the device answers at once
@@ -413,6 +420,7 @@ int run_socket_provider(Shared& s, const SocketProviderPlan& plan) {
   std::vector<std::mutex> sock_mu(nlinks);
   for (std::size_t t = 0; t < pool; ++t) {
     threads.emplace_back([&, t] {
+      name_this_thread("prov-device");
       const std::vector<int> mine = strided(plan.link_fds, t, pool);
       run_task(
           mine, nullptr,

@@ -148,6 +148,7 @@ ClientSession::~ClientSession() { join(); }
 
 void ClientSession::start() {
   thread_ = std::thread([this] {
+    name_thread("floe-session");
     run();
     // No answer callback may outlive the session: dropped under the pending table's lock, which
     // the callbacks run under, so none is running once this loop ends.

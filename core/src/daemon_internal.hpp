@@ -1,6 +1,8 @@
 // floe-core internals shared by daemon.cpp, shard.cpp and client_session.cpp.
 #pragma once
 
+#include <pthread.h>
+
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -31,6 +33,11 @@
 #include "management.pb.h"
 
 namespace floe::core::detail {
+
+/// Names the calling thread (`top -H`, `perf`, /proc/<pid>/task/*/comm; the kernel keeps 15 bytes).
+inline void name_thread(const std::string& name) noexcept {
+  (void)::pthread_setname_np(::pthread_self(), name.substr(0, 15).c_str());
+}
 
 [[nodiscard]] inline std::uint64_t key_of(DeviceId id) noexcept {
   return (std::uint64_t{id.index} << 32) | id.generation;

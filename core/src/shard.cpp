@@ -1,4 +1,5 @@
 // Shards: one io_uring loop per worker thread, owning the rings of the devices assigned to it.
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include "daemon_internal.hpp"
@@ -143,6 +144,7 @@ constexpr std::size_t kDrainBudget = 1024;  // records per wakeup: a flooding pr
 // missed. The timeout only bounds how long a stop request can go unnoticed if its wake raced the wait.
 void run_futex_bridge(const std::atomic<std::uint32_t>& word, std::uint32_t seen, const std::atomic<bool>& stop,
                       int rx_eventfd) {
+  name_thread("floe-futex");
   while (!stop.load(std::memory_order_acquire)) {
     ipc::futex_wait(reinterpret_cast<const std::uint32_t*>(&word), seen, std::chrono::milliseconds(200));
     const std::uint32_t now = word.load(std::memory_order_acquire);
@@ -167,6 +169,7 @@ Status Shard::start(ipc::LoopBackend backend) {
     if (!t) return tl::unexpected(t.error());
   }
   thread_ = std::thread([this] {
+    name_thread(fmt::format("floe-shard{}", index_));
     auto r = tasks_.loop().run();
     if (!r) spdlog::error("shard {}: event loop failed: {}", index_, r.error().to_string());
     // Teardown on the loop's own thread: cancel every watch before its eventfd closes.

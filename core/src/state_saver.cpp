@@ -25,7 +25,12 @@ void StateSaver::mark() {
   {
     std::lock_guard lock(mu_);
     dirty_ = true;
-    if (!thread_.joinable()) thread_ = std::thread([this] { run(); });
+    if (!thread_.joinable()) {
+      thread_ = std::thread([this] {
+        name_thread("floe-saver");
+        run();
+      });
+    }
   }
   cv_.notify_all();
 }
