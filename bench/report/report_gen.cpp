@@ -207,6 +207,25 @@ std::string markdown(const json& doc, const std::vector<std::string>& plots, con
                       us(num(r, "commit_p99_ns")), num(r, "max_rps"), us(num(r, "cpu_ns_per_request")),
                       us(num(r, "cpu_ns_per_commit")));
   }
+  // Where the CPU went in the saturation phases (JSON written since these fields exist).
+  bool saturation_header = false;
+  for (const auto& r : doc["paths"]) {
+    if (!ok(r) || !r.contains("busiest_thread_saturated") || !r.contains("client_cpu_ns_per_request_saturated")) continue;
+    if (!saturation_header) {
+      md << "\n## At saturation\n\nThe closed-loop phases: CPU per answered request of the path (core + provider) "
+            "and of the clients (behind TCP with the simulated devices), the CPUs all of them kept busy, and the "
+            "path's busiest thread with its share of one CPU.\n\n"
+            "| path | setting | notify | devices | clients | max req/s | path CPU/req us | clients CPU/req us | "
+            "CPUs busy | busiest thread | its CPU |\n|---|---|---|---|---|---|---|---|---|---|---|\n";
+      saturation_header = true;
+    }
+    const std::string notify = str(r, "notify") + (str(r, "loop_backend").empty() ? "" : "/" + str(r, "loop_backend"));
+    const json& b = r["busiest_thread_saturated"];
+    md << fmt::format("| {} | {} | {} | {} | {} | {:.0f} | {} | {} | {:.2f} | {} | {:.2f} |\n", str(r, "path"), setting(r),
+                      notify, num(r, "devices"), num(r, "clients"), num(r, "max_rps"),
+                      us(num(r, "cpu_ns_per_request_saturated")), us(num(r, "client_cpu_ns_per_request_saturated")),
+                      num(r, "busy_cpus_saturated"), str(b, "name"), num(b, "cpus"));
+  }
   if (doc.contains("targets")) {
     md << "\n## Targets\n\n| ratio | measured | target | |\n|---|---|---|---|\n";
     for (const auto& t : doc["targets"]) {
