@@ -710,10 +710,11 @@ void ClientSession::on_edit_group(const proto::ClientRequest& req) {
   Status r;
   if (e.remove()) {
     if (group == nullptr) return send_error(id, proto::ERROR_CODE_NOT_FOUND, fmt::format("unknown group '{}'", ipc::excerpt(e.group())));
-    const bool last = group->devices.size() == 1 && group->devices.front() == dev->id;
     r = core_.registry.edit([&](Registry::Editor& ed) -> Status {
       FLOE_TRY(ed.remove_from_group(group->id, dev->id));
-      if (last) FLOE_TRY(ed.delete_group(group->id));  // an empty group is gone
+      // An empty group is gone. Counted in the edit, not the snapshot: the main thread may have
+      // added members it has not published yet (Registry::Deferral).
+      if (ed.member_count(group->id) == 0) FLOE_TRY(ed.delete_group(group->id));
       return {};
     });
   } else {
@@ -721,15 +722,14 @@ void ClientSession::on_edit_group(const proto::ClientRequest& req) {
       return send_error(id, proto::ERROR_CODE_BAD_VALUE, fmt::format("'{}' is not a usable group name", ipc::excerpt(e.group())));
     }
     r = core_.registry.edit([&](Registry::Editor& ed) -> Status {
-      GroupId g;
-      if (group != nullptr) {
-        g = group->id;
-      } else {
+      // Looked up in the edit: the group may exist unpublished (Registry::Deferral).
+      std::optional<GroupId> g = ed.find_group(e.group());
+      if (!g) {
         auto created = ed.create_group(e.group());
         if (!created) return tl::unexpected(created.error());
         g = *created;
       }
-      return ed.add_to_group(g, dev->id);
+      return ed.add_to_group(*g, dev->id);
     });
   }
   if (!r) return send_error(id, proto::ERROR_CODE_BAD_VALUE, r.error().message);

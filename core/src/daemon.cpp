@@ -149,6 +149,8 @@ class Daemon {
   void accept_client();
   void shed(ipc::Listener& listener, const std::function<void(ipc::Channel&)>& tell);
   void on_provider_readable(std::uint64_t sid);
+  /// Up to 64 packets of provider `sid`; on_provider_readable publishes what they changed.
+  void read_provider_packets(std::uint64_t sid);
   void handle_provider(ProviderSession& s, const proto::Envelope& env, std::vector<ipc::Fd>& fds);
   void add_device(ProviderSession& s, std::uint64_t msg_id, const proto::AddDevice& add);
   void remove_device(ProviderSession& s, std::uint64_t msg_id, const std::string& device_id);
@@ -502,6 +504,21 @@ void Daemon::reap_clients() {
 }
 
 void Daemon::on_provider_readable(std::uint64_t sid) {
+  const std::uint64_t version = core_.registry.snapshot()->version();
+  {
+    // One publication for what this wakeup's packets change: a provider declaring its devices
+    // sends them in a burst, and every publication is O(devices). Grants go out before it; the
+    // provider may write into the region at once, and clients see the device (online, rings
+    // attached) when this scope ends, microseconds later.
+    auto deferral = core_.registry.defer_publication();
+    read_provider_packets(sid);
+  }
+  if (core_.registry.snapshot()->version() == version) return;
+  core_.hub.flush();   // watchers see what was published
+  core_.saver.mark();  // a state write during the burst read the snapshot without it
+}
+
+void Daemon::read_provider_packets(std::uint64_t sid) {
   for (int budget = 0; budget < 64; ++budget) {
     auto it = providers_.find(sid);
     if (it == providers_.end()) return;
@@ -732,21 +749,16 @@ void Daemon::add_device(ProviderSession& s, std::uint64_t msg_id, const proto::A
   // Declared groups are joined on every registration (docs/CORE.md, "Groups").
   for (const auto& g : add.groups()) keep_groups.push_back(g);
   auto join_groups = [&](Registry::Editor& ed, DeviceId reg) {
-    auto snap = core_.registry.snapshot();
-    std::map<std::string, GroupId, std::less<>> made;  // created in this edit: not yet in a snapshot
     for (const auto& g : keep_groups) {
       if (!Registry::valid_entity_id(g)) continue;
-      GroupId gid;
-      if (const GroupRecord* gr = snap->group(g)) {
-        gid = gr->id;
-      } else if (auto m = made.find(g); m != made.end()) {
-        gid = m->second;
-      } else {
+      // The editor's view: groups created by earlier, still unpublished edits count.
+      std::optional<GroupId> gid = ed.find_group(g);
+      if (!gid) {
         auto created = ed.create_group(g);
         if (!created) continue;
-        gid = made.emplace(g, *created).first->second;
+        gid = *created;
       }
-      (void)ed.add_to_group(gid, reg);
+      (void)ed.add_to_group(*gid, reg);
     }
   };
 
