@@ -712,8 +712,7 @@ void ClientSession::on_edit_group(const proto::ClientRequest& req) {
     if (group == nullptr) return send_error(id, proto::ERROR_CODE_NOT_FOUND, fmt::format("unknown group '{}'", ipc::excerpt(e.group())));
     r = core_.registry.edit([&](Registry::Editor& ed) -> Status {
       FLOE_TRY(ed.remove_from_group(group->id, dev->id));
-      // An empty group is gone. Counted in the edit, not the snapshot: the main thread may have
-      // added members it has not published yet (Registry::Deferral).
+      // An empty group is gone. Counted in the edit, not the snapshot, which may be older.
       if (ed.member_count(group->id) == 0) FLOE_TRY(ed.delete_group(group->id));
       return {};
     });
@@ -722,7 +721,7 @@ void ClientSession::on_edit_group(const proto::ClientRequest& req) {
       return send_error(id, proto::ERROR_CODE_BAD_VALUE, fmt::format("'{}' is not a usable group name", ipc::excerpt(e.group())));
     }
     r = core_.registry.edit([&](Registry::Editor& ed) -> Status {
-      // Looked up in the edit: the group may exist unpublished (Registry::Deferral).
+      // Looked up in the edit, not the snapshot, which may be older (then creating it would fail).
       std::optional<GroupId> g = ed.find_group(e.group());
       if (!g) {
         auto created = ed.create_group(e.group());

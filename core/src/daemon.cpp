@@ -149,8 +149,6 @@ class Daemon {
   void accept_client();
   void shed(ipc::Listener& listener, const std::function<void(ipc::Channel&)>& tell);
   void on_provider_readable(std::uint64_t sid);
-  /// Up to 64 packets of provider `sid`; on_provider_readable publishes what they changed.
-  void read_provider_packets(std::uint64_t sid);
   void handle_provider(ProviderSession& s, const proto::Envelope& env, std::vector<ipc::Fd>& fds);
   void add_device(ProviderSession& s, std::uint64_t msg_id, const proto::AddDevice& add);
   void remove_device(ProviderSession& s, std::uint64_t msg_id, const std::string& device_id);
@@ -504,21 +502,6 @@ void Daemon::reap_clients() {
 }
 
 void Daemon::on_provider_readable(std::uint64_t sid) {
-  const std::uint64_t version = core_.registry.snapshot()->version();
-  {
-    // One publication for what this wakeup's packets change: a provider declaring its devices
-    // sends them in a burst, and every publication is O(devices). Grants go out before it; the
-    // provider may write into the region at once, and clients see the device (online, rings
-    // attached) when this scope ends, microseconds later.
-    auto deferral = core_.registry.defer_publication();
-    read_provider_packets(sid);
-  }
-  if (core_.registry.snapshot()->version() == version) return;
-  core_.hub.flush();   // watchers see what was published
-  core_.saver.mark();  // a state write during the burst read the snapshot without it
-}
-
-void Daemon::read_provider_packets(std::uint64_t sid) {
   for (int budget = 0; budget < 64; ++budget) {
     auto it = providers_.find(sid);
     if (it == providers_.end()) return;
@@ -751,7 +734,7 @@ void Daemon::add_device(ProviderSession& s, std::uint64_t msg_id, const proto::A
   auto join_groups = [&](Registry::Editor& ed, DeviceId reg) {
     for (const auto& g : keep_groups) {
       if (!Registry::valid_entity_id(g)) continue;
-      // The editor's view: groups created by earlier, still unpublished edits count.
+      // The editor's view: a group created earlier in this edit counts.
       std::optional<GroupId> gid = ed.find_group(g);
       if (!gid) {
         auto created = ed.create_group(g);

@@ -226,28 +226,8 @@ Registry::GroupSlot* Registry::live_group(GroupId id) noexcept {
   return s.live && s.generation == id.generation ? &s : nullptr;
 }
 
-Registry::Deferral Registry::defer_publication() {
-  std::lock_guard lock(writer_);
-  if (deferral_depth_ != 0 && deferring_ != std::this_thread::get_id()) {
-    // Another thread defers: publish this thread's edits as usual (only one thread defers at a time).
-    return Deferral(nullptr);
-  }
-  deferring_ = std::this_thread::get_id();
-  ++deferral_depth_;
-  return Deferral(this);
-}
-
-Registry::Deferral::~Deferral() {
-  if (r_ == nullptr) return;
-  std::lock_guard lock(r_->writer_);
-  if (--r_->deferral_depth_ != 0) return;
-  r_->deferring_ = {};
-  r_->publish_if_dirty();
-}
-
 void Registry::publish_if_dirty() {
   if (!dirty_) return;
-  if (deferral_depth_ != 0 && deferring_ == std::this_thread::get_id()) return;  // its Deferral publishes
   dirty_ = false;
   ++version_;
   std::unique_ptr<Snapshot> next = build();

@@ -6,7 +6,6 @@
 
 #include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "floe/ipc/region.hpp"
@@ -369,62 +368,28 @@ TEST(Registry, EditBatchesChangesIntoOneSnapshot) {
   EXPECT_EQ(s->group("g")->devices.size(), 1U);
 }
 
-TEST(Registry, ADeferralPublishesThisThreadsEditsOnceAtItsEnd) {
+TEST(Registry, AnEditSeesGroupsAndMembersItHasNotPublishedYet) {
   Registry r;
-  auto ta = make_tree(lights(1));
-  auto tb = make_tree(lights(1));
-  const std::uint64_t v0 = r.snapshot()->version();
-  {
-    auto outer = r.defer_publication();
-    auto a = r.add_device(spec("a", {"a_1"}, ta));
-    ASSERT_TRUE(a) << a.error().to_string();
-    ASSERT_TRUE(r.edit([&](Registry::Editor& e) -> Status {
-      auto g = e.create_group("kitchen");
-      if (!g) return tl::unexpected(g.error());
-      return e.add_to_group(*g, *a);
-    }));
-    {
-      auto inner = r.defer_publication();
-      ASSERT_TRUE(r.add_device(spec("b", {"b_1"}, tb)));
-    }  // the inner end publishes nothing
-    EXPECT_EQ(r.snapshot()->version(), v0);
-    EXPECT_EQ(r.snapshot()->device("a"), nullptr);
-    EXPECT_EQ(r.snapshot()->group("kitchen"), nullptr);
-    // An edit sees the unpublished state: the group created above and its member.
-    auto members = r.edit([&](Registry::Editor& e) -> std::size_t {
-      auto g = e.find_group("kitchen");
-      return g ? e.member_count(*g) : 0U;
-    });
-    EXPECT_EQ(members, 1U);
-    EXPECT_FALSE(r.edit([&](Registry::Editor& e) { return e.find_group("pantry").has_value(); }));
-    EXPECT_EQ(r.snapshot()->version(), v0);
-  }
-  auto s = r.snapshot();
-  EXPECT_EQ(s->version(), v0 + 1);  // one publication for all of it
-  ASSERT_NE(s->device("a"), nullptr);
-  EXPECT_NE(s->device("b"), nullptr);
-  ASSERT_NE(s->group("kitchen"), nullptr);
-  EXPECT_EQ(s->group("kitchen")->devices.size(), 1U);
-  EXPECT_EQ(s->entity("b_1")->device, s->device("b")->id);
-}
-
-TEST(Registry, AnotherThreadsEditPublishesDuringADeferral) {
-  Registry r;
-  auto ta = make_tree(lights(1));
-  auto tb = make_tree(lights(1));
-  auto deferral = r.defer_publication();
-  ASSERT_TRUE(r.add_device(spec("a", {"a_1"}, ta)));
-  EXPECT_EQ(r.snapshot()->device("a"), nullptr);
-  std::thread other([&] {
-    // Not the deferring thread: its edit publishes at once, with everything changed so far.
-    auto nested = r.defer_publication();  // another thread cannot defer meanwhile: a no-op
-    EXPECT_TRUE(r.add_device(spec("b", {"b_1"}, tb)));
-    auto s = r.snapshot();
-    EXPECT_NE(s->device("b"), nullptr);
-    EXPECT_NE(s->device("a"), nullptr);
+  auto t = make_tree(lights(1));
+  auto ok = r.edit([&](Registry::Editor& e) -> Status {
+    auto a = e.add_device(spec("a", {"a_1"}, t));
+    if (!a) return tl::unexpected(a.error());
+    EXPECT_FALSE(e.find_group("kitchen").has_value());
+    auto g = e.create_group("kitchen");
+    if (!g) return tl::unexpected(g.error());
+    EXPECT_EQ(e.find_group("kitchen"), *g);  // not in any snapshot yet
+    EXPECT_EQ(e.member_count(*g), 0U);
+    FLOE_TRY(e.add_to_group(*g, *a));
+    EXPECT_EQ(e.member_count(*g), 1U);
+    FLOE_TRY(e.remove_from_group(*g, *a));
+    EXPECT_EQ(e.member_count(*g), 0U);
+    FLOE_TRY(e.delete_group(*g));
+    EXPECT_FALSE(e.find_group("kitchen").has_value());
+    EXPECT_EQ(e.member_count(*g), 0U);  // a stale id counts nothing
+    return {};
   });
-  other.join();
-  EXPECT_NE(r.snapshot()->device("b"), nullptr);
+  ASSERT_TRUE(ok) << ok.error().to_string();
+  EXPECT_EQ(r.snapshot()->group("kitchen"), nullptr);
 }
 
 TEST(Registry, SnapshotSerialsAreUniqueAcrossRegistriesAndOnlyGrow) {

@@ -29,7 +29,6 @@
 #include <span>
 #include <string>
 #include <string_view>
-#include <thread>
 #include <utility>
 #include <vector>
 
@@ -286,26 +285,7 @@ class Registry {
   /// first call (which claims one of a fixed number of per-thread epoch slots).
   [[nodiscard]] SnapshotGuard snapshot() const noexcept;
 
-  /// While alive, edits made on the thread that created it are not published (edits of other
-  /// threads still are, and publish everything changed so far): a burst of edits on one thread
-  /// costs one snapshot build instead of one per edit. Its end publishes. Nests.
-  class Deferral {
-   public:
-    Deferral(Deferral&& o) noexcept : r_(std::exchange(o.r_, nullptr)) {}
-    Deferral& operator=(Deferral&&) = delete;
-    Deferral(const Deferral&) = delete;
-    Deferral& operator=(const Deferral&) = delete;
-    ~Deferral();
-
-   private:
-    friend class Registry;
-    explicit Deferral(Registry* r) noexcept : r_(r) {}
-    Registry* r_;
-  };
-  [[nodiscard]] Deferral defer_publication();
-
-  /// Runs `f(Editor&)` under the writer mutex and publishes once (unless this thread defers).
-  /// Returns what `f` returns.
+  /// Runs `f(Editor&)` under the writer mutex and publishes once. Returns what `f` returns.
   template <typename F>
   auto edit(F&& f) -> decltype(f(std::declval<Editor&>())) {
     std::lock_guard lock(writer_);
@@ -373,8 +353,6 @@ class Registry {
   std::vector<Retired> retired_;
   std::uint64_t version_ = 0;
   bool dirty_ = false;
-  std::thread::id deferring_{};  // the thread whose edits wait for its Deferral to end
-  unsigned deferral_depth_ = 0;
 
   // SYNC(snapshot-publish): the writer stores a fully built snapshot (seq_cst); readers load it
   // (seq_cst) after pinning the epoch, so they see every byte of it.
