@@ -239,6 +239,11 @@ bool ClientSession::send_waiting(const std::string& bytes) {
 void ClientSession::send(const proto::ClientResponse& resp) {
   // Everything this session sends goes through the outbox, so responses and watch events keep
   // one order and only this thread writes the socket.
+  enqueue(encode(resp));
+  flush_outbox();
+}
+
+std::string ClientSession::encode(const proto::ClientResponse& resp) const {
   std::string bytes = resp.SerializeAsString();
   if (bytes.size() > ipc::kMaxPacketBytes) {
     // One packet is the protocol's unit: an answer that does not fit is refused with a reason
@@ -252,8 +257,7 @@ void ClientSession::send(const proto::ClientResponse& resp) {
     spdlog::warn("client pid {}: {}", peer_.pid, too_big.error().message());
     bytes = too_big.SerializeAsString();
   }
-  enqueue(std::move(bytes));
-  flush_outbox();
+  return bytes;
 }
 
 void ClientSession::send_error(std::uint64_t id, proto::ErrorCode code, const std::string& message, bool fatal) {
@@ -503,51 +507,6 @@ void ClientSession::handle(const proto::ClientRequest& req) {
   }
 }
 
-std::vector<Outcome> ClientSession::execute(const std::vector<SetTask>& tasks, std::chrono::milliseconds timeout) {
-  std::vector<std::future<Outcome>> futures;
-  futures.reserve(tasks.size());
-  for (const auto& t : tasks) {
-    futures.push_back(core_.pending.add(t.request_id, t.device, answers_fd_.get()));
-    core_.shard_of(t.device).submit(t);
-  }
-  // Wait for the answers while still sending this client's watch events (the outbox), so a
-  // watcher sees changes that happen while its own set is pending.
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  auto all_ready = [&] {
-    return std::all_of(futures.begin(), futures.end(), [](const std::future<Outcome>& f) {
-      return f.wait_for(std::chrono::seconds(0)) == std::future_status::ready;
-    });
-  };
-  while (!closing_ && !all_ready()) {
-    const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-    if (left.count() <= 0) break;
-    pollfd fds[3] = {{answers_fd_.get(), POLLIN, 0}, {outbox_fd_.get(), POLLIN, 0}, {stop_fd_, POLLIN, 0}};
-    const int n = ::poll(fds, 3, static_cast<int>(std::min<std::int64_t>(left.count(), 60'000)));
-    if (n < 0 && errno != EINTR) break;
-    if (fds[2].revents != 0) break;  // shutting down: fail_all completes the futures
-    if (fds[0].revents != 0) (void)ipc::eventfd_drain(answers_fd_.get());
-    if (fds[1].revents != 0) {
-      (void)ipc::eventfd_drain(outbox_fd_.get());
-      flush_outbox();
-    }
-  }
-  std::vector<Outcome> out;
-  for (std::size_t i = 0; i < tasks.size(); ++i) {
-    if (futures[i].wait_for(std::chrono::seconds(0)) == std::future_status::ready) {
-      out.push_back(futures[i].get());
-    } else {
-      core_.pending.forget(tasks[i].request_id);
-      // It may have completed between the check and forget(); then its answer is the truth.
-      if (futures[i].wait_for(std::chrono::seconds(0)) == std::future_status::ready) {
-        out.push_back(futures[i].get());
-      } else {
-        out.push_back({proto::ERROR_CODE_TIMEOUT, fmt::format("the provider did not answer within {} ms", timeout.count())});
-      }
-    }
-  }
-  return out;
-}
-
 void ClientSession::on_set(const proto::ClientRequest& req) {
   const auto& s = req.set();
   const std::uint64_t id = req.id();
@@ -600,6 +559,10 @@ void ClientSession::answer_set(std::uint64_t client_id, std::uint64_t request_id
             : fmt::format("set {} {}: {}", entity, component, outcome.message));
   }
   enqueue(resp.SerializeAsString());
+  set_finished(request_id);
+}
+
+void ClientSession::set_finished(std::uint64_t request_id) {
   std::lock_guard lock(finished_mu_);
   finished_sets_.push_back(request_id);
   if (awaiting_room_) ipc::eventfd_signal(answers_fd_.get());
@@ -635,16 +598,56 @@ void ClientSession::on_query(const proto::ClientRequest& req) {
       tasks.push_back(std::move(t));
       entity_ids.push_back(m.entity_id);
     }
-  }  // the snapshot guard is released before waiting
-  const auto outcomes = execute(tasks, core_.config.request_timeout);
-  auto* results = resp.mutable_set();
-  for (std::size_t i = 0; i < tasks.size(); ++i) {
-    auto* r = results->add_results();
-    r->set_entity(entity_ids[i]);
-    r->set_ok(outcomes[i].ok());
-    r->set_message(outcomes[i].message);
+  }  // the snapshot guard is released before submitting
+  if (tasks.empty()) {
+    resp.mutable_set();
+    return send(resp);
   }
-  send(resp);
+  // Asynchronous, like a single set: every entity's request is in flight on its own (reap_sets
+  // times each out), the session goes on reading requests, and whichever thread completes the
+  // last one answers the client with all the outcomes.
+  struct MultiSet {
+    std::mutex mu;
+    proto::ClientResponse resp;
+    std::vector<std::string> entity_ids;
+    std::vector<Outcome> outcomes;
+    std::size_t left = 0;
+  };
+  auto multi = std::make_shared<MultiSet>();
+  multi->resp = std::move(resp);
+  multi->entity_ids = std::move(entity_ids);
+  multi->outcomes.resize(tasks.size());
+  multi->left = tasks.size();
+  const auto timeout = core_.config.request_timeout;
+  // All in flight before the first submit, which may complete at once (an offline device).
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (const SetTask& t : tasks) sets_in_flight_[t.request_id] = deadline;
+  for (std::size_t i = 0; i < tasks.size(); ++i) {
+    core_.pending.add(tasks[i].request_id, tasks[i].device,
+                      [this, multi, i, request_id = tasks[i].request_id, timeout](Outcome&& o) {
+                        if (o.code == proto::ERROR_CODE_TIMEOUT) {
+                          o.message = fmt::format("the provider did not answer within {} ms", timeout.count());
+                        }
+                        bool last = false;
+                        {
+                          std::lock_guard lock(multi->mu);
+                          multi->outcomes[i] = std::move(o);
+                          last = --multi->left == 0;
+                        }
+                        if (last) {
+                          auto* results = multi->resp.mutable_set();
+                          for (std::size_t j = 0; j < multi->outcomes.size(); ++j) {
+                            auto* r = results->add_results();
+                            r->set_entity(multi->entity_ids[j]);
+                            r->set_ok(multi->outcomes[j].ok());
+                            r->set_message(multi->outcomes[j].message);
+                          }
+                          enqueue(encode(multi->resp));
+                        }
+                        set_finished(request_id);
+                      });
+    core_.shard_of(tasks[i].device).submit(tasks[i]);
+  }
 }
 
 void ClientSession::on_watch(const proto::ClientRequest& req) {

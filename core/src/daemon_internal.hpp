@@ -93,10 +93,7 @@ class PendingTable {
     DeviceId device;
     Callback callback;
   };
-  /// Registers a request for `device`; the future completes exactly once, after which
-  /// `done_fd` (an eventfd the caller keeps open until the future is done or forgotten) is signalled.
-  std::future<Outcome> add(std::uint64_t request_id, DeviceId device, int done_fd = -1);
-  /// Registers a request whose outcome goes to `callback` (see Callback) instead of a future.
+  /// Registers a request for `device` whose outcome goes to `callback` (see Callback).
   void add(std::uint64_t request_id, DeviceId device, Callback callback);
   /// Completes `request_id` if it is pending for `from` (a provider cannot answer another
   /// device's requests). Returns false for unknown ids.
@@ -254,6 +251,10 @@ class ClientSession {
   void run();
   void handle(const proto::ClientRequest& req);
   void send(const proto::ClientResponse& resp);
+  /// The packet for `resp`, or a LIMIT error in its place if it exceeds one packet. Any thread.
+  [[nodiscard]] std::string encode(const proto::ClientResponse& resp) const;
+  /// Any thread: a set in flight was answered (reap_sets forgets it; wakes a session at its limit).
+  void set_finished(std::uint64_t request_id);
   void send_error(std::uint64_t id, proto::ErrorCode code, const std::string& message, bool fatal = false);
   /// Any thread. `watch_id` != 0 marks a watch event: while it waits in the outbox, a newer event
   /// of the same watch replaces it (an event is the whole current result, so the newest suffices).
@@ -268,8 +269,6 @@ class ClientSession {
   void on_edit_group(const proto::ClientRequest& req);
   /// limits.max_request_bytes and the request token bucket: false if `req` was refused (answered LIMIT).
   bool within_limits(const proto::ClientRequest& req, std::size_t bytes);
-  /// Pushes the requests, waits for their outcomes until `timeout`.
-  std::vector<Outcome> execute(const std::vector<SetTask>& tasks, std::chrono::milliseconds timeout);
   /// A single set's outcome, on the completing thread (usually a shard's): answers the client
   /// straight away, without waking this session's thread.
   void answer_set(std::uint64_t client_id, std::uint64_t request_id, const std::string& entity,

@@ -45,17 +45,6 @@ TaskLoop::~TaskLoop() {
 
 // ---- PendingTable -------------------------------------------------------------------------------
 
-std::future<Outcome> PendingTable::add(std::uint64_t request_id, DeviceId device, int done_fd) {
-  // A future is one more completion callback: it sets the promise, then signals `done_fd`.
-  auto promise = std::make_shared<std::promise<Outcome>>();
-  auto future = promise->get_future();
-  add(request_id, device, [promise, done_fd](Outcome&& outcome) {
-    promise->set_value(std::move(outcome));
-    if (done_fd >= 0) ipc::eventfd_signal(done_fd);
-  });
-  return future;
-}
-
 void PendingTable::add(std::uint64_t request_id, DeviceId device, Callback callback) {
   std::lock_guard lock(mu_);
   entries_[request_id] = Entry{device, std::move(callback)};
@@ -97,9 +86,8 @@ bool PendingTable::forget(std::uint64_t request_id) {
   std::lock_guard lock(mu_);
   auto it = entries_.find(request_id);
   if (it == entries_.end()) return false;
-  // The waiter gave up. Its future must still hold an Outcome: a promise destroyed unset would
-  // make the waiter's get() throw future_error (broken promise), which terminated floe-core
-  // whenever a provider left a set unanswered past its timeout.
+  // The waiter gave up. Its callback still runs, with TIMEOUT: every request is answered exactly
+  // once (a future left without a value once terminated floe-core here).
   it->second.callback({proto::ERROR_CODE_TIMEOUT, "the provider did not answer in time"});
   entries_.erase(it);
   return true;

@@ -910,6 +910,49 @@ TEST_F(CoreDaemon, HeldSetsDoNotHoldTheSessionAndEachGetsExactlyOneAnswer) {
   EXPECT_EQ(stop_core(), 0);
 }
 
+// A query's set over several entities is as asynchronous as a single set: while its requests are
+// held, the same connection is served, and the answer comes once, with every entity's outcome.
+TEST_F(CoreDaemon, AQuerysSetOverSeveralEntitiesDoesNotHoldTheSession) {
+  Client client = start_core_and_provider();
+  ASSERT_FALSE(HasFailure());
+  ASSERT_TRUE(eventually([&] { return client.online("lamp") && client.online("fan"); }));
+  ASSERT_EQ(command("hold"), "ok");
+  proto::ClientRequest q;
+  q.mutable_query()->set_text("set Switch = true");  // lamp_light and fan_switch
+  const std::uint64_t id = client.post(q);
+  ASSERT_NE(id, 0U);
+  for (int i = 0; i < 2; ++i) ASSERT_EQ(recv_text(ctl_), "request") << "held request " << i;
+  auto got = client.get("lamp_light", "Dimmer");
+  ASSERT_TRUE(got && got->has_value()) << "a get behind a held query set was not answered";
+  ASSERT_EQ(command("answer"), "ok");
+  std::optional<proto::ClientResponse> answer;
+  for (;;) {
+    auto m = client.receive();
+    ASSERT_TRUE(m) << "the query's set was not answered";
+    if (m->id() != id) continue;
+    answer = std::move(m);
+    break;
+  }
+  ASSERT_TRUE(answer->has_set()) << (answer->has_error() ? answer->error().message() : "");
+  std::set<std::string> entities;
+  for (const auto& r : answer->set().results()) {
+    EXPECT_TRUE(r.ok()) << r.entity() << ": " << r.message();
+    entities.insert(r.entity());
+  }
+  EXPECT_EQ(entities, (std::set<std::string>{"fan_switch", "lamp_light"}));
+  // Exactly one answer: nothing more for that id arrives before the answer to a later request.
+  proto::ClientRequest later;
+  later.mutable_list_devices();
+  const std::uint64_t later_id = client.post(later);
+  for (;;) {
+    auto m = client.receive();
+    ASSERT_TRUE(m) << "no answer to the later request";
+    EXPECT_NE(m->id(), id) << "the query's set was answered twice";
+    if (m->id() == later_id) break;
+  }
+  EXPECT_EQ(stop_core(), 0);
+}
+
 // A watcher that stops reading while its watch keeps changing is neither disconnected nor left with
 // a stale value: events it has no room for are conflated (a watch event is the whole current
 // result, so only the newest one per watch is kept), and when it reads again the last event it
