@@ -269,6 +269,11 @@ std::int64_t task_runtime_ns(const std::filesystem::path& task) {
   return -1;
 }
 
+/// The thread id a /proc/<pid>/task/<tid> entry names (0 if it names none).
+pid_t tid_of(const std::filesystem::path& task) {
+  return static_cast<pid_t>(std::strtol(task.filename().c_str(), nullptr, 10));
+}
+
 /// Sum of task_runtime_ns over /proc/<pid>/task/*; -1 if the kernel has no sched files.
 std::int64_t sched_runtime_ns(pid_t pid) {
   std::error_code ec;
@@ -296,7 +301,7 @@ std::vector<ThreadCpu> thread_cpu_of(pid_t pid) {
   for (const auto& task : std::filesystem::directory_iterator(fmt::format("/proc/{}/task", pid), ec)) {
     const std::int64_t ns = task_runtime_ns(task.path());
     if (ns < 0) continue;
-    ThreadCpu t{.tid = static_cast<pid_t>(std::strtol(task.path().filename().c_str(), nullptr, 10)), .name = {}, .ns = ns};
+    ThreadCpu t{.tid = tid_of(task.path()), .name = {}, .ns = ns};
     std::ifstream comm(task.path() / "comm");
     std::getline(comm, t.name);
     out.push_back(std::move(t));
@@ -331,7 +336,7 @@ bool set_process_cpus(pid_t pid, const std::vector<int>& cpus) {
   std::error_code ec;
   bool all = true;
   for (const auto& task : std::filesystem::directory_iterator(fmt::format("/proc/{}/task", pid), ec)) {
-    const auto tid = static_cast<pid_t>(std::strtol(task.path().filename().c_str(), nullptr, 10));
+    const pid_t tid = tid_of(task.path());
     // A thread that exited since the listing is not an error.
     if (tid > 0 && ::sched_setaffinity(tid, sizeof(set), &set) != 0 && errno != ESRCH) all = false;
   }

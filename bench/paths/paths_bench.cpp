@@ -124,8 +124,6 @@ class Instance {
     out.insert(out.end(), more.begin(), more.end());
     return out;
   }
-  /// Every process of the instance (core, provider, clients, and the devices behind TCP).
-  [[nodiscard]] std::int64_t all_cpu_ns() const { return cpu_ns() + clients_cpu_ns(); }
   /// liveness(), or for floe the tail of the core's log: what to add to a failure.
   [[nodiscard]] std::string diagnose() {
     if (auto l = liveness(); !l.empty()) return l;
@@ -313,7 +311,6 @@ PhaseResult run_phase(Instance& inst, PhaseKind kind, std::uint32_t clients, dou
                      .lead_ns = send_lead_ns(inst.send_lead_us(), rate)};
   const std::int64_t cpu0 = inst.cpu_ns();
   const std::int64_t client_cpu0 = inst.clients_cpu_ns();
-  const std::int64_t all_cpu0 = inst.all_cpu_ns();
   const std::vector<ThreadCpu> threads0 = inst.path_threads();
   const std::int64_t start0 = now_ns();
   // SYNC(phase): release pairs with the drivers' acquire in next_phase: `spec` is published.
@@ -342,7 +339,6 @@ PhaseResult run_phase(Instance& inst, PhaseKind kind, std::uint32_t clients, dou
   if (commit && r.ok) std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the last sightings
   const std::int64_t cpu1 = inst.cpu_ns();
   const std::int64_t client_cpu1 = inst.clients_cpu_ns();
-  const std::int64_t all_cpu1 = inst.all_cpu_ns();
   const std::vector<ThreadCpu> threads1 = inst.path_threads();
   if (s.error_set.load() != 0) {
     r.ok = false;
@@ -376,7 +372,7 @@ PhaseResult run_phase(Instance& inst, PhaseKind kind, std::uint32_t clients, dou
   if (const std::uint64_t done = s.completed.load(); !commit && done > 0)
     r.client_cpu_ns_per_op = static_cast<double>(client_cpu1 - client_cpu0) / static_cast<double>(done);
   const auto span_ns = static_cast<double>(std::max<std::int64_t>(1, finished - start0));
-  r.busy_cpus = static_cast<double>(all_cpu1 - all_cpu0) / span_ns;
+  r.busy_cpus = static_cast<double>((cpu1 - cpu0) + (client_cpu1 - client_cpu0)) / span_ns;  // every process
   for (const ThreadCpu& t : threads1) {
     std::int64_t before = 0;
     for (const ThreadCpu& b : threads0)
