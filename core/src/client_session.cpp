@@ -1,6 +1,7 @@
-// Client sessions: one thread per connection, speaking client.proto. Reads evaluate on a registry
-// snapshot right here; sets go to the device's shard and wait for the provider's answer.
-#include <poll.h>
+// Client sessions, speaking client.proto, served by ClientLoop threads. Reads evaluate on a
+// registry snapshot right here; sets go onto the device's tx ring and are answered by whoever
+// completes them.
+#include <sys/epoll.h>
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -133,47 +134,48 @@ Result<std::variant<std::uint64_t, std::string>> parse_set_value(ipc::Component 
 
 }  // namespace
 
-ClientSession::ClientSession(Core& core, ipc::Channel channel, ipc::PeerCredentials peer, int stop_fd)
+ClientSession::ClientSession(Core& core, ipc::Channel channel, ipc::PeerCredentials peer)
     : core_(core),
       channel_(std::move(channel)),
       peer_(peer),
-      stop_fd_(stop_fd),
       requests_(core.config.limits.client_requests_per_second, core.config.limits.client_request_burst,
-                std::chrono::steady_clock::now()) {
-  if (auto efd = ipc::make_eventfd(true)) outbox_fd_ = std::move(*efd);
-  if (auto efd = ipc::make_eventfd(true)) answers_fd_ = std::move(*efd);
+                std::chrono::steady_clock::now()) {}
+
+ClientSession::~ClientSession() { close(); }
+
+Status ClientSession::open(ClientLoop& loop) {
+  loop_ = &loop;
+  FLOE_TRY(channel_.set_nonblocking(true));
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.ptr = this;
+  if (::epoll_ctl(loop.epoll_.get(), EPOLL_CTL_ADD, channel_.fd(), &ev) != 0) return sys_error("epoll_ctl", "add a client");
+  interest_ = EPOLLIN;
+  return {};
 }
 
-ClientSession::~ClientSession() { join(); }
-
-void ClientSession::start() {
-  thread_ = std::thread([this] {
-    name_thread("floe-session");
-    run();
-    // No answer callback may outlive the session: dropped under the pending table's lock, which
-    // the callbacks run under, so none is running once this loop ends.
-    for (const auto& [request_id, deadline] : sets_in_flight_) (void)core_.pending.drop(request_id);
-    sets_in_flight_.clear();
-    watches_.clear();  // unsubscribe before the outbox goes away
-    // The peer learns at once that the session is over; the descriptor itself is closed when the
-    // daemon reaps the session (within a second).
-    ::shutdown(channel_.fd(), SHUT_RDWR);
-    finished_.store(true, std::memory_order_release);
-  });
-}
-
-void ClientSession::join() {
-  if (thread_.joinable()) thread_.join();
+void ClientSession::close() {
+  if (closed_) return;
+  closed_ = true;
+  closing_ = true;
+  // No answer callback may outlive the session: dropped under the pending table's lock, which
+  // the callbacks run under, so none is running once this returns.
+  for (const auto& [request_id, deadline] : sets_in_flight_) (void)core_.pending.drop(request_id);
+  sets_in_flight_.clear();
+  watches_.clear();  // unsubscribe before the outbox goes away
+  if (loop_ != nullptr) (void)::epoll_ctl(loop_->epoll_.get(), EPOLL_CTL_DEL, channel_.fd(), nullptr);
+  // The peer learns at once that the session is over.
+  ::shutdown(channel_.fd(), SHUT_RDWR);
 }
 
 void ClientSession::enqueue(std::string bytes, std::uint64_t watch_id) {
   {
     std::lock_guard lock(outbox_mu_);
-    // The seed's commit path: a shard's thread writes the watcher's socket itself (one wakeup less
-    // than handing the event to this session's thread). Only when nothing is queued or being sent,
-    // so the order holds; a SEQPACKET send is atomic, and MSG_DONTWAIT never lets a slow client
-    // stall the caller: a full socket buffer (or any error) queues the packet for this session's
-    // thread, which sends it or notices the failure.
+    // The seed's commit path: the thread that has the packet (a shard's, for answers and watch
+    // events) writes the client's socket itself, one wakeup less than handing it to the loop.
+    // Only when nothing is queued or being sent, so the order holds; a SEQPACKET send is atomic,
+    // and MSG_DONTWAIT never lets a slow client stall the caller: a full socket buffer (or any
+    // error) queues the packet for the loop, which sends it or notices the failure.
     if (outbox_.empty() && !flushing_ && !outbox_overflow_) {
       const ssize_t sent = ::send(channel_.fd(), bytes.data(), bytes.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
       if (sent == static_cast<ssize_t>(bytes.size())) return;
@@ -183,7 +185,7 @@ void ClientSession::enqueue(std::string bytes, std::uint64_t watch_id) {
       // the outbox stays bounded by its watches (plus answers) however fast the values change.
       if (auto it = queued_event_.find(watch_id); it != queued_event_.end()) {
         outbox_[it->second] = std::move(bytes);
-        return;  // the session thread was already told
+        return;  // the loop was already told
       }
     }
     if (outbox_.size() >= kMaxOutbox) {
@@ -193,52 +195,64 @@ void ClientSession::enqueue(std::string bytes, std::uint64_t watch_id) {
       outbox_.push_back(std::move(bytes));
     }
   }
-  ipc::eventfd_signal(outbox_fd_.get());
+  loop_->schedule(*this);
 }
 
 void ClientSession::flush_outbox() {
-  std::vector<std::string> out;
+  bool overflow = false;
   for (;;) {
-    {
-      std::lock_guard lock(outbox_mu_);
-      if (outbox_.empty()) {
-        flushing_ = false;  // direct sends may go again
-        if (!outbox_overflow_) return;
-        break;
+    while (sent_ < sending_.size()) {
+      const std::string& b = sending_[sent_];
+      const ssize_t n = ::send(channel_.fd(), b.data(), b.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (n == static_cast<ssize_t>(b.size())) {
+        ++sent_;
+        continue;
       }
-      out.clear();
-      out.swap(outbox_);
-      queued_event_.clear();
-      flushing_ = true;  // direct sends queue behind what is being sent here
-    }
-    for (const auto& b : out) {
-      if (!send_waiting(b)) {
-        closing_ = true;  // flushing_ stays set: nothing more is sent directly
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        blocked_ = true;  // the client is not reading: EPOLLOUT says when there is room
         return;
       }
+      closing_ = true;  // the connection failed; flushing_ stays set: nothing more is sent directly
+      return;
     }
-  }
-  spdlog::warn("client pid {}: not reading its watch events; disconnecting", peer_.pid);
-  send_error(0, proto::ERROR_CODE_LIMIT, "too many unread watch events", true);
-}
-
-bool ClientSession::send_waiting(const std::string& bytes) {
-  if (bytes.empty() || bytes.size() > ipc::kMaxPacketBytes) return false;
-  for (;;) {
-    const ssize_t sent = ::send(channel_.fd(), bytes.data(), bytes.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
-    if (sent == static_cast<ssize_t>(bytes.size())) return true;
-    if (sent >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) return false;
-    // The client is not reading: wait for room, or for the core to stop (a blocking send here
-    // would hold shutdown hostage to a client that never reads).
-    pollfd fds[2] = {{channel_.fd(), POLLOUT, 0}, {stop_fd_, POLLIN, 0}};
-    if (::poll(fds, 2, -1) < 0 && errno != EINTR) return false;
-    if (fds[1].revents != 0) return false;
+    sending_.clear();
+    sent_ = 0;
+    blocked_ = false;
+    if (close_when_sent_) {
+      closing_ = true;
+      return;
+    }
+    if (final_) {
+      // After a fatal error nothing else is sent: flushing_ stays set, so the outbox only fills.
+      sending_.push_back(std::move(*final_));
+      final_.reset();
+      close_when_sent_ = true;
+      continue;
+    }
+    if (overflow) {
+      spdlog::warn("client pid {}: not reading its watch events; disconnecting", peer_.pid);
+      final_ = error_packet(0, proto::ERROR_CODE_LIMIT, "too many unread watch events", true);
+      continue;
+    }
+    std::lock_guard lock(outbox_mu_);
+    if (outbox_.empty()) {
+      if (!outbox_overflow_) {
+        flushing_ = false;  // direct sends may go again
+        return;
+      }
+      overflow = true;
+      flushing_ = true;
+      continue;
+    }
+    sending_.swap(outbox_);
+    queued_event_.clear();
+    flushing_ = true;  // direct sends queue behind what is being sent here
   }
 }
 
 void ClientSession::send(const proto::ClientResponse& resp) {
-  // Everything this session sends goes through the outbox, so responses and watch events keep
-  // one order and only this thread writes the socket.
+  // Behind whatever is queued: responses and watch events keep one order.
   enqueue(encode(resp));
   flush_outbox();
 }
@@ -260,24 +274,42 @@ std::string ClientSession::encode(const proto::ClientResponse& resp) const {
   return bytes;
 }
 
-void ClientSession::send_error(std::uint64_t id, proto::ErrorCode code, const std::string& message, bool fatal) {
+std::string ClientSession::error_packet(std::uint64_t id, proto::ErrorCode code, const std::string& message,
+                                       bool fatal) {
   proto::ClientResponse resp;
   resp.set_id(id);
   resp.mutable_error()->set_code(code);
   resp.mutable_error()->set_message(message);
   resp.mutable_error()->set_fatal(fatal);
-  if (fatal) closing_ = true;
-  // Straight to the socket (not through the outbox, which may be what overflowed), but waiting for
-  // room like every send of this thread: a client that floods refused requests and never reads
-  // must not park this thread in a blocking send that shutdown cannot interrupt.
-  if (!send_waiting(resp.SerializeAsString())) closing_ = true;
+  return resp.SerializeAsString();
 }
 
-int ClientSession::reap_sets() {
+void ClientSession::send_error(std::uint64_t id, proto::ErrorCode code, const std::string& message, bool fatal) {
+  if (!fatal) {
+    enqueue(error_packet(id, code, message, false));
+    return flush_outbox();
+  }
+  // The last packet: nothing is read any more, and the session closes once it is out (the outbox
+  // may be what overflowed, so it is not queued there).
+  if (!final_ && !close_when_sent_) final_ = error_packet(id, code, message, true);
+  {
+    std::lock_guard lock(outbox_mu_);
+    flushing_ = true;
+  }
+  flush_outbox();
+}
+
+void ClientSession::track_set(std::uint64_t request_id, std::chrono::steady_clock::time_point deadline) {
+  sets_in_flight_[request_id] = deadline;
+  loop_->note_deadline(deadline);
+}
+
+std::chrono::steady_clock::time_point ClientSession::reap_sets() {
   {
     std::lock_guard lock(finished_mu_);
     for (std::uint64_t id : finished_sets_) sets_in_flight_.erase(id);
     finished_sets_.clear();
+    awaiting_room_ = false;
   }
   const auto now = std::chrono::steady_clock::now();
   auto next = std::chrono::steady_clock::time_point::max();
@@ -292,61 +324,76 @@ int ClientSession::reap_sets() {
     (void)core_.pending.forget(it->first);
     it = sets_in_flight_.erase(it);
   }
-  if (next == std::chrono::steady_clock::time_point::max()) return -1;
-  const auto left = std::chrono::ceil<std::chrono::milliseconds>(next - now);
-  return static_cast<int>(std::clamp<std::int64_t>(left.count(), 0, 60'000));
+  full_ = sets_in_flight_.size() >= kMaxSetsInFlight;
+  if (full_) {
+    std::lock_guard lock(finished_mu_);
+    // Woken by set_finished when one is answered; one may already have been.
+    if (finished_sets_.empty()) awaiting_room_ = true;
+    else full_ = false;  // room at the next reap, which read_one does first
+  }
+  return next;
 }
 
-void ClientSession::run() {
-  while (!closing_) {
-    const int timeout_ms = reap_sets();
-    bool full = sets_in_flight_.size() >= kMaxSetsInFlight;
-    if (full) {
-      std::lock_guard lock(finished_mu_);
-      if (!finished_sets_.empty()) continue;  // room already: reap it
-      awaiting_room_ = true;
-    }
-    pollfd fds[4] = {{channel_.fd(), static_cast<short>(full ? 0 : POLLIN), 0},
-                     {outbox_fd_.get(), POLLIN, 0},
-                     {stop_fd_, POLLIN, 0},
-                     {answers_fd_.get(), POLLIN, 0}};
-    const int n = ::poll(fds, 4, timeout_ms);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return;
-    }
-    if (fds[2].revents != 0) return;
-    if (fds[3].revents != 0) {
-      (void)ipc::eventfd_drain(answers_fd_.get());
-      std::lock_guard lock(finished_mu_);
-      awaiting_room_ = false;
-    }
-    if (fds[1].revents != 0) {
-      (void)ipc::eventfd_drain(outbox_fd_.get());
-      flush_outbox();
-    }
-    if (fds[0].revents == 0) continue;
-    auto packet = channel_.receive();
-    if (!packet) {
-      if (packet.error().code != ECONNRESET) spdlog::debug("client pid {}: {}", peer_.pid, packet.error().to_string());
-      return;
-    }
-    proto::ClientRequest req;
-    if (!packet->fds.empty() ||
-        !req.ParseFromArray(packet->bytes.data(), static_cast<int>(packet->bytes.size())) ||
-        req.body_case() == proto::ClientRequest::BODY_NOT_SET) {
-      ++malformed_in_a_row_;
-      const bool fatal = malformed_in_a_row_ >= kMaxMalformedInARow;
-      send_error(req.id(), proto::ERROR_CODE_MALFORMED,
-                 !packet->fds.empty() ? "clients do not send file descriptors"
-                 : fatal              ? "too many malformed requests in a row; closing"
-                                      : "the packet is not a floe.proto.ClientRequest with a body",
-                 fatal);
-      continue;
-    }
-    malformed_in_a_row_ = 0;
-    if (within_limits(req, packet->bytes.size())) handle(req);
+void ClientSession::update_interest() {
+  if (closing_) return;
+  std::uint32_t want = 0;
+  if (!blocked_ && !full_ && !final_ && !close_when_sent_) want |= EPOLLIN;
+  if (blocked_) want |= EPOLLOUT;
+  if (want == interest_) return;
+  epoll_event ev{};
+  ev.events = want;
+  ev.data.ptr = this;
+  if (::epoll_ctl(loop_->epoll_.get(), EPOLL_CTL_MOD, channel_.fd(), &ev) != 0) {
+    spdlog::warn("client pid {}: epoll_ctl: {}; closing the session", peer_.pid, std::strerror(errno));
+    closing_ = true;
+    return;
   }
+  interest_ = want;
+}
+
+void ClientSession::on_scheduled() {
+  if (closing_) return;
+  flush_outbox();
+  if (full_) (void)reap_sets();
+  update_interest();
+}
+
+void ClientSession::on_events(std::uint32_t events) {
+  if (closing_) return;
+  if ((events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) != 0 || blocked_) flush_outbox();
+  if ((events & EPOLLIN) != 0 && !closing_) {
+    read_one();
+  } else if ((events & (EPOLLERR | EPOLLHUP)) != 0) {
+    closing_ = true;  // gone, or shut down both ways: no answer can reach it
+  }
+  update_interest();
+}
+
+void ClientSession::read_one() {
+  if (blocked_ || final_ || close_when_sent_) return;  // update_interest stops the reading
+  loop_->note_deadline(reap_sets());
+  if (full_) return;
+  auto packet = channel_.receive();
+  if (!packet) {
+    if (packet.error().code == EAGAIN || packet.error().code == EWOULDBLOCK) return;
+    if (packet.error().code != ECONNRESET) spdlog::debug("client pid {}: {}", peer_.pid, packet.error().to_string());
+    closing_ = true;
+    return;
+  }
+  proto::ClientRequest req;
+  if (!packet->fds.empty() || !req.ParseFromArray(packet->bytes.data(), static_cast<int>(packet->bytes.size())) ||
+      req.body_case() == proto::ClientRequest::BODY_NOT_SET) {
+    ++malformed_in_a_row_;
+    const bool fatal = malformed_in_a_row_ >= kMaxMalformedInARow;
+    send_error(req.id(), proto::ERROR_CODE_MALFORMED,
+               !packet->fds.empty() ? "clients do not send file descriptors"
+               : fatal              ? "too many malformed requests in a row; closing"
+                                    : "the packet is not a floe.proto.ClientRequest with a body",
+               fatal);
+    return;
+  }
+  malformed_in_a_row_ = 0;
+  if (within_limits(req, packet->bytes.size())) handle(req);
 }
 
 bool ClientSession::within_limits(const proto::ClientRequest& req, std::size_t bytes) {
@@ -536,7 +583,7 @@ void ClientSession::on_set(const proto::ClientRequest& req) {
   // Asynchronous: the session goes on reading requests, and whoever completes the set (the shard
   // that reads the provider's answer, or reap_sets at the deadline) answers the client itself.
   // In flight before submit, which may complete it at once (an offline device).
-  sets_in_flight_[t.request_id] = std::chrono::steady_clock::now() + timeout;
+  track_set(t.request_id, std::chrono::steady_clock::now() + timeout);
   core_.pending.add(t.request_id, t.device,
                     [this, id, request_id = t.request_id, entity = s.entity(), component = info->name,
                      timeout](Outcome&& o) { answer_set(id, request_id, entity, component, timeout, std::move(o)); });
@@ -563,9 +610,13 @@ void ClientSession::answer_set(std::uint64_t client_id, std::uint64_t request_id
 }
 
 void ClientSession::set_finished(std::uint64_t request_id) {
-  std::lock_guard lock(finished_mu_);
-  finished_sets_.push_back(request_id);
-  if (awaiting_room_) ipc::eventfd_signal(answers_fd_.get());
+  bool wake = false;
+  {
+    std::lock_guard lock(finished_mu_);
+    finished_sets_.push_back(request_id);
+    wake = std::exchange(awaiting_room_, false);
+  }
+  if (wake) loop_->schedule(*this);
 }
 
 void ClientSession::on_query(const proto::ClientRequest& req) {
@@ -621,7 +672,7 @@ void ClientSession::on_query(const proto::ClientRequest& req) {
   const auto timeout = core_.config.request_timeout;
   // All in flight before the first submit, which may complete at once (an offline device).
   const auto deadline = std::chrono::steady_clock::now() + timeout;
-  for (const SetTask& t : tasks) sets_in_flight_[t.request_id] = deadline;
+  for (const SetTask& t : tasks) track_set(t.request_id, deadline);
   for (std::size_t i = 0; i < tasks.size(); ++i) {
     core_.pending.add(tasks[i].request_id, tasks[i].device,
                       [this, multi, i, request_id = tasks[i].request_id, timeout](Outcome&& o) {

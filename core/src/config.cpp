@@ -110,8 +110,12 @@ Result<Config> parse_config(std::string_view text, std::string_view origin) {
       auto v = get_int<unsigned>(node, origin, key, 0, 256);
       if (!v) return tl::unexpected(v.error());
       cfg.worker_threads = *v;
+    } else if (key == "client_threads") {
+      auto v = get_int<unsigned>(node, origin, key, 0, 256);
+      if (!v) return tl::unexpected(v.error());
+      cfg.client_threads = *v;
     } else if (key == "max_clients") {
-      auto v = get_int<unsigned>(node, origin, key, 1, 200);
+      auto v = get_int<unsigned>(node, origin, key, 1, 4096);
       if (!v) return tl::unexpected(v.error());
       cfg.max_clients = *v;
     } else if (key == "request_timeout_ms") {
@@ -200,6 +204,7 @@ void resolve_defaults(Config& config) {
   if (config.socket_dir.empty()) config.socket_dir = ipc::default_socket_dir();
   if (config.state_file.empty()) config.state_file = config.socket_dir + "/state.json";
   if (config.worker_threads == 0) config.worker_threads = std::max(1U, std::thread::hardware_concurrency());
+  if (config.client_threads == 0) config.client_threads = config.worker_threads;
   if (config.allowed_uids.empty()) {
     config.allowed_uids.push_back(::geteuid());
     if (::geteuid() != 0) config.allowed_uids.push_back(0);

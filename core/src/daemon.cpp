@@ -162,18 +162,16 @@ class Daemon {
   void provider_error(ProviderSession& s, std::uint64_t id, proto::ErrorCode code, const std::string& msg, bool fatal);
   void close_provider(std::uint64_t sid, const std::string& why);
   void offline_device(Device& d);
-  void reap_clients();
   void shutdown();
 
   Core& core_;
   std::optional<ipc::Listener> provider_listener_;
   std::optional<ipc::Listener> client_listener_;
   ipc::Fd signal_fd_;
-  ipc::Fd stop_clients_;  // readable once shutdown begins: client threads exit
   ipc::Fd spare_fd_;      // given up to refuse a newcomer when out of descriptors (shed)
   std::map<std::uint64_t, std::unique_ptr<ProviderSession>> providers_;
   std::map<std::string, std::shared_ptr<Device>, std::less<>> devices_;
-  std::list<std::unique_ptr<ClientSession>> clients_;
+  std::vector<std::unique_ptr<ClientLoop>> client_loops_;
   bool state_loaded_ = false;  // never overwrite a state file we could not read
   std::uint64_t next_probe_id_ = kProbeIdBit;
 };
@@ -256,9 +254,6 @@ Status Daemon::setup() {
   const int sfd = ::signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
   if (sfd < 0) return sys_error("signalfd");
   signal_fd_.reset(sfd);
-  auto stop = ipc::make_eventfd(true);
-  if (!stop) return tl::unexpected(stop.error());
-  stop_clients_ = std::move(*stop);
   spare_fd_ = ipc::Fd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
   if (!spare_fd_) return sys_error("open", "/dev/null (the spare descriptor)");
 
@@ -267,6 +262,10 @@ Status Daemon::setup() {
   for (unsigned i = 0; i < cfg.worker_threads; ++i) {
     core_.shards.push_back(std::make_unique<Shard>(core_, i));
     FLOE_TRY(core_.shards.back()->start(cfg.loop_backend));
+  }
+  for (unsigned i = 0; i < cfg.client_threads; ++i) {
+    client_loops_.push_back(std::make_unique<ClientLoop>(core_, i));
+    FLOE_TRY(client_loops_.back()->start());
   }
   core_.on_corrupt = [this](DeviceId dev, std::string why) {
     core_.main.post([this, dev, why = std::move(why)] {
@@ -308,8 +307,6 @@ Status Daemon::setup() {
       !w) {
     return tl::unexpected(w.error());
   }
-  // Finished client threads are joined now and then.
-  if (auto w = loop.add_timer(std::chrono::seconds(1), true, [this] { reap_clients(); }); !w) return tl::unexpected(w.error());
   // Silent providers are probed at half the timeout and dropped at the timeout; checking four
   // times per timeout bounds how late that happens.
   const auto check = std::clamp<std::chrono::milliseconds>(cfg.provider_timeout / 4, std::chrono::milliseconds(10),
@@ -481,24 +478,19 @@ void Daemon::accept_client() {
                                                 : "cannot read the peer's credentials");
     return;
   }
-  reap_clients();
-  if (clients_.size() >= core_.config.max_clients) {
-    refuse(proto::ERROR_CODE_LIMIT, fmt::format("too many clients ({} connected)", clients_.size()));
+  // The loop serving the fewest sessions takes it.
+  std::size_t connected = 0;
+  ClientLoop* least = nullptr;
+  for (auto& loop : client_loops_) {
+    connected += loop->count();
+    if (least == nullptr || loop->count() < least->count()) least = loop.get();
+  }
+  if (connected >= core_.config.max_clients) {
+    refuse(proto::ERROR_CODE_LIMIT, fmt::format("too many clients ({} connected; max_clients = {})", connected,
+                                                core_.config.max_clients));
     return;
   }
-  clients_.push_back(std::make_unique<ClientSession>(core_, std::move(*ch), *cred, stop_clients_.get()));
-  clients_.back()->start();
-}
-
-void Daemon::reap_clients() {
-  for (auto it = clients_.begin(); it != clients_.end();) {
-    if ((*it)->finished()) {
-      (*it)->join();
-      it = clients_.erase(it);
-    } else {
-      ++it;
-    }
-  }
+  least->adopt(std::make_unique<ClientSession>(core_, std::move(*ch), *cred));
 }
 
 void Daemon::on_provider_readable(std::uint64_t sid) {
@@ -988,9 +980,8 @@ void Daemon::shutdown() {
   provider_listener_.reset();  // unlinks provider.sock
   client_listener_.reset();    // unlinks client.sock
   core_.pending.fail_all({proto::ERROR_CODE_OFFLINE, "floe-core is shutting down"});
-  ipc::eventfd_signal(stop_clients_.get());
-  for (auto& c : clients_) c->join();
-  clients_.clear();
+  for (auto& loop : client_loops_) loop->stop_and_join();  // closes every session
+  client_loops_.clear();
   std::vector<std::uint64_t> ids;
   for (auto& [id, s] : providers_) ids.push_back(id);
   for (auto id : ids) close_provider(id, "floe-core is shutting down");

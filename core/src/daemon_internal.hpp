@@ -3,6 +3,7 @@
 
 #include <pthread.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -238,30 +239,53 @@ struct Core {
   }};
 };
 
-/// A client connection, served by a thread of its own (blocking sends never stall a loop).
+class ClientLoop;
+
+/// A client connection. Served by one ClientLoop's thread, which reads its requests and sends its
+/// queued packets; answers and watch events may be sent by whichever thread produces them.
 class ClientSession {
  public:
-  ClientSession(Core& core, ipc::Channel channel, ipc::PeerCredentials peer, int stop_fd);
+  ClientSession(Core& core, ipc::Channel channel, ipc::PeerCredentials peer);
   ~ClientSession();
-  void start();
-  [[nodiscard]] bool finished() const noexcept { return finished_.load(std::memory_order_acquire); }
-  void join();
+  ClientSession(const ClientSession&) = delete;
+  ClientSession& operator=(const ClientSession&) = delete;
 
  private:
-  void run();
+  friend class ClientLoop;
+  // The loop's side (its thread only).
+  /// Registered with `loop`'s epoll: the socket is made non-blocking.
+  [[nodiscard]] Status open(ClientLoop& loop);
+  /// The socket's readiness: reads one request (so a flooding client takes its turn with the
+  /// others) and sends what waits.
+  void on_events(std::uint32_t events);
+  /// schedule() was called: sends the outbox, takes back room for requests.
+  void on_scheduled();
+  /// Forgets finished sets and times out the overdue ones; returns the next deadline (max: none).
+  std::chrono::steady_clock::time_point reap_sets();
+  [[nodiscard]] bool closing() const noexcept { return closing_; }
+  /// Ends the session: drops its sets in flight and its watches (no callback can touch it
+  /// afterwards), leaves the epoll set and shuts the socket down.
+  void close();
+  /// Asks for the readiness this session needs now (requests, room to send) if it changed.
+  void update_interest();
+
+  void read_one();
   void handle(const proto::ClientRequest& req);
   void send(const proto::ClientResponse& resp);
   /// The packet for `resp`, or a LIMIT error in its place if it exceeds one packet. Any thread.
   [[nodiscard]] std::string encode(const proto::ClientResponse& resp) const;
   /// Any thread: a set in flight was answered (reap_sets forgets it; wakes a session at its limit).
   void set_finished(std::uint64_t request_id);
+  /// Queued in order with every other answer; a fatal one is the last packet: the session closes
+  /// once it is sent.
   void send_error(std::uint64_t id, proto::ErrorCode code, const std::string& message, bool fatal = false);
+  [[nodiscard]] static std::string error_packet(std::uint64_t id, proto::ErrorCode code, const std::string& message,
+                                                bool fatal);
   /// Any thread. `watch_id` != 0 marks a watch event: while it waits in the outbox, a newer event
   /// of the same watch replaces it (an event is the whole current result, so the newest suffices).
   void enqueue(std::string bytes, std::uint64_t watch_id = 0);
-  /// This session's thread: sends one packet, waiting for room while the client reads slowly,
-  /// but never past shutdown (stop_fd_). False if the connection failed or the core is stopping.
-  bool send_waiting(const std::string& bytes);
+  /// The loop's thread: sends queued packets until done or the socket is full (then waits for
+  /// EPOLLOUT; never blocks).
   void flush_outbox();
   void on_set(const proto::ClientRequest& req);
   void on_query(const proto::ClientRequest& req);
@@ -270,38 +294,89 @@ class ClientSession {
   /// limits.max_request_bytes and the request token bucket: false if `req` was refused (answered LIMIT).
   bool within_limits(const proto::ClientRequest& req, std::size_t bytes);
   /// A single set's outcome, on the completing thread (usually a shard's): answers the client
-  /// straight away, without waking this session's thread.
+  /// straight away, without waking the session's loop.
   void answer_set(std::uint64_t client_id, std::uint64_t request_id, const std::string& entity,
                   std::string_view component, std::chrono::milliseconds timeout, Outcome&& outcome);
-  /// This session's thread: forgets finished sets, times out the overdue ones. Returns the
-  /// milliseconds until the next one is overdue (-1: none in flight), a poll timeout.
-  int reap_sets();
+  /// A set went in flight until `deadline` (the loop's thread).
+  void track_set(std::uint64_t request_id, std::chrono::steady_clock::time_point deadline);
 
   Core& core_;
   ipc::Channel channel_;
   ipc::PeerCredentials peer_;
-  int stop_fd_;
-  ipc::Fd outbox_fd_;
-  ipc::Fd answers_fd_;  // signalled when one of this session's pending requests completes
+  ClientLoop* loop_ = nullptr;  // set by open()
+  std::atomic<bool> scheduled_{false};  // in the loop's ready list (ClientLoop::schedule)
   std::mutex outbox_mu_;
   std::vector<std::string> outbox_;
   std::unordered_map<std::uint64_t, std::size_t> queued_event_;  // outbox_mu_: watch id -> index in outbox_
   bool outbox_overflow_ = false;
-  bool flushing_ = false;  // outbox_mu_: this session's thread is sending queued packets
+  bool flushing_ = false;  // outbox_mu_: the loop holds taken packets not sent yet: direct sends queue
+  // The loop's thread only:
+  std::vector<std::string> sending_;  // taken from the outbox, sent in order from sending_[sent_]
+  std::size_t sent_ = 0;
+  bool blocked_ = false;          // the socket was full: waiting for EPOLLOUT
+  std::optional<std::string> final_;  // a fatal error, sent after sending_; then the session closes
+  bool close_when_sent_ = false;
+  std::uint32_t interest_ = 0;    // the events asked of epoll now
   bool welcomed_ = false;
   bool closing_ = false;
+  bool closed_ = false;
+  bool full_ = false;             // kMaxSetsInFlight reached: no requests read until one finishes
   unsigned malformed_in_a_row_ = 0;
   TokenBucket requests_;
   std::uint64_t refused_in_a_row_ = 0;  // by the bucket: logged when it starts and when it ends
   std::uint64_t next_watch_id_ = 1;
   std::map<std::uint64_t, WatchHandle> watches_;
-  /// Single sets in flight, by pending request id: their deadlines. This session's thread only.
+  /// Sets in flight, by pending request id: their deadlines. The loop's thread only.
   std::unordered_map<std::uint64_t, std::chrono::steady_clock::time_point> sets_in_flight_;
   std::mutex finished_mu_;
   std::vector<std::uint64_t> finished_sets_;  // finished_mu_: answered, to drop from sets_in_flight_
-  bool awaiting_room_ = false;                // finished_mu_: at the in-flight limit, woken by answers_fd_
+  bool awaiting_room_ = false;                // finished_mu_: at the in-flight limit, scheduled by set_finished
+};
+
+/// One thread serving many client sessions: an epoll loop over their sockets (level-triggered, one
+/// request per readiness per session, so every client takes its turn), a ready list other threads
+/// put sessions on (schedule), and the sets' deadlines. `client_threads` of them; a new session
+/// goes to the one with the fewest. A session's requests are handled on its loop's thread, so a
+/// slow request (a big list, a group edit waiting for the metadata lock) delays only that loop.
+class ClientLoop {
+ public:
+  ClientLoop(Core& core, unsigned index) : core_(core), index_(index) {}
+  ~ClientLoop();
+  ClientLoop(const ClientLoop&) = delete;
+  ClientLoop& operator=(const ClientLoop&) = delete;
+  [[nodiscard]] Status start();
+  /// Closes every session and joins the thread.
+  void stop_and_join();
+  /// Any thread: serve `session` (counted at once).
+  void adopt(std::unique_ptr<ClientSession> session);
+  /// Any thread: run `session`'s on_scheduled on the loop soon (once, however often it is asked).
+  void schedule(ClientSession& session);
+  /// Sessions adopted and not yet closed.
+  [[nodiscard]] std::size_t count() const noexcept { return count_.load(std::memory_order_acquire); }
+
+ private:
+  friend class ClientSession;
+  void run();
+  /// The loop's thread: `deadline` is when a session's set times out.
+  void note_deadline(std::chrono::steady_clock::time_point deadline) { next_deadline_ = std::min(next_deadline_, deadline); }
+  void wake();
+  void take_adopted();
+  void close_session(ClientSession* session);
+
+  Core& core_;
+  unsigned index_;
+  ipc::Fd epoll_;
+  ipc::Fd wake_;
+  std::atomic<bool> wake_pending_{false};
+  std::atomic<bool> stop_{false};
+  std::atomic<std::size_t> count_{0};
+  std::mutex mu_;
+  std::vector<std::unique_ptr<ClientSession>> adopted_;  // mu_
+  std::vector<ClientSession*> ready_;                     // mu_
+  // The loop's thread only:
+  std::unordered_map<ClientSession*, std::unique_ptr<ClientSession>> sessions_;
+  std::chrono::steady_clock::time_point next_deadline_ = std::chrono::steady_clock::time_point::max();
   std::thread thread_;
-  std::atomic<bool> finished_{false};
 };
 
 }  // namespace floe::core::detail

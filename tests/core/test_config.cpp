@@ -15,6 +15,8 @@ TEST(Config, EmptyTextKeepsEveryDefault) {
   ASSERT_TRUE(c) << c.error().to_string();
   EXPECT_TRUE(c->socket_dir.empty());
   EXPECT_EQ(c->worker_threads, 0U);
+  EXPECT_EQ(c->client_threads, 0U);
+  EXPECT_EQ(c->max_clients, 64U);
   EXPECT_EQ(c->request_timeout, std::chrono::milliseconds(5000));
   EXPECT_EQ(c->tx_capacity, 16U * 1024);
   EXPECT_EQ(c->rx_capacity, 64U * 1024);
@@ -32,6 +34,7 @@ TEST(Config, ResolveDefaultsFillsSocketDirStateFileThreadsAndUids) {
   EXPECT_EQ(c.socket_dir, "/tmp/floe-config-test");
   EXPECT_EQ(c.state_file, "/tmp/floe-config-test/state.json");
   EXPECT_GE(c.worker_threads, 1U);
+  EXPECT_EQ(c.client_threads, c.worker_threads);
   ASSERT_FALSE(c.allowed_uids.empty());
   EXPECT_EQ(c.allowed_uids.front(), ::geteuid());
 }
@@ -41,10 +44,11 @@ TEST(Config, EveryKeyIsRead) {
 socket_dir = "/run/x"
 state_file = "/var/lib/x.json"
 worker_threads = 3
+client_threads = 5
 allowed_uids = [1000, 0]
 request_timeout_ms = 250
 provider_timeout_ms = 700
-max_clients = 9
+max_clients = 4000
 bind_devices_to_uid = false
 log_level = "debug"
 loop_backend = "epoll"
@@ -60,7 +64,8 @@ poll_interval_us = 200
   EXPECT_EQ(c->worker_threads, 3U);
   EXPECT_EQ(c->allowed_uids, (std::vector<uid_t>{1000, 0}));
   EXPECT_EQ(c->request_timeout, std::chrono::milliseconds(250));
-  EXPECT_EQ(c->max_clients, 9U);
+  EXPECT_EQ(c->client_threads, 5U);
+  EXPECT_EQ(c->max_clients, 4000U);
   EXPECT_FALSE(c->bind_devices_to_uid);
   EXPECT_EQ(c->log_level, "debug");
   EXPECT_EQ(c->loop_backend, ipc::LoopBackend::kEpoll);
@@ -73,6 +78,7 @@ poll_interval_us = 200
   resolve_defaults(r);
   EXPECT_EQ(r.socket_dir, "/run/x");
   EXPECT_EQ(r.worker_threads, 3U);
+  EXPECT_EQ(r.client_threads, 5U);
   EXPECT_EQ(r.allowed_uids.size(), 2U);
 }
 
@@ -99,6 +105,8 @@ TEST(Config, UnknownKeysAreNamed) {
 TEST(Config, WrongTypesAndRangesAreNamed) {
   expect_error("worker_threads = \"two\"", "key 'worker_threads': expected an integer");
   expect_error("worker_threads = -1", "key 'worker_threads'");
+  expect_error("client_threads = 257", "key 'client_threads': 257 is out of range [0, 256]");
+  expect_error("max_clients = 4097", "key 'max_clients': 4097 is out of range [1, 4096]");
   expect_error("request_timeout_ms = 0", "out of range");
   expect_error("allowed_uids = 5", "key 'allowed_uids'");
   expect_error("[rings]\ntx_capacity = 1000", "not a power of two");

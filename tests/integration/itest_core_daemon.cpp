@@ -1033,6 +1033,62 @@ TEST_F(CoreDaemon, StopsWhileAClientFloodsRefusedRequestsAndDoesNotRead) {
   EXPECT_EQ(stop_core(), 0);
 }
 
+// Client sessions share the client loops (no thread per connection): max_clients sessions are
+// all served by a handful of threads, one more is refused with a reason, and a closed session
+// gives its place back.
+TEST_F(CoreDaemon, ManyClientsShareTheClientLoopsAndOneOverMaxClientsIsRefused) {
+  constexpr std::size_t kClients = 200;
+  start_logged_core("worker_threads = 2\nclient_threads = 2\nmax_clients = 200\n");
+  ASSERT_FALSE(HasFailure());
+  const pid_t core_pid = core_->pid();
+  auto threads = [&] {
+    std::error_code ec;
+    const std::filesystem::directory_iterator it("/proc/" + std::to_string(core_pid) + "/task", ec);
+    return ec ? std::size_t{0} : static_cast<std::size_t>(std::distance(it, std::filesystem::directory_iterator{}));
+  };
+  const std::size_t threads_before = threads();
+  // A client whose connection start_core's readiness probe left behind may still hold a place
+  // until its loop notices it is gone.
+  ASSERT_TRUE(eventually([&] {
+    Client probe(sock_dir_);
+    return probe.hello();
+  }));
+  std::vector<std::unique_ptr<Client>> clients;
+  for (std::size_t i = 0; i < kClients; ++i) {
+    clients.push_back(std::make_unique<Client>(sock_dir_));
+    ASSERT_TRUE(clients.back()->hello()) << "client " << i;
+  }
+  // Every one of them is served, each on a connection of its own.
+  for (std::size_t i = 0; i < kClients; ++i) {
+    auto r = clients[i]->devices();
+    ASSERT_TRUE(r && r->has_devices()) << "client " << i;
+  }
+  const std::size_t threads_with_clients = threads();
+  EXPECT_LT(threads_with_clients, threads_before + 8) << "threads: " << threads_before << " before the clients, "
+                                                      << threads_with_clients << " with " << kClients;
+  // One more is refused, with the reason, sent as soon as it connects (read before sending
+  // anything: the core closes the refused connection, and a request still unread then would turn
+  // the close into a reset that hides the reason).
+  {
+    Client extra(sock_dir_);
+    auto r = extra.receive();
+    ASSERT_TRUE(r && r->has_error()) << (r ? r->DebugString() : "no answer");
+    EXPECT_EQ(r->error().code(), proto::ERROR_CODE_LIMIT);
+    EXPECT_TRUE(r->error().fatal());
+    EXPECT_NE(r->error().message().find("max_clients = 200"), std::string::npos) << r->error().message();
+  }
+  // A client that leaves gives its place back.
+  clients.pop_back();
+  ASSERT_TRUE(eventually([&] {
+    Client again(sock_dir_);
+    return again.hello();
+  })) << "the place of the client that left was not given back";
+  // The others were not disturbed.
+  auto r = clients.front()->devices();
+  EXPECT_TRUE(r && r->has_devices());
+  EXPECT_EQ(stop_core(), 0);
+}
+
 TEST_F(CoreDaemon, SilentProviderIsDisconnectedWithAReasonAndItsDevicesGoOffline) {
   start_logged_core("provider_timeout_ms = 300\n");
   Client client(sock_dir_);

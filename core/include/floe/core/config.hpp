@@ -58,6 +58,8 @@ struct Config {
   std::string state_file;
   /// io_uring shard loops owning device rings. 0 = std::thread::hardware_concurrency().
   unsigned worker_threads = 0;
+  /// Loops serving client sessions (each an epoll over its sessions' sockets). 0 = worker_threads.
+  unsigned client_threads = 0;
   /// SO_PEERCRED uids allowed on both sockets. Empty = the daemon's own uid and root.
   std::vector<uid_t> allowed_uids;
   /// A device belongs to the uid of the provider that declared it (recorded in the state file):
@@ -68,7 +70,7 @@ struct Config {
   /// A provider silent this long is disconnected (its devices go offline). The core sends it a
   /// Heartbeat after half of it; any message from the provider counts as a sign of life.
   std::chrono::milliseconds provider_timeout{10000};
-  /// Concurrent client sessions (each has its own thread); more are refused with LIMIT.
+  /// Concurrent client sessions (spread over the client_threads loops); more are refused with LIMIT.
   unsigned max_clients = 64;
   /// "trace" .. "off" (spdlog level names).
   std::string log_level = "info";
@@ -89,7 +91,8 @@ struct Config {
 [[nodiscard]] Result<Config> parse_config(std::string_view text, std::string_view origin = "config");
 /// Reads and parses a file.
 [[nodiscard]] Result<Config> load_config(const std::string& path);
-/// Fills what depends on the environment: socket_dir, state_file, worker_threads, allowed_uids.
+/// Fills what depends on the environment: socket_dir, state_file, worker_threads, client_threads,
+/// allowed_uids.
 void resolve_defaults(Config& config);
 
 }  // namespace floe::core
