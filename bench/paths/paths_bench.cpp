@@ -397,6 +397,13 @@ struct Spread {
   }
   [[nodiscard]] double min() const { return values.empty() ? 0 : *std::min_element(values.begin(), values.end()); }
   [[nodiscard]] double max() const { return values.empty() ? 0 : *std::max_element(values.begin(), values.end()); }
+  /// The repetition holding the (lower) median value: its other figures make a consistent pair.
+  [[nodiscard]] std::size_t median_index() const {
+    std::vector<std::size_t> order(values.size());
+    for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return values[a] < values[b]; });
+    return order.empty() ? 0 : order[(order.size() - 1) / 2];
+  }
 };
 
 struct Side {  // request or commit figures of a row
@@ -428,7 +435,13 @@ struct Row {
   std::string status = "ok", reason{};
   Side request{}, commit{};
   Spread max_rps{}, cpu_saturated{}, client_cpu_saturated{}, busy_cpus_saturated{}, busiest_cpus_saturated{};
-  std::string busiest_thread_saturated{};  // of the last repetition
+  std::vector<std::string> busiest_thread_saturated{};  // per repetition, beside busiest_cpus_saturated
+  /// The busiest thread of the repetition with the median busiest-thread CPU, and that CPU.
+  [[nodiscard]] std::pair<std::string, double> busiest_saturated() const {
+    if (busiest_thread_saturated.empty()) return {"", 0};
+    const std::size_t i = busiest_cpus_saturated.median_index();
+    return {busiest_thread_saturated[i], busiest_cpus_saturated.values[i]};
+  }
   std::vector<RampPoint> ramp{};
   int repetitions = 0;
   bool pinned = false;  // the latency phases ran with every process on one CPU
@@ -471,7 +484,7 @@ void measure_row(Instance& inst, Row& row, const PathsConfig& cfg, const Placeme
     row.client_cpu_saturated.values.push_back(sat.client_cpu_ns_per_op);
     row.busy_cpus_saturated.values.push_back(sat.busy_cpus);
     row.busiest_cpus_saturated.values.push_back(sat.busiest_cpus);
-    row.busiest_thread_saturated = sat.busiest_thread;
+    row.busiest_thread_saturated.push_back(sat.busiest_thread);
     ++row.repetitions;
   }
   if (!with_ramp) return;
@@ -533,8 +546,8 @@ ordered_json row_json(const Row& r) {
   o["latency_pinned"] = r.pinned;
   o["client_cpu_ns_per_request_saturated"] = r.client_cpu_saturated.median();
   o["busy_cpus_saturated"] = r.busy_cpus_saturated.median();
-  o["busiest_thread_saturated"] = {{"name", r.busiest_thread_saturated},
-                                   {"cpus", r.busiest_cpus_saturated.median()}};
+  const auto [busiest, busiest_cpus] = r.busiest_saturated();
+  o["busiest_thread_saturated"] = {{"name", busiest}, {"cpus", busiest_cpus}};
   o["request"] = side_json(r.request, true);
   o["commit"] = side_json(r.commit, true);
   if (!r.ramp.empty()) {
@@ -882,11 +895,12 @@ int run_paths_bench(PathsConfig cfg) {
   for (const Row& r : rows) {
     if (r.status != "ok") continue;
     const std::string notify = r.backend.empty() ? r.notify : r.notify + "/" + r.backend;
+    const auto [busiest, busiest_cpus] = r.busiest_saturated();
     fmt::print("  {:<18} {:<6} {:<16} {:>5} {:>3} | {:>9.0f} req/s | path {:>6} us  clients {:>6} us | {:.2f} CPUs | "
                "{} {:.2f}\n",
                r.path, r.setting == "tcp" ? "tcp" : "inproc", notify, r.devices, r.clients, r.max_rps.median(),
                us(r.cpu_saturated.median()), us(r.client_cpu_saturated.median()), r.busy_cpus_saturated.median(),
-               r.busiest_thread_saturated.empty() ? "-" : r.busiest_thread_saturated, r.busiest_cpus_saturated.median());
+               busiest.empty() ? "-" : busiest, busiest_cpus);
   }
 
   // Offered-load ramps.
