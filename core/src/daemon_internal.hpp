@@ -4,6 +4,7 @@
 #include <pthread.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -84,10 +85,12 @@ struct Outcome {
   [[nodiscard]] bool ok() const noexcept { return code == proto::ERROR_CODE_UNSPECIFIED; }
 };
 
-/// Requests waiting for a provider's RequestResult. Any thread.
+/// Requests waiting for a provider's RequestResult. Any thread. Striped by request id: the
+/// callbacks run under their stripe's lock (and send to a client), so one global lock would make
+/// every shard and client loop wait for each other's sends.
 class PendingTable {
  public:
-  /// Called exactly once with the outcome, on the completing thread, with the table's lock held:
+  /// Called exactly once with the outcome, on the completing thread, with its stripe's lock held:
   /// so once drop() or forget() returns, the callback of that request is not running and never will.
   using Callback = std::function<void(Outcome&&)>;
   struct Entry {
@@ -108,8 +111,13 @@ class PendingTable {
   bool drop(std::uint64_t request_id);
 
  private:
-  std::mutex mu_;
-  std::unordered_map<std::uint64_t, Entry> entries_;
+  static constexpr std::size_t kStripes = 64;
+  struct alignas(64) Stripe {
+    std::mutex mu;
+    std::unordered_map<std::uint64_t, Entry> entries;
+  };
+  [[nodiscard]] Stripe& stripe(std::uint64_t request_id) noexcept { return stripes_[request_id % kStripes]; }
+  std::array<Stripe, kStripes> stripes_;
 };
 
 struct Core;

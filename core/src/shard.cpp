@@ -46,50 +46,58 @@ TaskLoop::~TaskLoop() {
 // ---- PendingTable -------------------------------------------------------------------------------
 
 void PendingTable::add(std::uint64_t request_id, DeviceId device, Callback callback) {
-  std::lock_guard lock(mu_);
-  entries_[request_id] = Entry{device, std::move(callback)};
+  Stripe& st = stripe(request_id);
+  std::lock_guard lock(st.mu);
+  st.entries[request_id] = Entry{device, std::move(callback)};
 }
 
 bool PendingTable::complete(std::uint64_t request_id, DeviceId from, Outcome outcome) {
-  std::lock_guard lock(mu_);
-  auto it = entries_.find(request_id);
-  if (it == entries_.end() || !(it->second.device == from)) return false;
+  Stripe& st = stripe(request_id);
+  std::lock_guard lock(st.mu);
+  auto it = st.entries.find(request_id);
+  if (it == st.entries.end() || !(it->second.device == from)) return false;
   it->second.callback(std::move(outcome));
-  entries_.erase(it);
+  st.entries.erase(it);
   return true;
 }
 
 void PendingTable::fail_device(DeviceId device, const Outcome& outcome) {
-  std::lock_guard lock(mu_);
-  for (auto it = entries_.begin(); it != entries_.end();) {
-    if (it->second.device == device) {
-      it->second.callback(Outcome(outcome));
-      it = entries_.erase(it);
-    } else {
-      ++it;
+  for (Stripe& st : stripes_) {
+    std::lock_guard lock(st.mu);
+    for (auto it = st.entries.begin(); it != st.entries.end();) {
+      if (it->second.device == device) {
+        it->second.callback(Outcome(outcome));
+        it = st.entries.erase(it);
+      } else {
+        ++it;
+      }
     }
   }
 }
 
 void PendingTable::fail_all(const Outcome& outcome) {
-  std::lock_guard lock(mu_);
-  for (auto& [id, e] : entries_) e.callback(Outcome(outcome));
-  entries_.clear();
+  for (Stripe& st : stripes_) {
+    std::lock_guard lock(st.mu);
+    for (auto& [id, e] : st.entries) e.callback(Outcome(outcome));
+    st.entries.clear();
+  }
 }
 
 bool PendingTable::drop(std::uint64_t request_id) {
-  std::lock_guard lock(mu_);
-  return entries_.erase(request_id) != 0;
+  Stripe& st = stripe(request_id);
+  std::lock_guard lock(st.mu);
+  return st.entries.erase(request_id) != 0;
 }
 
 bool PendingTable::forget(std::uint64_t request_id) {
-  std::lock_guard lock(mu_);
-  auto it = entries_.find(request_id);
-  if (it == entries_.end()) return false;
+  Stripe& st = stripe(request_id);
+  std::lock_guard lock(st.mu);
+  auto it = st.entries.find(request_id);
+  if (it == st.entries.end()) return false;
   // The waiter gave up. Its callback still runs, with TIMEOUT: every request is answered exactly
   // once (a future left without a value once terminated floe-core here).
   it->second.callback({proto::ERROR_CODE_TIMEOUT, "the provider did not answer in time"});
-  entries_.erase(it);
+  st.entries.erase(it);
   return true;
 }
 
