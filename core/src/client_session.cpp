@@ -623,20 +623,48 @@ void ClientSession::on_query(const proto::ClientRequest& req) {
   const std::uint64_t id = req.id();
   auto q = parse_query(req.query().text());
   if (!q) return send_error(id, proto::ERROR_CODE_BAD_QUERY, q.error().message);
+  // A set reports every entity it matched: one on an offline device is listed as OFFLINE rather
+  // than left out, so the client knows what was not reached.
+  struct MultiSet {
+    std::mutex mu;  // completions come from several threads (the pending table's stripes)
+    proto::ClientResponse resp;
+    std::vector<std::string> entity_ids;
+    std::vector<Outcome> outcomes;
+    std::size_t left = 0;
+    void answer() {
+      auto* results = resp.mutable_set();
+      for (std::size_t j = 0; j < outcomes.size(); ++j) {
+        auto* r = results->add_results();
+        r->set_entity(entity_ids[j]);
+        r->set_ok(outcomes[j].ok());
+        r->set_message(outcomes[j].message);
+        if (!outcomes[j].ok()) r->set_code(outcomes[j].code);
+      }
+    }
+  };
+  auto multi = std::make_shared<MultiSet>();
+  multi->resp.set_id(id);
   std::vector<SetTask> tasks;
-  std::vector<std::string> entity_ids;
-  proto::ClientResponse resp;
-  resp.set_id(id);
+  std::vector<std::size_t> slot_of_task;  // each task's index in multi->outcomes
   {
     auto snap = core_.registry.snapshot();
-    auto r = floe::core::run(*q, *snap);
+    auto r = floe::core::run(*q, *snap, BindOptions{.include_offline = q->action == Action::kSet});
     if (!r) return send_error(id, proto::ERROR_CODE_BAD_QUERY, r.error().message);
     if (q->action != Action::kSet) {
-      fill_result(*q, *r, *resp.mutable_query());
-      return send(resp);
+      fill_result(*q, *r, *multi->resp.mutable_query());
+      return send(multi->resp);
     }
     if (!r->set_value) return send_error(id, proto::ERROR_CODE_BAD_QUERY, "set without a value");
     for (const auto& m : r->matches) {
+      multi->entity_ids.push_back(m.entity_id);
+      if (!m.online) {
+        const DeviceRecord* dev = snap->device(m.entity.device);
+        multi->outcomes.push_back(
+            {proto::ERROR_CODE_OFFLINE, fmt::format("device '{}' is offline", dev != nullptr ? dev->name : "?")});
+        continue;
+      }
+      multi->outcomes.emplace_back();
+      slot_of_task.push_back(multi->outcomes.size() - 1);
       SetTask t{.device = m.entity.device, .request_id = core_.next_request_id.fetch_add(1, std::memory_order_relaxed),
                 .entity = m.entity.entity, .component = r->set_value->component, .text = false, .bits = 0,
                 .text_value = {}};
@@ -647,27 +675,15 @@ void ClientSession::on_query(const proto::ClientRequest& req) {
         t.text_value = std::get<std::string>(r->set_value->value);
       }
       tasks.push_back(std::move(t));
-      entity_ids.push_back(m.entity_id);
     }
   }  // the snapshot guard is released before submitting
   if (tasks.empty()) {
-    resp.mutable_set();
-    return send(resp);
+    multi->answer();
+    return send(multi->resp);
   }
   // Asynchronous, like a single set: every entity's request is in flight on its own (reap_sets
   // times each out), the session goes on reading requests, and whichever thread completes the
   // last one answers the client with all the outcomes.
-  struct MultiSet {
-    std::mutex mu;
-    proto::ClientResponse resp;
-    std::vector<std::string> entity_ids;
-    std::vector<Outcome> outcomes;
-    std::size_t left = 0;
-  };
-  auto multi = std::make_shared<MultiSet>();
-  multi->resp = std::move(resp);
-  multi->entity_ids = std::move(entity_ids);
-  multi->outcomes.resize(tasks.size());
   multi->left = tasks.size();
   const auto timeout = core_.config.request_timeout;
   // All in flight before the first submit, which may complete at once (an offline device).
@@ -675,24 +691,18 @@ void ClientSession::on_query(const proto::ClientRequest& req) {
   for (const SetTask& t : tasks) track_set(t.request_id, deadline);
   for (std::size_t i = 0; i < tasks.size(); ++i) {
     core_.pending.add(tasks[i].request_id, tasks[i].device,
-                      [this, multi, i, request_id = tasks[i].request_id, timeout](Outcome&& o) {
+                      [this, multi, slot = slot_of_task[i], request_id = tasks[i].request_id, timeout](Outcome&& o) {
                         if (o.code == proto::ERROR_CODE_TIMEOUT) {
                           o.message = fmt::format("the provider did not answer within {} ms", timeout.count());
                         }
                         bool last = false;
                         {
                           std::lock_guard lock(multi->mu);
-                          multi->outcomes[i] = std::move(o);
+                          multi->outcomes[slot] = std::move(o);
                           last = --multi->left == 0;
                         }
                         if (last) {
-                          auto* results = multi->resp.mutable_set();
-                          for (std::size_t j = 0; j < multi->outcomes.size(); ++j) {
-                            auto* r = results->add_results();
-                            r->set_entity(multi->entity_ids[j]);
-                            r->set_ok(multi->outcomes[j].ok());
-                            r->set_message(multi->outcomes[j].message);
-                          }
+                          multi->answer();
                           enqueue(encode(multi->resp));
                         }
                         set_finished(request_id);

@@ -675,11 +675,15 @@ TEST_F(CoreDaemon, UnavailableDeviceGoesOfflineFailsRequestsAtOnceAndComesBack) 
   auto refused = client.set("lamp_light", "Dimmer", "0.7");
   ASSERT_TRUE(refused && refused->has_error());
   EXPECT_EQ(refused->error().code(), proto::ERROR_CODE_OFFLINE);
-  proto::ClientRequest fan_out;  // a set query skips offline devices: nothing is asked
+  proto::ClientRequest fan_out;  // a set query lists an offline device's entity as not reached
   fan_out.mutable_query()->set_text("set Switch = true where Light");
   auto fo = client.call(fan_out);
   ASSERT_TRUE(fo && fo->has_set()) << (fo && fo->has_error() ? fo->error().message() : "no answer");
-  EXPECT_EQ(fo->set().results_size(), 0);
+  ASSERT_EQ(fo->set().results_size(), 1);
+  EXPECT_EQ(fo->set().results(0).entity(), "lamp_light");
+  EXPECT_FALSE(fo->set().results(0).ok());
+  EXPECT_EQ(fo->set().results(0).code(), proto::ERROR_CODE_OFFLINE);
+  EXPECT_EQ(fo->set().results(0).message(), "device 'lamp' is offline");
   auto last = client.get("lamp_light", "Dimmer");  // the last value still reads, marked offline
   ASSERT_TRUE(last && last->has_value());
   EXPECT_FALSE(last->value().online());
@@ -1088,11 +1092,8 @@ std::optional<std::pair<std::string, int>> multiset_entity(const std::string& en
 
 // What is wrong with one entity's outcome in a query set's answer (empty: nothing), counting it.
 std::string check_set_result(const proto::SetResult& r, const std::string& device, int index, MultisetTally& tally) {
-  // A query set's answer leaves SetResult.code unset (only the message says why); a code, if
-  // there is one, must agree with the message.
-  const auto code_is = [&](proto::ErrorCode want) {
-    return r.code() == proto::ERROR_CODE_UNSPECIFIED || r.code() == want;
-  };
+  // A failed entity carries the code that says why, and it agrees with the message.
+  const auto code_is = [&](proto::ErrorCode want) { return r.code() == want; };
   const std::string& msg = r.message();
   if (r.ok()) {
     ++tally.ok;
@@ -1109,6 +1110,7 @@ std::string check_set_result(const proto::SetResult& r, const std::string& devic
     return "";
   }
   const bool offline = msg == "the device is offline" || msg == "the device was removed" ||
+                       msg == "device '" + device + "' is offline" ||
                        msg == "device '" + device + "' went offline" ||
                        msg == "device '" + device + "' is unreachable (churn)";
   if (offline && code_is(proto::ERROR_CODE_OFFLINE) && device != kStableDevice) {
