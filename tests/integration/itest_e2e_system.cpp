@@ -285,6 +285,16 @@ TEST_F(E2e, TwoProvidersAnswerQueriesObeySetsAndFireWatches) {
     }
   }
 
+  // A set query: every matching entity is set, and floectl prints each one's outcome.
+  auto fan_out = floectl_json({"query", "set Dimmer = 0.25 where Light in group kitchen"});
+  ASSERT_EQ(fan_out["results"].size(), 3U) << fan_out.dump();
+  for (const auto& one : fan_out["results"]) EXPECT_EQ(one["ok"], true) << fan_out.dump();
+  auto avg_after = floectl_json({"query", "avg Dimmer where Light in group kitchen"});
+  EXPECT_NEAR(avg_after["number"].get<double>(), 0.25, 1e-12);
+  auto fan_out_human = floectl({"query", "set Switch = true where Light in group living"});
+  EXPECT_EQ(fan_out_human.exit, 0) << fan_out_human.out;
+  EXPECT_NE(fan_out_human.out.find("living_light_1"), std::string::npos) << fan_out_human.out;
+
   // Groups are edited through floectl and used by queries at once.
   EXPECT_EQ(floectl({"group", "add", "kitchen", "living-1"}).exit, 0);
   EXPECT_EQ(floectl_json({"query", "count where Light in group kitchen"})["count"], 4);

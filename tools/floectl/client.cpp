@@ -198,12 +198,20 @@ ClientResult<proto::SetResults> Client::set(std::string_view entity, std::string
 }
 
 ClientResult<proto::QueryResult> Client::query(std::string_view text) {
+  auto answer = run_query(text);
+  if (!answer) return tl::unexpected(std::move(answer.error()));
+  if (auto* result = std::get_if<proto::QueryResult>(&*answer)) return std::move(*result);
+  return fail(ExitCode::kGeneric, "the query is a set: its answer is per-entity results (use run_query)");
+}
+
+ClientResult<std::variant<proto::QueryResult, proto::SetResults>> Client::run_query(std::string_view text) {
   proto::ClientRequest r;
   r.mutable_query()->set_text(std::string(text));
   auto response = call(r, timeout_ + kCoreVerdictGrace);
   if (!response) return tl::unexpected(std::move(response.error()));
-  if (!response->has_query()) return fail(ExitCode::kGeneric, "unexpected answer to RunQuery");
-  return std::move(*response->mutable_query());
+  if (response->has_query()) return std::move(*response->mutable_query());
+  if (response->has_set()) return std::move(*response->mutable_set());
+  return fail(ExitCode::kGeneric, "unexpected answer to RunQuery");
 }
 
 ClientResult<proto::GroupList> Client::list_groups() {

@@ -10,6 +10,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <variant>
 
 #include <tl/expected.hpp>
 
@@ -94,7 +95,10 @@ class Client {
   /// Succeeds with the per-entity results even if some failed; the caller inspects them.
   [[nodiscard]] ClientResult<proto::SetResults> set(std::string_view entity, std::string_view component,
                                                     std::string_view value);
+  /// A query whose action is not `set` (a set's answer is an error here: see run_query).
   [[nodiscard]] ClientResult<proto::QueryResult> query(std::string_view text);
+  /// Any query: a `set` is answered with the per-entity results, every other action with its result.
+  [[nodiscard]] ClientResult<std::variant<proto::QueryResult, proto::SetResults>> run_query(std::string_view text);
   [[nodiscard]] ClientResult<proto::GroupList> list_groups();
   [[nodiscard]] ClientResult<void> edit_group(std::string_view group, std::string_view device, bool remove);
 

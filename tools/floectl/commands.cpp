@@ -248,8 +248,19 @@ int execute(const Invocation& inv, std::ostream& out, std::ostream& err) {
       return 0;
     }
     case Command::kQuery: {
-      auto r = client->query(inv.query);
-      return r ? emit(*r, format_query_result(*r)) : report(err, r.error());
+      auto r = client->run_query(inv.query);
+      if (!r) return report(err, r.error());
+      if (const auto* result = std::get_if<proto::QueryResult>(&*r)) return emit(*result, format_query_result(*result));
+      // A set over the matching entities: each one's outcome; the first failure sets the exit code.
+      const auto& sets = std::get<proto::SetResults>(*r);
+      emit(sets, sets.results().empty() ? std::string("no entity matched: nothing was set\n") : format_set_results(sets));
+      for (const auto& one : sets.results()) {
+        if (!one.ok()) {
+          return report(err, {exit_code_for_set(one), "setting " + one.entity() + " failed: " +
+                                                          (one.message().empty() ? "no reason given" : one.message())});
+        }
+      }
+      return 0;
     }
     case Command::kWatch: break;  // handled above
     case Command::kGroups: {
