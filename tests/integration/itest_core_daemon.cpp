@@ -1466,6 +1466,102 @@ TEST_F(CoreDaemon, ManyClientsShareTheClientLoopsAndOneOverMaxClientsIsRefused) 
   EXPECT_EQ(stop_core(), 0);
 }
 
+// Stress for the client loops: clients connect, watch, send sets and leave at every point (at
+// once, after reading part of their answers, after a half-close, or after all of them) while a
+// writer keeps watch events flowing and the provider answers. The core must neither crash nor
+// race (the sanitizer builds run this), answer every client that stays, and give back every
+// place: at the end max_clients fresh clients all connect and are served.
+TEST_F(CoreDaemon, ClientsLeavingMidRequestAndMidWatchLeaveTheCoreWhole) {
+  constexpr std::size_t kMaxClients = 16;
+  start_logged_core("client_threads = 2\nmax_clients = 16\n");
+  ASSERT_FALSE(HasFailure());
+  {
+    Client probe(sock_dir_);
+    ASSERT_TRUE(probe.hello());
+    start_provider();
+    ASSERT_TRUE(eventually([&] { return probe.online("lamp") && probe.online("fan"); }));
+  }
+  std::atomic<bool> done{false};
+  std::thread writer([&] {  // watch events on the shards' threads, the whole time
+    while (!done.load() && command("ramp 100") == "ok") {
+    }
+  });
+  const int rounds = static_cast<int>(test::scaled(60, 10));
+  std::atomic<int> complete{0};
+  std::atomic<int> answered_sets{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 6; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937 rng(static_cast<unsigned>(t) * 7919U + 1U);
+      for (int round = 0; round < rounds; ++round) {
+        Client c(sock_dir_);
+        if (!c.connected() || !c.hello()) {
+          ADD_FAILURE() << "client " << t << " round " << round << " was not welcomed";
+          return;
+        }
+        proto::ClientRequest watch;
+        watch.mutable_watch()->set_text("max Dimmer where Light");
+        (void)c.post(watch);
+        std::set<std::uint64_t> sets;
+        for (int k = 0; k < 8; ++k) {
+          const bool lamp = (rng() % 2) == 0;
+          sets.insert(lamp ? c.post(Client::set_request("lamp_light", "Dimmer", std::to_string((rng() % 100) / 100.0)))
+                           : c.post(Client::set_request("fan_switch", "Switch", (rng() % 2) != 0 ? "true" : "false")));
+        }
+        switch (rng() % 4) {
+          case 0: break;  // gone at once, everything in flight
+          case 1:         // reads a little, then goes
+            (void)c.receive(2000);
+            break;
+          case 2:  // stops sending, then goes without reading
+            ::shutdown(c.channel().fd(), SHUT_WR);
+            std::this_thread::sleep_for(std::chrono::milliseconds(rng() % 3));
+            break;
+          default: {  // stays for every set's answer (events of the watch come in between)
+            std::size_t left = sets.size();
+            while (left > 0) {
+              auto m = c.receive();
+              if (!m) {
+                ADD_FAILURE() << "client " << t << " round " << round << ": " << left << " sets never answered";
+                return;
+              }
+              if (sets.erase(m->id()) == 0) continue;
+              --left;
+              answered_sets.fetch_add(1);
+              if (!m->has_set()) {
+                ADD_FAILURE() << "a set was answered " << m->ShortDebugString();
+                return;
+              }
+            }
+            complete.fetch_add(1);
+          }
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  done.store(true);
+  writer.join();
+  ASSERT_FALSE(HasFailure());
+  EXPECT_GT(complete.load(), 0) << "no client stayed for its answers";
+  // Every place was given back (a departed client's place returns once its loop has noticed).
+  std::vector<std::unique_ptr<Client>> fresh;
+  ASSERT_TRUE(eventually([&] {
+    fresh.clear();
+    for (std::size_t i = 0; i < kMaxClients; ++i) {
+      fresh.push_back(std::make_unique<Client>(sock_dir_));
+      if (!fresh.back()->connected() || !fresh.back()->hello()) return false;
+    }
+    return true;
+  })) << "fewer than max_clients places came back";
+  for (auto& c : fresh) {
+    auto g = c->get("lamp_light", "Dimmer");
+    EXPECT_TRUE(g && g->has_value());
+  }
+  fresh.clear();
+  EXPECT_EQ(stop_core(), 0);
+}
+
 TEST_F(CoreDaemon, SilentProviderIsDisconnectedWithAReasonAndItsDevicesGoOffline) {
   start_logged_core("provider_timeout_ms = 300\n");
   Client client(sock_dir_);
