@@ -158,8 +158,8 @@ void ClientSession::close() {
   if (closed_) return;
   closed_ = true;
   closing_ = true;
-  // No answer callback may outlive the session: dropped under the pending table's lock, which
-  // the callbacks run under, so none is running once this returns.
+  // No answer callback may outlive the session: each is dropped under its pending-table stripe's
+  // lock, which it runs under, so none is running once this returns.
   for (const auto& [request_id, deadline] : sets_in_flight_) (void)core_.pending.drop(request_id);
   sets_in_flight_.clear();
   watches_.clear();  // unsubscribe before the outbox goes away
@@ -353,7 +353,7 @@ void ClientSession::update_interest() {
 
 void ClientSession::on_scheduled() {
   if (closing_) return;
-  flush_outbox();
+  if (!blocked_) flush_outbox();  // blocked: EPOLLOUT flushes, this packet included
   if (full_) (void)reap_sets();
   update_interest();
 }
