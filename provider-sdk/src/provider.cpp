@@ -195,6 +195,8 @@ struct ProviderState {
   void handle(proto::Envelope& env, std::vector<ipc::Fd>& fds);
   void handle_grant(const proto::DeviceGrant& grant, std::vector<ipc::Fd>& fds, DeviceState* expected);
   void disconnect(const std::string& reason, bool reconnect = true);
+  /// `reason`, or the core's own reason if the core sent one before closing the connection.
+  std::string with_last_word(std::string reason);
   /// Unmaps the device's region; `retire`: keep the mapping until process() returns.
   void detach(DeviceState& ds, bool retire = false) noexcept;
   void drain(DeviceState& ds);
@@ -357,7 +359,7 @@ Status ProviderState::process() {
   }
   for (int i = 0; i < n; ++i) {
     dispatch(events[i].data.u64);
-    if (broken) disconnect(broken_reason);
+    if (broken) disconnect(with_last_word(broken_reason));
   }
   retired_attachments.clear();
   retired_devices.clear();
@@ -606,7 +608,7 @@ void ProviderState::on_socket_readable() {
                       "received; raise the limit (ulimit -n) or declare fewer devices",
                       options.name, shortage);
       }
-      disconnect("lost the connection to floe-core: " + fds.error().to_string());
+      disconnect(with_last_word("lost the connection to floe-core: " + fds.error().to_string()));
       return;
     }
     handle(env, *fds);
@@ -787,6 +789,22 @@ void ProviderState::detach(DeviceState& ds, bool retire) noexcept {
   // `old` unmaps the region and closes the eventfds here, outside the lock (or at the end of
   // process(), if a ring drain of this region may be on the stack).
   if (retire) retired_attachments.push_back(std::move(old));
+}
+
+std::string ProviderState::with_last_word(std::string reason) {
+  // A core that closes the connection with our messages unread (a refusal at accept: uid, limit)
+  // resets it, and the kernel reports the reset (or EPIPE to a send) before the packet the core
+  // sent last, which says why: read on, at most twice (the reset, then the packet).
+  for (int i = 0; i < 2 && channel; ++i) {
+    proto::Envelope env;
+    auto fds = channel->receive(env);
+    if (fds && env.has_error()) {
+      spdlog::error("floe-sdk: provider '{}': floe-core closed the connection: {}", options.name, env.error().message());
+      return "closed by floe-core: " + env.error().message();
+    }
+    if (fds || fds.error().code != ECONNRESET) break;
+  }
+  return reason;
 }
 
 void ProviderState::disconnect(const std::string& reason, bool reconnect) {

@@ -464,6 +464,38 @@ TEST_F(E2e, AnUnauthorisedUidIsRefusedWhileOthersAreServed) {
   EXPECT_EQ(floectl({"set", "kitchen_light_1", "Switch", "true"}).exit, 0);
 }
 
+// A provider the core refuses at accept (here: its uid is not allowed) says why in its log on
+// every attempt, although it sends its Hello before the core's refusal arrives: the core closes
+// with the Hello unread, and the kernel reports that as a reset (or EPIPE) before it delivers the
+// refusal, which the SDK then reads.
+TEST_F(E2e, ARefusedProviderLogsTheCoresReasonOnEveryAttempt) {
+  const std::string config = dir_ + "/core.toml";
+  std::ofstream(config) << "allowed_uids = [" << ::geteuid() + 1 << "]\n";
+  core_.emplace(Program::Options{.path = FLOE_CORE_BIN, .args = {"--socket-dir", sockets_, "--config", config},
+                                 .log = dir_ + "/core.log"});
+  ASSERT_TRUE(poll_until([&] { return fs::exists(sockets_ + "/client.sock") || !core_->running(); }));
+  Program& provider = start_provider("kitchen", 1);
+  const std::string log = dir_ + "/kitchen.log";
+  const auto attempts = [&] {
+    std::size_t n = 0;
+    for (std::size_t at = 0; (at = slurp(log).find("reconnecting in", at)) != std::string::npos; ++at) ++n;
+    return n;
+  };
+  ASSERT_TRUE(poll_until([&] { return attempts() >= 4; })) << slurp(log);
+  provider.signal(SIGTERM);
+  (void)provider.wait();
+  std::istringstream lines(slurp(log));
+  for (std::string line; std::getline(lines, line);) {
+    if (line.find("reconnecting in") == std::string::npos) continue;
+    EXPECT_TRUE(line.find("refused by floe-core") != std::string::npos ||
+                line.find("is not allowed to connect to floe-core") != std::string::npos)
+        << "an attempt ended without the core's reason: " << line;
+  }
+  EXPECT_NE(slurp(log).find("uid " + std::to_string(::geteuid()) + " is not allowed to connect to floe-core"),
+            std::string::npos);
+  stop_core();
+}
+
 #else
 
 TEST_F(E2e, NeedsTheCoreTheProviderAndFloectl) {}
