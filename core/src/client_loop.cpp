@@ -41,9 +41,11 @@ void ClientLoop::stop_and_join() {
 }
 
 void ClientLoop::adopt(std::unique_ptr<ClientSession> session) {
-  count_.fetch_add(1, std::memory_order_acq_rel);
   {
     std::lock_guard lock(mu_);
+    // A loop that has ended serves nobody: the session closes here and its client sees EOF.
+    if (ended_.load(std::memory_order_acquire)) return;
+    count_.fetch_add(1, std::memory_order_acq_rel);
     adopted_.push_back(std::move(session));
   }
   wake();
@@ -112,7 +114,9 @@ void ClientLoop::run() {
     const int n = ::epoll_wait(epoll_.get(), events.data(), static_cast<int>(events.size()), timeout_ms);
     if (n < 0) {
       if (errno == EINTR) continue;
-      spdlog::error("client loop {}: epoll_wait: {}; its sessions are closed", index_, std::strerror(errno));
+      spdlog::error("client loop {}: epoll_wait: {}; its sessions are closed and it takes no new ones", index_,
+                    std::strerror(errno));
+      ended_.store(true, std::memory_order_release);
       break;
     }
     for (int i = 0; i < n; ++i) {
@@ -149,12 +153,12 @@ void ClientLoop::run() {
     closing.clear();
   }
   for (auto& [raw, s] : sessions_) s->close();
-  {
-    std::lock_guard lock(mu_);
-    ready_.clear();
-    adopted_.clear();
-  }
   sessions_.clear();
+  // From here on adopt() closes what it is given: a loop that has ended serves nobody.
+  std::lock_guard lock(mu_);
+  ended_.store(true, std::memory_order_release);
+  ready_.clear();
+  adopted_.clear();
   count_.store(0, std::memory_order_release);
 }
 

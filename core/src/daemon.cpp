@@ -483,7 +483,11 @@ void Daemon::accept_client() {
   ClientLoop* least = nullptr;
   for (auto& loop : client_loops_) {
     connected += loop->count();
-    if (least == nullptr || loop->count() < least->count()) least = loop.get();
+    if (loop->serving() && (least == nullptr || loop->count() < least->count())) least = loop.get();
+  }
+  if (least == nullptr) {
+    refuse(proto::ERROR_CODE_INTERNAL, "floe-core has no working client loop (see its log)");
+    return;
   }
   if (connected >= core_.config.max_clients) {
     refuse(proto::ERROR_CODE_LIMIT, fmt::format("too many clients ({} connected; max_clients = {})", connected,

@@ -361,6 +361,8 @@ class ClientLoop {
   void schedule(ClientSession& session);
   /// Sessions adopted and not yet closed.
   [[nodiscard]] std::size_t count() const noexcept { return count_.load(std::memory_order_acquire); }
+  /// False once the loop has ended (stopped, or failed and closed its sessions): it takes no new ones.
+  [[nodiscard]] bool serving() const noexcept { return !ended_.load(std::memory_order_acquire); }
 
  private:
   friend class ClientSession;
@@ -377,6 +379,7 @@ class ClientLoop {
   ipc::Fd wake_;
   std::atomic<bool> wake_pending_{false};
   std::atomic<bool> stop_{false};
+  std::atomic<bool> ended_{false};
   std::atomic<std::size_t> count_{0};
   std::mutex mu_;
   std::vector<std::unique_ptr<ClientSession>> adopted_;  // mu_
