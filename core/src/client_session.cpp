@@ -162,6 +162,9 @@ void ClientSession::close() {
   // lock, which it runs under, so none is running once this returns.
   for (const auto& [request_id, deadline] : sets_in_flight_) (void)core_.pending.drop(request_id);
   sets_in_flight_.clear();
+  // A callback whose set was already reaped (so not dropped above) may still be inside
+  // set_finished; it holds finished_mu_ until it is done with this session.
+  { std::lock_guard barrier(finished_mu_); }
   watches_.clear();  // unsubscribe before the outbox goes away
   if (loop_ != nullptr) (void)::epoll_ctl(loop_->epoll_.get(), EPOLL_CTL_DEL, channel_.fd(), nullptr);
   // The peer learns at once that the session is over.
@@ -610,13 +613,11 @@ void ClientSession::answer_set(std::uint64_t client_id, std::uint64_t request_id
 }
 
 void ClientSession::set_finished(std::uint64_t request_id) {
-  bool wake = false;
-  {
-    std::lock_guard lock(finished_mu_);
-    finished_sets_.push_back(request_id);
-    wake = std::exchange(awaiting_room_, false);
-  }
-  if (wake) loop_->schedule(*this);
+  // Everything under finished_mu_: once the id is in finished_sets_, the loop may reap it and then
+  // close the session, and close() no longer waits for this request's stripe, only for this lock.
+  std::lock_guard lock(finished_mu_);
+  finished_sets_.push_back(request_id);
+  if (std::exchange(awaiting_room_, false)) loop_->schedule(*this);
 }
 
 void ClientSession::on_query(const proto::ClientRequest& req) {
@@ -744,7 +745,7 @@ void ClientSession::on_watch(const proto::ClientRequest& req) {
     } else {
       we->set_error(r.error().message);
     }
-    enqueue(ev.SerializeAsString(), watch_id);
+    enqueue(encode(ev), watch_id);  // an event over one packet becomes a LIMIT error with a reason
   });
   if (!handle) {
     {
