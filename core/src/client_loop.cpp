@@ -140,11 +140,12 @@ void ClientLoop::run() {
       settle(s);
     }
     ready.clear();
-    if (Clock::now() >= next_deadline_) {
-      // Times out overdue sets (their callbacks answer the clients) and finds the next deadline.
+    if (const auto now = Clock::now(); now >= next_deadline_) {
+      // Times out overdue sets (their callbacks answer the clients), closes stalled clients and
+      // finds the next deadline.
       next_deadline_ = Clock::time_point::max();
       for (auto& [raw, s] : sessions_) {
-        next_deadline_ = std::min(next_deadline_, s->reap_sets());
+        next_deadline_ = std::min(next_deadline_, s->on_deadline(now));
         s->update_interest();  // room may have come back
         settle(raw);
       }

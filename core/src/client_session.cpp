@@ -209,11 +209,16 @@ void ClientSession::flush_outbox() {
       const ssize_t n = ::send(channel_.fd(), b.data(), b.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
       if (n == static_cast<ssize_t>(b.size())) {
         ++sent_;
+        if (blocked_) blocked_since_ = std::chrono::steady_clock::now();  // reading, if slowly
         continue;
       }
       if (n < 0 && errno == EINTR) continue;
       if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-        blocked_ = true;  // the client is not reading: EPOLLOUT says when there is room
+        if (!blocked_) {  // the client is not reading: EPOLLOUT says when there is room
+          blocked_ = true;
+          blocked_since_ = std::chrono::steady_clock::now();
+          loop_->note_deadline(blocked_since_ + core_.config.limits.client_stall_timeout);
+        }
         return;
       }
       closing_ = true;  // the connection failed; flushing_ stays set: nothing more is sent directly
@@ -334,6 +339,19 @@ std::chrono::steady_clock::time_point ClientSession::reap_sets() {
     if (finished_sets_.empty()) awaiting_room_ = true;
     else full_ = false;  // room at the next reap, which read_one does first
   }
+  return next;
+}
+
+std::chrono::steady_clock::time_point ClientSession::on_deadline(std::chrono::steady_clock::time_point now) {
+  auto next = reap_sets();
+  if (!blocked_ || closing_) return next;
+  const auto stall_end = blocked_since_ + core_.config.limits.client_stall_timeout;
+  if (now < stall_end) return std::min(next, stall_end);
+  // Its socket is full, so it cannot be told why; the log says it.
+  spdlog::warn("client pid {} uid {}: has not read from its socket for {} ms (limits.client_stall_timeout_ms); "
+               "disconnecting",
+               peer_.pid, peer_.uid, core_.config.limits.client_stall_timeout.count());
+  closing_ = true;
   return next;
 }
 

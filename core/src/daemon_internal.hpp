@@ -270,6 +270,9 @@ class ClientSession {
   void on_scheduled();
   /// Forgets finished sets and times out the overdue ones; returns the next deadline (max: none).
   std::chrono::steady_clock::time_point reap_sets();
+  /// The loop's deadline pass: reap_sets, and a client whose socket has stayed full for
+  /// limits.client_stall_timeout is closed. Returns this session's next deadline.
+  std::chrono::steady_clock::time_point on_deadline(std::chrono::steady_clock::time_point now);
   [[nodiscard]] bool closing() const noexcept { return closing_; }
   /// Ends the session: drops its sets in flight and its watches (no callback can touch it
   /// afterwards), leaves the epoll set and shuts the socket down.
@@ -322,6 +325,7 @@ class ClientSession {
   std::vector<std::string> sending_;  // taken from the outbox, sent in order from sending_[sent_]
   std::size_t sent_ = 0;
   bool blocked_ = false;          // the socket was full: waiting for EPOLLOUT
+  std::chrono::steady_clock::time_point blocked_since_{};
   std::optional<std::string> final_;  // a fatal error, sent after sending_; then the session closes
   bool close_when_sent_ = false;
   std::uint32_t interest_ = 0;    // the events asked of epoll now

@@ -49,6 +49,9 @@ struct Limits {
   unsigned client_request_burst = 100000;
   /// Watches one client session may hold at once.
   unsigned max_watches_per_client = 1024;
+  /// A client whose socket stays full this long (it reads neither answers nor events) is
+  /// disconnected, and its place (max_clients) is given back.
+  std::chrono::milliseconds client_stall_timeout{60'000};
 };
 
 struct Config {
