@@ -553,7 +553,14 @@ TEST_F(CoreDaemon, ProviderGrantGetSetCrashReconnectAndShutdown) {
   Client client(sock_dir_);
   ASSERT_TRUE(client.hello());
   const pid_t core_pid = core_->pid();
-  const std::size_t fds_before = count_fds(core_pid);
+  // Settled: start_core's readiness probe connected and left, and a client loop closes that
+  // session's descriptor when it notices (soon, but not before this line for sure).
+  std::size_t fds_before = count_fds(core_pid);
+  ASSERT_TRUE(eventually([&] {
+    std::this_thread::sleep_for(100ms);
+    const std::size_t now = count_fds(core_pid);
+    return std::exchange(fds_before, now) == now;
+  }));
 
   auto provider = test::spawn_child("provider", {sock_dir_, "0.25"}, {});
   ASSERT_TRUE(provider);
@@ -1380,6 +1387,38 @@ TEST_F(CoreDaemon, StopsWhileAWatcherDoesNotRead) {
   std::string why;
   ASSERT_NE(client.start_watch("max Dimmer where Light", why), 0U) << why;
   ASSERT_EQ(command("ramp 3000"), "ok");  // fills the socket: the session thread waits to send
+  EXPECT_EQ(stop_core(), 0);
+}
+
+// A client that stops reading (its socket full of watch events) is disconnected after
+// limits.client_stall_timeout_ms, with a log line, and its place comes back: with max_clients = 2
+// a third client gets in only once the stalled one is gone.
+TEST_F(CoreDaemon, AClientThatStopsReadingIsDisconnectedAfterTheStallTimeoutAndItsPlaceComesBack) {
+  start_logged_core("max_clients = 2\n[limits]\nclient_stall_timeout_ms = 300\n");
+  ASSERT_FALSE(HasFailure());
+  Client client(sock_dir_);
+  ASSERT_TRUE(client.hello());
+  start_provider();
+  ASSERT_TRUE(eventually([&] { return client.online("lamp"); }));
+  std::optional<Client> staller(std::in_place, sock_dir_);
+  ASSERT_TRUE(staller->hello());
+  std::string why;
+  ASSERT_NE(staller->start_watch("max Dimmer where Light", why), 0U) << why;
+  // Events until its socket is full (it never reads again) and the core gives up on it; under
+  // load the shard may coalesce changes into fewer events, so the writes go on until then.
+  ASSERT_TRUE(eventually([&] {
+    if (slurp(log_).find("(limits.client_stall_timeout_ms); disconnecting") != std::string::npos) return true;
+    EXPECT_EQ(command("ramp 500"), "ok");
+    return false;
+  })) << "the stalled client was not disconnected";
+  ASSERT_TRUE(eventually([&] {
+    Client third(sock_dir_);
+    return third.hello();
+  })) << "the stalled client's place was not given back";
+  // The client that reads was not disturbed.
+  auto g = client.get("lamp_light", "Dimmer");
+  ASSERT_TRUE(g && g->has_value());
+  EXPECT_EQ(g->value().value().real(), 1.0);
   EXPECT_EQ(stop_core(), 0);
 }
 
