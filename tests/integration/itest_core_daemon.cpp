@@ -28,6 +28,7 @@
 #include <deque>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <optional>
 #include <random>
 #include <set>
@@ -202,6 +203,22 @@ sdk::DeviceSpec fan_spec() {
           .entities = {{.id = "fan_switch", .name = "Fan switch", .components = {Component::Switch}}}};
 }
 
+// Serves `provider` and the test's commands on the control socket `ctl` (-1: none), one per
+// packet, each answered with what `run` returns for it. Returns 0 once the test closes `ctl`, 2 if
+// poll fails, 3 if the provider does.
+int serve_with_commands(sdk::Provider& provider, int ctl, const std::function<std::string(const std::string&)>& run) {
+  for (;;) {
+    pollfd p[2] = {{provider.fd(), POLLIN, 0}, {ctl, POLLIN, 0}};  // a negative fd is ignored
+    if (::poll(p, 2, -1) < 0 && errno != EINTR) return 2;
+    if (p[0].revents != 0 && !provider.process()) return 3;
+    if (p[1].revents == 0) continue;
+    char buf[256];
+    const ssize_t n = ::recv(ctl, buf, sizeof buf, 0);
+    if (n <= 0) return 0;  // the test closed the control socket
+    (void)send_text(ctl, run(std::string(buf, static_cast<std::size_t>(n))));
+  }
+}
+
 // An SDK provider with devices "lamp" and "fan", driven through fd 3 (a control socket) with
 // commands answered "ok" (or an error text): "unavail REASON", "avail", "remove ID", "add fan",
 // "hold" (keep requests unanswered; each one reported as "request"), "answer" (succeed the held
@@ -223,15 +240,7 @@ FLOE_CHILD_ROLE(sdk_provider) {
     held.push_back(std::move(r));
     (void)send_text(ctl, "request");
   });
-  for (;;) {
-    pollfd p[2] = {{provider.fd(), POLLIN, 0}, {ctl, POLLIN, 0}};
-    if (::poll(p, 2, -1) < 0 && errno != EINTR) return 2;
-    if (p[0].revents != 0 && !provider.process()) return 3;
-    if (p[1].revents == 0) continue;
-    char buf[256];
-    const ssize_t n = ::recv(ctl, buf, sizeof buf, 0);
-    if (n <= 0) return 0;  // the test closed the control socket
-    const std::string cmd(buf, static_cast<std::size_t>(n));
+  return serve_with_commands(provider, ctl, [&](const std::string& cmd) {
     const std::string arg = cmd.find(' ') == std::string::npos ? "" : cmd.substr(cmd.find(' ') + 1);
     std::string reply = "ok";
     if (cmd.starts_with("unavail")) {
@@ -261,8 +270,8 @@ FLOE_CHILD_ROLE(sdk_provider) {
     } else {
       reply = "unknown command";
     }
-    (void)send_text(ctl, reply);
-  }
+    return reply;
+  });
 }
 
 // A raw-protocol provider that declares device "mute" and then never reads its socket again
@@ -1019,15 +1028,7 @@ FLOE_CHILD_ROLE(multiset_provider) {
       held.pop_front();
     }
   });
-  for (;;) {
-    pollfd p[2] = {{provider.fd(), POLLIN, 0}, {ctl, POLLIN, 0}};  // a negative fd is ignored
-    if (::poll(p, 2, -1) < 0 && errno != EINTR) return 2;
-    if (p[0].revents != 0 && !provider.process()) return 3;
-    if (p[1].revents == 0) continue;
-    char buf[256];
-    const ssize_t n = ::recv(ctl, buf, sizeof buf, 0);
-    if (n <= 0) return 0;  // the test closed the control socket
-    const std::string cmd(buf, static_cast<std::size_t>(n));
+  return serve_with_commands(provider, ctl, [&](const std::string& cmd) {
     const std::string verb = cmd.substr(0, cmd.find(' '));
     const std::string id = cmd.find(' ') == std::string::npos ? "" : cmd.substr(cmd.find(' ') + 1);
     const auto it = devices.find(id);
@@ -1046,8 +1047,8 @@ FLOE_CHILD_ROLE(multiset_provider) {
     } else {
       reply = "unknown command";
     }
-    (void)send_text(ctl, reply);
-  }
+    return reply;
+  });
 }
 
 // The query sets the stress test sends, each with the entities it addresses (of the devices that
