@@ -381,7 +381,7 @@ void ClientSession::on_scheduled() {
 
 void ClientSession::on_events(std::uint32_t events) {
   if (closing_) return;
-  if ((events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) != 0 || blocked_) flush_outbox();
+  if ((events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) != 0) flush_outbox();  // no EPOLLIN is asked while blocked_
   if ((events & EPOLLIN) != 0 && !closing_) {
     read_one();
   } else if ((events & (EPOLLERR | EPOLLHUP)) != 0) {
