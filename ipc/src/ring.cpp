@@ -214,6 +214,10 @@ std::byte* RingProducer::reserve_slow(std::uint16_t type, std::uint32_t length, 
 }
 
 void RingProducer::wake_consumer() noexcept {
+  if (bell_ != nullptr) {
+    bell_->ring(bell_slot_, notify_fd_);
+    return;
+  }
   // SYNC(sleep): full fence between publishing tail and reading the flag, paired with the
   // consumer's fence between setting the flag and re-reading tail (prepare_sleep): either it sees
   // our tail or we see its flag.

@@ -45,7 +45,7 @@ static_assert(std::atomic<std::uint32_t>::is_always_lock_free);
 /// Byte offset where a region's payload may start (header rounded up to a cache line).
 inline constexpr std::size_t kRegionPayloadOffset = 128;
 
-enum class RegionKind : std::uint32_t { kRaw = 0, kRingPair = 1, kDevice = 2 };
+enum class RegionKind : std::uint32_t { kRaw = 0, kRingPair = 1, kDevice = 2, kDoorbells = 3 };
 enum class RegionAccess { kReadWrite, kReadOnly };
 
 struct RegionCreateOptions {

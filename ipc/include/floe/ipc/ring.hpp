@@ -23,6 +23,7 @@
 #include <span>
 #include <type_traits>
 
+#include "floe/ipc/doorbell.hpp"
 #include "floe/ipc/fd.hpp"
 #include "floe/ipc/notify.hpp"
 #include "floe/ipc/platform.hpp"
@@ -193,6 +194,15 @@ class RingProducer {
   [[nodiscard]] std::size_t capacity() const noexcept { return capacity_; }
   [[nodiscard]] RingHeader& header() const noexcept { return *header_; }
 
+  /// kEventfd rings only: from now on publish() rings `bell` (slot `slot`, writing `eventfd` if
+  /// its consumer sleeps) instead of the ring's own flag and notify fd. `bell` must outlive this
+  /// handle; its consumer must wait on the doorbell, not on the ring (doorbell.hpp).
+  void use_doorbell(Doorbell* bell, std::uint32_t slot, int eventfd) noexcept {
+    bell_ = bell;
+    bell_slot_ = slot;
+    if (bell != nullptr) notify_fd_ = eventfd;
+  }
+
  private:
   /// try_reserve after its argument checks (type is not kPadRecord, length <= max_payload()).
   std::byte* reserve(std::uint16_t type, std::uint32_t length, std::uint16_t flags) noexcept {
@@ -223,6 +233,8 @@ class RingProducer {
   std::uint64_t high_water_ = 0;      // last value stored to high_water
   int notify_fd_ = -1;
   NotifyMode mode_ = NotifyMode::kEventfd;
+  Doorbell* bell_ = nullptr;  // use_doorbell()
+  std::uint32_t bell_slot_ = 0;
 };
 
 enum class PopStatus : std::uint8_t { kRecord, kEmpty, kCorrupt };
