@@ -77,13 +77,15 @@ pid_t start_program(const FloeSetup& setup, const std::string& bin, const std::s
 }  // namespace
 
 pid_t start_floe_core(const FloeSetup& setup, std::string& error) {
+  const bool per_ring = setup.notify == "eventfd-rings";
   return start_program(setup, setup.core_bin, "core.toml",
                        fmt::format("socket_dir = \"{}\"\nstate_file = \"{}/state.json\"\nlog_level = \"warn\"\n"
-                                   "max_clients = {}\n[rings]\nnotify = \"{}\"\n"
+                                   "max_clients = {}\n[rings]\nnotify = \"{}\"\ndoorbells = {}\n"
                                    // The bench measures the paths, not the core's rate limits.
                                    "[limits]\nclient_requests_per_second = 10000000\nclient_request_burst = 10000000\n"
                                    "provider_messages_per_second = 10000000\nprovider_message_burst = 10000000\n",
-                                   setup.dir, setup.dir, setup.clients + 8, setup.notify),
+                                   setup.dir, setup.dir, setup.clients + 8, per_ring ? "eventfd" : setup.notify,
+                                   setup.doorbells && !per_ring),
                        "core.log", error);
 }
 

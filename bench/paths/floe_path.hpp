@@ -18,7 +18,8 @@ namespace floe::bench::paths {
 struct FloeSetup {
   std::string core_bin;       // the floe-core program
   std::string dir;            // private socket dir (and state file, config, logs)
-  std::string notify;         // [rings] notify
+  std::string notify;         // [rings] notify, or "eventfd-rings" (eventfd without doorbells)
+  bool doorbells = true;      // [rings] doorbells (with notify "eventfd")
   std::string loop_backend;   // FLOE_LOOP_BACKEND for core and provider: "io_uring", "epoll" or ""
   std::uint32_t devices = 1;
   std::uint32_t clients = 1;  // request connections (the watcher is one more)

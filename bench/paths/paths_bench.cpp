@@ -179,8 +179,8 @@ class Instance {
     char tmpl[] = "/tmp/floe-bench-paths-XXXXXX";
     if (::mkdtemp(tmpl) == nullptr) return fail(fmt::format("mkdtemp: {}", std::strerror(errno)));
     dir_ = tmpl;
-    FloeSetup setup{.core_bin = cfg.core_bin, .dir = dir_, .notify = spec_.notify, .loop_backend = spec_.backend,
-                    .devices = spec_.devices, .clients = spec_.clients, .tcp = tcp_, .esphome_bin = cfg.esphome_bin};
+    FloeSetup setup{.core_bin = cfg.core_bin, .dir = dir_, .notify = spec_.notify, .doorbells = cfg.doorbells,
+                    .loop_backend = spec_.backend, .devices = spec_.devices, .clients = spec_.clients, .tcp = tcp_, .esphome_bin = cfg.esphome_bin};
     std::string err;
     core_ = start_floe_core(setup, err);
     if (core_ < 0) return fail(err);
@@ -720,6 +720,8 @@ CLI::App* add_paths_subcommand(CLI::App& app, PathsConfig& cfg) {
                   "loopback) or both [both; --quick: inprocess]")
       ->check(CLI::IsMember({"inprocess", "tcp", "both"}));
   cmd->add_option("--core-bin", cfg.core_bin, "the floe-core program [the one built with floe-bench]");
+  cmd->add_flag("!--no-doorbells", cfg.doorbells,
+                "floe's rows with a flag and an eventfd per ring instead of doorbells ([rings] doorbells = false)");
   cmd->add_option("--esphome-bin", cfg.esphome_bin, "the floe-esphome program (tcp setting) [the one built with floe-bench]");
   cmd->add_option("--json", cfg.json_path, "also write every figure as JSON to this file");
   cmd->add_flag("--quick", cfg.quick, "100 devices, 1 and 4 clients, short phases: under a minute");
@@ -945,6 +947,7 @@ int run_paths_bench(PathsConfig cfg) {
                      {"load_rps", cfg.load_rps},        {"send_lead_us", cfg.send_lead_us},
                      {"latency_cpus", where.latency},
                      {"quick", cfg.quick},             {"task_threads", cfg.task_threads},
+                     {"doorbells", cfg.doorbells},
                      {"sweep_devices", cfg.sweep_devices}, {"throughput_clients", cfg.throughput_clients}};
     ordered_json paths = ordered_json::array();
     for (const Row& r : rows) paths.push_back(row_json(r));

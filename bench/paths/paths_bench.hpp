@@ -18,7 +18,9 @@ struct PathsConfig {
   std::vector<std::uint32_t> clients{1, 4, 16, 64};  // swept at `sweep_devices`
   std::uint32_t sweep_devices = 100;
   std::uint32_t throughput_clients = 16;             // second row at every device count
-  std::vector<std::string> notify{"eventfd/io_uring", "eventfd/epoll", "futex", "spin", "poll"};
+  // "eventfd-rings": eventfd with a flag and an eventfd per ring ([rings] doorbells = false).
+  std::vector<std::string> notify{"eventfd/io_uring", "eventfd-rings/io_uring", "eventfd/epoll", "futex", "spin", "poll"};
+  bool doorbells = true;         // floe's main rows: [rings] doorbells
   int repetitions = 3;
   double phase_s = 1.0;          // length of each measured phase
   double load_rps = 500;         // offered load of the latency phases (requests/s and commits/s)

@@ -183,6 +183,10 @@ Result<Config> parse_config(std::string_view text, std::string_view origin) {
           auto v = get_int<std::int64_t>(rn, origin, full, 10, 1'000'000);
           if (!v) return tl::unexpected(v.error());
           cfg.poll_interval = std::chrono::microseconds(*v);
+        } else if (rk.str() == "doorbells") {
+          const auto* b = rn.as_boolean();
+          if (b == nullptr) return key_error(origin, full, "expected true or false");
+          cfg.doorbells = b->get();
         } else {
           return key_error(origin, full, "unknown key");
         }

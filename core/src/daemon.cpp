@@ -130,6 +130,29 @@ struct ProviderSession {
   std::size_t entities = 0;          // over `devices`
   std::uint64_t region_bytes = 0;    // over `devices`
   TokenBucket messages;      // limits.provider_messages_per_second / provider_message_burst
+  std::shared_ptr<ProviderBells> bells;  // doorbells, if the provider asked and the core offers them
+  std::unordered_map<std::string, std::uint32_t> slots;  // doorbell slot of each device declared here
+  std::vector<std::uint32_t> free_slots;
+  std::uint32_t next_slot = 0;
+  /// The doorbell slot of device `id` on this connection (kept across re-declarations).
+  std::uint32_t slot_of(const std::string& id) {
+    if (auto it = slots.find(id); it != slots.end()) return it->second;
+    std::uint32_t slot = next_slot;
+    if (!free_slots.empty()) {
+      slot = free_slots.back();
+      free_slots.pop_back();
+    } else {
+      ++next_slot;
+    }
+    slots.emplace(id, slot);
+    return slot;
+  }
+  void release_slot(const std::string& id) {
+    if (auto it = slots.find(id); it != slots.end()) {
+      free_slots.push_back(it->second);
+      slots.erase(it);
+    }
+  }
   std::chrono::steady_clock::time_point last_heard = std::chrono::steady_clock::now();
   bool probed = false;  // a Heartbeat was sent since the provider was last heard
 };
@@ -145,6 +168,8 @@ class Daemon {
   Status setup();
   Status restore_state();
   Result<std::shared_ptr<Device>> make_device(const std::string& id, const ipc::TreeSchema& schema);
+  /// The doorbells of a provider connection and, in `share`, the region's fd to send.
+  Result<std::shared_ptr<ProviderBells>> make_bells(const ProviderSession& s, ipc::Fd& share);
   void accept_provider();
   void accept_client();
   void shed(ipc::Listener& listener, const std::function<void(ipc::Channel&)>& tell);
@@ -337,6 +362,33 @@ Result<std::shared_ptr<Device>> Daemon::make_device(const std::string& id, const
   if (!reader) return tl::unexpected(reader.error());
   d->reader = std::make_shared<const ipc::TreeReader>(std::move(*reader));
   return d;
+}
+
+Result<std::shared_ptr<ProviderBells>> Daemon::make_bells(const ProviderSession& s, ipc::Fd& share) {
+  const auto shards = static_cast<std::uint32_t>(core_.shards.size());
+  const std::uint32_t slots = core_.config.limits.max_devices_per_provider;
+  auto region = ipc::Region::create({.name = fmt::format("floe-bells-{}", s.id),
+                                     .size = ipc::doorbell_region_size(1 + shards, slots),
+                                     .kind = ipc::RegionKind::kDoorbells});
+  if (!region) return tl::unexpected(region.error());
+  auto b = std::make_shared<ProviderBells>(std::move(*region));
+  const std::span<std::byte> bytes{b->region.data(), b->region.size()};
+  FLOE_TRY(ipc::doorbell_region_init(bytes, 1 + shards, slots));
+  auto bells = ipc::doorbell_region_attach(bytes, 1 + shards, slots);
+  if (!bells) return tl::unexpected(bells.error());
+  b->bells = std::move(*bells);
+  auto provider_fd = ipc::make_eventfd(true);
+  if (!provider_fd) return tl::unexpected(provider_fd.error());
+  b->provider_eventfd = std::move(*provider_fd);
+  for (std::uint32_t i = 0; i < shards; ++i) {
+    auto fd = ipc::make_eventfd(true);
+    if (!fd) return tl::unexpected(fd.error());
+    b->shard_eventfds.push_back(std::move(*fd));
+  }
+  auto shared = b->region.share(ipc::RegionAccess::kReadWrite);
+  if (!shared) return tl::unexpected(shared.error());
+  share = std::move(*shared);
+  return b;
 }
 
 Status Daemon::restore_state() {
@@ -593,8 +645,26 @@ void Daemon::handle_provider(ProviderSession& s, const proto::Envelope& env, std
     w.mutable_welcome()->set_protocol_version(ipc::kProtocolVersion);
     w.mutable_welcome()->set_core_name("floe-core");
     w.mutable_welcome()->set_session_id(s.id);
-    (void)s.channel.send(w);
-    spdlog::info("provider '{}' connected (pid {})", s.name, s.peer.pid);
+    std::vector<int> fds;
+    ipc::Fd share;  // the doorbell region's fd, open until the Welcome is sent
+    if (h.doorbells() && core_.config.doorbells && core_.config.notify == ipc::NotifyMode::kEventfd &&
+        core_.shards.size() + 2 <= ipc::kMaxPacketFds) {
+      if (auto bells = make_bells(s, share); bells) {
+        s.bells = std::move(*bells);
+        auto* g = w.mutable_welcome()->mutable_doorbells();
+        g->set_slots(core_.config.limits.max_devices_per_provider);
+        g->set_shards(static_cast<std::uint32_t>(core_.shards.size()));
+        g->set_size(s.bells->region.size());
+        fds.push_back(share.get());
+        fds.push_back(s.bells->provider_eventfd.get());
+        for (const auto& e : s.bells->shard_eventfds) fds.push_back(e.get());
+      } else {
+        // Without doorbells every grant carries its own eventfds: slower, but it works.
+        spdlog::warn("{}: no doorbells ({}); eventfds per device instead", s.who(), bells.error().to_string());
+      }
+    }
+    if (auto r = s.channel.send(w, fds); !r) spdlog::warn("{}: sending Welcome: {}", s.who(), r.error().to_string());
+    spdlog::info("provider '{}' connected (pid {}{})", s.name, s.peer.pid, s.bells ? "" : ", no doorbells");
     return;
   }
   switch (env.body_case()) {
@@ -746,8 +816,9 @@ void Daemon::add_device(ProviderSession& s, std::uint64_t msg_id, const proto::A
     if (!made) return fail(proto::ERROR_CODE_MALFORMED, fmt::format("device '{}': {}", id, made.error().message));
     dev = *made;
   }
-  auto tx = ipc::make_eventfd(true);
-  auto rx = ipc::make_eventfd(true);
+  // With doorbells the device needs no eventfds of its own (an empty placeholder keeps one path).
+  auto tx = s.bells ? Result<ipc::Fd>(ipc::Fd()) : ipc::make_eventfd(true);
+  auto rx = s.bells ? Result<ipc::Fd>(ipc::Fd()) : ipc::make_eventfd(true);
   auto share = dev->region->share(ipc::RegionAccess::kReadWrite);
   if (!tx || !rx || !share) {
     if (reuse) (void)core_.registry.set_online(dev->reg, false);
@@ -756,10 +827,12 @@ void Daemon::add_device(ProviderSession& s, std::uint64_t msg_id, const proto::A
   // The shard owns the eventfds from here until a detach, which only this thread requests.
   const int tx_raw = tx->get();
   const int rx_raw = rx->get();
+  const std::uint32_t slot = s.bells ? s.slot_of(id) : 0;
   auto attach = [&](DeviceId reg) {
     return core_.shard_of(reg).attach({.device = reg, .region = dev->region, .reader = dev->reader,
                                        .options = dev->layout.options, .reinit_rings = dev->ever_attached,
-                                       .tx_eventfd = std::move(*tx), .rx_eventfd = std::move(*rx)});
+                                       .tx_eventfd = std::move(*tx), .rx_eventfd = std::move(*rx),
+                                       .bells = s.bells, .slot = slot});
   };
   // Online only once its shard holds the rings: a client that sees it online and sets at once
   // finds the tx port (the session writes the ring itself) instead of a spurious "offline".
@@ -827,8 +900,13 @@ void Daemon::add_device(ProviderSession& s, std::uint64_t msg_id, const proto::A
   rg->set_name(std::string(region_name, ::strnlen(region_name, sizeof region_name)));
   rg->set_size(dev->region->size());
   rg->add_fd_roles(proto::FD_ROLE_REGION);
-  rg->add_fd_roles(proto::FD_ROLE_TX_EVENTFD);
-  rg->add_fd_roles(proto::FD_ROLE_RX_EVENTFD);
+  if (s.bells) {
+    g->set_doorbell_slot(slot);
+    g->set_shard(core_.shard_of(dev->reg).index());
+  } else {
+    rg->add_fd_roles(proto::FD_ROLE_TX_EVENTFD);
+    rg->add_fd_roles(proto::FD_ROLE_RX_EVENTFD);
+  }
   rg->mutable_tx()->set_offset(dev->layout.header.tx_offset);
   rg->mutable_tx()->set_capacity(dev->layout.options.tx_capacity);
   rg->mutable_tx()->set_notify_mode(static_cast<std::uint32_t>(dev->layout.options.notify));
@@ -837,7 +915,7 @@ void Daemon::add_device(ProviderSession& s, std::uint64_t msg_id, const proto::A
   rg->mutable_rx()->set_notify_mode(static_cast<std::uint32_t>(dev->layout.options.notify));
   // The shard owns the eventfds until a detach, which only this thread requests, so they are open.
   const int fds[] = {share->get(), tx_raw, rx_raw};
-  if (auto r = s.channel.send(env, fds); !r) {
+  if (auto r = s.channel.send(env, std::span<const int>(fds, s.bells ? 1 : 3)); !r) {
     spdlog::warn("provider '{}': sending the grant of '{}': {}", s.name, id, r.error().to_string());
   }
   spdlog::info("device '{}' online ({} entities, provider '{}'{})", id, add.entities_size(), s.name,
@@ -879,6 +957,7 @@ void Daemon::remove_device(ProviderSession& s, std::uint64_t msg_id, const std::
   devices_.erase(it);
   core_.meta.erase(device_id);
   std::erase(s.devices, device_id);
+  s.release_slot(device_id);
   proto::Envelope env;
   env.set_id(msg_id);
   env.mutable_device_removed()->set_device_id(device_id);

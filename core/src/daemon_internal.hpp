@@ -29,6 +29,7 @@
 #include "floe/core/watch.hpp"
 #include "floe/ipc/channel.hpp"
 #include "floe/ipc/device_region.hpp"
+#include "floe/ipc/doorbell.hpp"
 #include "floe/ipc/event_loop.hpp"
 #include "floe/ipc/fd.hpp"
 #include "floe/ipc/region.hpp"
@@ -123,14 +124,29 @@ class PendingTable {
 struct Core;
 
 /// What a shard needs to take over a device's rings.
+/// A provider connection's doorbells (floe/ipc/doorbell.hpp, management.proto DoorbellGrant):
+/// the provider's, rung by the shards' tx ports, and one per shard, rung by the provider for the
+/// rx rings of that shard's devices. Shared by the connection and every device attached with it.
+struct ProviderBells {
+  explicit ProviderBells(ipc::Region r) noexcept : region(std::move(r)) {}
+  ipc::Region region;
+  std::vector<ipc::Doorbell> bells;  // [0]: the provider's; [1 + i]: shard i's
+  ipc::Fd provider_eventfd;
+  std::vector<ipc::Fd> shard_eventfds;
+  [[nodiscard]] ipc::Doorbell& provider() noexcept { return bells[0]; }
+  [[nodiscard]] ipc::Doorbell& shard(unsigned i) noexcept { return bells[1 + i]; }
+};
+
 struct AttachArgs {
   DeviceId device;
   std::shared_ptr<ipc::Region> region;
   std::shared_ptr<const ipc::TreeReader> reader;  // the device's tree in `region`
   ipc::DeviceRegionOptions options;
   bool reinit_rings = false;  // a reconnect: the old provider is gone, start both rings afresh
-  ipc::Fd tx_eventfd;
+  ipc::Fd tx_eventfd;  // without doorbells
   ipc::Fd rx_eventfd;
+  std::shared_ptr<ProviderBells> bells;  // with doorbells: the connection's, and the device's slot
+  std::uint32_t slot = 0;
 };
 
 /// One SetRequest for a shard to push onto a device's tx ring.
@@ -161,9 +177,12 @@ class Shard {
   /// "client task writes to the device task": no hop through the shard's loop); completes the
   /// pending request at once if the device is not attached, is being dropped, or its ring is full.
   void submit(const SetTask& task);
+  [[nodiscard]] unsigned index() const noexcept { return index_; }
 
  private:
   struct Attached;
+  struct RxBell;
+  enum class Drained : std::uint8_t { kIdle, kMore, kDead };
   /// A device's tx ring as seen by submitters: the producer side is single-threaded, so the
   /// threads that submit (client sessions) take turns under `mu`. `tx` is reset under `mu` when the
   /// device is detached or found corrupt, before the mapping or the eventfd can go away.
@@ -176,12 +195,16 @@ class Shard {
   Status attach_here(AttachArgs& args);
   void detach_here(std::uint64_t key);
   void on_rx(Attached& d);
+  /// Drains up to kDrainBudget records of d's rx ring and hands them on (no flag, no flush).
+  Drained drain_rx(Attached& d);
+  void on_bell(RxBell& b);
 
   Core& core_;
   unsigned index_;
   TaskLoop tasks_;
   std::thread thread_;
   std::unordered_map<std::uint64_t, std::unique_ptr<Attached>> devices_;  // loop thread only
+  std::unordered_map<const ProviderBells*, std::unique_ptr<RxBell>> bells_;  // loop thread only
   std::mutex ports_mu_;
   std::unordered_map<std::uint64_t, std::shared_ptr<TxPort>> ports_;  // ports_mu_
   std::vector<ChangeRecord> changes_;  // scratch

@@ -107,8 +107,11 @@ struct Shard::Attached {
   DeviceId device;
   std::shared_ptr<ipc::Region> region;
   ipc::NotifyMode mode = ipc::NotifyMode::kEventfd;
-  ipc::Fd tx_eventfd;  // closed only after `port` is closed
+  ipc::Fd tx_eventfd;  // closed only after `port` is closed (without doorbells)
   ipc::Fd rx_eventfd;
+  std::shared_ptr<ProviderBells> bells;  // with doorbells: released only after `port` is closed
+  std::uint32_t slot = 0;
+  RxBell* rx_bell = nullptr;  // with doorbells: the shard's side of the connection's doorbell
   std::shared_ptr<TxPort> port;  // also in Shard::ports_ while attached
   std::optional<ipc::RingConsumer> rx;
   std::optional<WatchFeed> feed;
@@ -129,6 +132,17 @@ struct Shard::Attached {
   [[nodiscard]] const std::uint32_t* futex_word() const noexcept {
     return reinterpret_cast<const std::uint32_t*>(&rx->header().futex_word);
   }
+};
+
+/// This shard's doorbell of one provider connection, while any of its devices is attached here.
+struct Shard::RxBell {
+  std::shared_ptr<ProviderBells> owner;
+  ipc::Doorbell* bell = nullptr;  // owner->shard(index_)
+  int eventfd = -1;               // owner->shard_eventfds[index_]
+  ipc::WatchId watch = 0;
+  std::unordered_map<std::uint32_t, Attached*> slots;  // the provider's bits for other slots are ignored
+  std::vector<std::uint32_t> again;  // slots drained up to the budget: looked at again next round
+  std::vector<std::uint32_t> scratch;
 };
 
 namespace {
@@ -171,11 +185,13 @@ Status Shard::start(ipc::LoopBackend backend) {
     // Teardown on the loop's own thread: cancel every watch before its eventfd closes.
     tasks_.run_tasks();
     for (auto& [key, d] : devices_) tasks_.loop().cancel(d->watch);
+    for (auto& [owner, b] : bells_) tasks_.loop().cancel(b->watch);
     {
       std::lock_guard lock(ports_mu_);
       ports_.clear();
     }
     devices_.clear();
+    bells_.clear();
   });
   return {};
 }
@@ -222,10 +238,14 @@ Status Shard::attach_here(AttachArgs& args) {
     FLOE_TRY(ipc::ring_init(parts->rx, rx));
     args.region->header_mut().generation.fetch_add(1, std::memory_order_relaxed);
   }
-  auto tx = ipc::RingProducer::attach(parts->tx, args.tx_eventfd.get());
+  ProviderBells* bells = args.bells.get();
+  const int tx_fd = bells != nullptr ? bells->provider_eventfd.get() : args.tx_eventfd.get();
+  const int rx_fd = bells != nullptr ? bells->shard_eventfds[index_].get() : args.rx_eventfd.get();
+  auto tx = ipc::RingProducer::attach(parts->tx, tx_fd);
   if (!tx) return tl::unexpected(tx.error());
-  auto rx = ipc::RingConsumer::attach(parts->rx, args.rx_eventfd.get());
+  auto rx = ipc::RingConsumer::attach(parts->rx, rx_fd);
   if (!rx) return tl::unexpected(rx.error());
+  if (bells != nullptr) tx->use_doorbell(&bells->provider(), args.slot, tx_fd);
   // Not looked up in the snapshot: a new device is attached before the snapshot that shows it.
   auto feed = core_.hub.attach(args.device, args.reader, args.region);
   d->port = std::make_shared<TxPort>();
@@ -242,14 +262,40 @@ Status Shard::attach_here(AttachArgs& args) {
     raw->futex_bridge = std::thread(run_futex_bridge, std::cref(word), seen, std::cref(raw->bridge_stop),
                                     raw->rx_eventfd.get());
   }
-  auto w = tasks_.loop().watch_eventfd(raw->rx_eventfd.get(), [this, raw](std::uint64_t) { on_rx(*raw); });
-  if (!w) return tl::unexpected(w.error());
-  d->watch = *w;
+  if (bells != nullptr) {
+    auto& b = bells_[bells];
+    if (!b) {
+      auto made = std::make_unique<RxBell>();
+      made->owner = args.bells;
+      made->bell = &bells->shard(index_);
+      made->eventfd = rx_fd;
+      auto w = tasks_.loop().watch_eventfd(rx_fd, [this, rb = made.get()](std::uint64_t) { on_bell(*rb); });
+      if (!w) {
+        bells_.erase(bells);
+        return tl::unexpected(w.error());
+      }
+      made->watch = *w;
+      b = std::move(made);
+    }
+    b->slots[args.slot] = raw;
+    raw->rx_bell = b.get();
+    raw->bells = std::move(args.bells);
+    raw->slot = args.slot;
+  } else {
+    auto w = tasks_.loop().watch_eventfd(raw->rx_eventfd.get(), [this, raw](std::uint64_t) { on_rx(*raw); });
+    if (!w) return tl::unexpected(w.error());
+    d->watch = *w;
+  }
   {
     std::lock_guard lock(ports_mu_);
     ports_[key] = d->port;
   }
   devices_[key] = std::move(d);
+  if (raw->rx_bell != nullptr) {
+    // One look at the doorbell: it takes what is pending, then raises the flag the provider reads.
+    ipc::eventfd_signal(raw->rx_bell->eventfd);
+    return {};
+  }
   // The provider signals only a sleeping consumer: announce that we sleep (or drain what came).
   // Spin and poll never sleep: prepare_sleep is false and this first drain starts them.
   if (!raw->rx->prepare_sleep()) ipc::eventfd_signal(raw->rx_eventfd.get());
@@ -260,6 +306,15 @@ void Shard::detach_here(std::uint64_t key) {
   auto it = devices_.find(key);
   if (it == devices_.end()) return;
   tasks_.loop().cancel(it->second->watch);
+  if (RxBell* b = it->second->rx_bell; b != nullptr) {
+    if (auto s = b->slots.find(it->second->slot); s != b->slots.end() && s->second == it->second.get()) {
+      b->slots.erase(s);
+    }
+    if (b->slots.empty()) {
+      tasks_.loop().cancel(b->watch);  // before the last holder of the connection's eventfds lets go
+      bells_.erase(b->owner.get());
+    }
+  }
   {
     std::lock_guard lock(ports_mu_);
     ports_.erase(key);
@@ -299,8 +354,46 @@ void Shard::submit(const SetTask& task) {
 
 void Shard::on_rx(Attached& d) {
   if (d.dead) return;
+  d.rx->finish_sleep();
+  const Drained drained = drain_rx(d);
+  if (drained == Drained::kDead) {
+    core_.hub.flush();
+    return;
+  }
+  if (drained == Drained::kMore) {
+    // More to do: come back after the loop has served everything else that is ready.
+    ipc::eventfd_signal(d.rx_eventfd.get());
+  } else if (d.mode == ipc::NotifyMode::kSpin) {
+    // A spin ring's consumer never sleeps: the loop keeps coming back, serving its other fds
+    // between rounds (this is the strategy that burns a core).
+    ipc::eventfd_signal(d.rx_eventfd.get());
+  } else if (d.mode != ipc::NotifyMode::kPoll && !d.rx->prepare_sleep()) {
+    // Data raced in while the sleeping flag went up: drain again. (kPoll waits for the timer.)
+    ipc::eventfd_signal(d.rx_eventfd.get());
+  }
+  core_.hub.flush();
+}
+
+void Shard::on_bell(RxBell& b) {
+  b.bell->finish_sleep();
+  b.scratch.swap(b.again);
+  b.again.clear();
+  auto visit = [&](std::uint32_t slot) {
+    const auto it = b.slots.find(slot);
+    if (it == b.slots.end()) return;  // not a device of this connection on this shard (or gone)
+    if (drain_rx(*it->second) == Drained::kMore) b.again.push_back(slot);
+  };
+  for (const std::uint32_t slot : b.scratch) visit(slot);
+  b.bell->take(visit);
+  // Come back after the loop has served everything else that is ready, if a ring had more than
+  // the budget or a bit was set while the flag went up.
+  if (!b.again.empty() || !b.bell->prepare_sleep()) ipc::eventfd_signal(b.eventfd);
+  core_.hub.flush();
+}
+
+Shard::Drained Shard::drain_rx(Attached& d) {
+  if (d.dead) return Drained::kDead;
   ipc::RingConsumer& rx = *d.rx;
-  rx.finish_sleep();
   changes_.clear();
   auto drained = rx.drain(
       [&](const ipc::RecordView& v) {
@@ -337,18 +430,9 @@ void Shard::on_rx(Attached& d) {
     const std::uint64_t key = key_of(d.device);
     tasks_.post([this, key] { detach_here(key); });
     if (core_.on_corrupt) core_.on_corrupt(d.device, drained.error().message);
-  } else if (*drained == kDrainBudget) {
-    // More to do: come back after the loop has served everything else that is ready.
-    ipc::eventfd_signal(d.rx_eventfd.get());
-  } else if (d.mode == ipc::NotifyMode::kSpin) {
-    // A spin ring's consumer never sleeps: the loop keeps coming back, serving its other fds
-    // between rounds (this is the strategy that burns a core).
-    ipc::eventfd_signal(d.rx_eventfd.get());
-  } else if (d.mode != ipc::NotifyMode::kPoll && !rx.prepare_sleep()) {
-    // Data raced in while the sleeping flag went up: drain again. (kPoll waits for the timer.)
-    ipc::eventfd_signal(d.rx_eventfd.get());
+    return Drained::kDead;
   }
-  core_.hub.flush();
+  return *drained == kDrainBudget ? Drained::kMore : Drained::kIdle;
 }
 
 }  // namespace floe::core::detail

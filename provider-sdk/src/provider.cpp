@@ -34,6 +34,7 @@
 #include <utility>
 
 #include "floe/ipc/channel.hpp"
+#include "floe/ipc/doorbell.hpp"
 #include "floe/ipc/notify.hpp"
 #include "floe/ipc/protocol.hpp"
 #include "floe/ipc/region.hpp"
@@ -47,6 +48,17 @@ namespace detail {
 
 using Stored = std::variant<Value, std::string, std::vector<std::string>>;
 
+/// The connection's doorbells (Welcome.doorbells): ours, which the core rings for the tx rings,
+/// and one per shard of the core, which we ring for the rx rings of that shard's devices.
+struct Bells {
+  explicit Bells(ipc::Region r) noexcept : region(std::move(r)) {}
+  ipc::Region region;
+  std::vector<ipc::Doorbell> bells;  // [0]: ours; [1 + i]: shard i's
+  ipc::Fd eventfd;                   // ours, non-blocking
+  std::vector<ipc::Fd> shard_eventfds;
+  std::unordered_map<std::uint32_t, DeviceState*> slots;  // granted devices by slot
+};
+
 /// One grant of the core: the mapped region and the handles on it.
 struct Attachment {
   ipc::Region region;
@@ -59,6 +71,8 @@ struct Attachment {
   bool spin = false;       // drained on every pass of the loop (NotifyMode::kSpin)
   FutexBridge* bridge = nullptr;  // watching the tx ring's futex word (NotifyMode::kFutex)
   bool tx_broken = false;  // the tx ring failed validation: no longer read
+  std::shared_ptr<Bells> bells{};  // with doorbells (no eventfds of its own): kept while rx rings it
+  std::uint32_t slot = 0;
 };
 
 struct DeviceState {
@@ -104,22 +118,23 @@ struct DeviceState {
 
 constexpr std::size_t kMaxOutboxBytes = std::size_t{64} << 20;  // unsent envelopes before we give up on the core
 
-/// "N of RLIMIT_NOFILE M descriptors open" if fewer than a grant's three descriptors are free, else
-/// empty. The kernel delivers a packet whose descriptors do not fit the receiver's table with
-/// MSG_CTRUNC, which looks like a misbehaving core unless the shortage is named.
-std::string descriptor_shortage() {
+/// "N of RLIMIT_NOFILE M descriptors open" if fewer than `needed` descriptors are free, else empty.
+/// The kernel delivers a packet whose descriptors do not fit the receiver's table with MSG_CTRUNC,
+/// which looks like a misbehaving core unless the shortage is named.
+std::string descriptor_shortage(rlim_t needed) {
   rlimit rl{};
   if (::getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > (rlim_t{1} << 20)) return {};
   rlim_t open = 0;
   for (rlim_t fd = 0; fd < rl.rlim_cur; ++fd) {
     if (::fcntl(static_cast<int>(fd), F_GETFD) >= 0) ++open;
   }
-  if (open + 3 <= rl.rlim_cur) return {};
+  if (open + needed <= rl.rlim_cur) return {};
   return fmt::format("{} of RLIMIT_NOFILE {} descriptors open", open, rl.rlim_cur);
 }
 
 enum Tag : std::uint64_t {
-  kTagWake = 1, kTagTimer = 2, kTagRetry = 3, kTagSocket = 4, kTagPoll = 5, kTagHeartbeat = 6, kTagSpin = 7
+  kTagWake = 1, kTagTimer = 2, kTagRetry = 3, kTagSocket = 4, kTagPoll = 5, kTagHeartbeat = 6, kTagSpin = 7,
+  kTagBell = 8
 };
 
 /// The interval at which rings in NotifyMode::kPoll are drained (the ring header's
@@ -140,6 +155,8 @@ struct ProviderState {
   bool poll_armed = false;
   std::size_t spinning = 0;  // attached tx rings in NotifyMode::kSpin
   FutexBridges bridges;      // threads waiting on the futex words of NotifyMode::kFutex tx rings
+  std::shared_ptr<Bells> bells;  // this connection's doorbells, if the core granted them
+  bool bells_failed = false;     // the last doorbells were unusable: the next Hello asks for none
 
   std::deque<std::shared_ptr<Device>> devices;
   // Removed by remove_device() during this process() call: kept until it returns, since events of
@@ -194,6 +211,10 @@ struct ProviderState {
   void on_socket_readable();
   void handle(proto::Envelope& env, std::vector<ipc::Fd>& fds);
   void handle_grant(const proto::DeviceGrant& grant, std::vector<ipc::Fd>& fds, DeviceState* expected);
+  /// The Welcome's doorbells; an error if they are unusable.
+  Status open_bells(const proto::DoorbellGrant& grant, std::vector<ipc::Fd>& fds);
+  /// Our doorbell rang (or a pass is due): drain every device it names, then raise its flag.
+  void on_bell();
   void disconnect(const std::string& reason, bool reconnect = true);
   /// `reason`, or the core's own reason if the core sent one before closing the connection.
   std::string with_last_word(std::string reason);
@@ -409,6 +430,9 @@ void ProviderState::dispatch(std::uint64_t tag) {
       (void)!::read(poll_timer.get(), &ticks, sizeof ticks);
       drain_all([](const Attachment& a) { return a.polled; });
       return;
+    case kTagBell:
+      on_bell();
+      return;
     case kTagSpin:
       drain_all([](const Attachment& a) { return a.spin; });
       // The core's threads that feed and read these rings may need this CPU (two vCPUs, a spinning
@@ -470,6 +494,7 @@ void ProviderState::try_connect() {
   hello->set_protocol_version(ipc::kProtocolVersion);
   hello->set_peer_name(options.name);
   hello->set_role(proto::PEER_ROLE_PROVIDER);
+  hello->set_doorbells(options.doorbells && !bells_failed);
   send(env);
   arm(timer.get(), std::chrono::seconds(5));  // handshake timeout
 }
@@ -601,12 +626,15 @@ void ProviderState::on_socket_readable() {
     auto fds = channel->receive(env);
     if (!fds) {
       if (fds.error().code == EAGAIN || fds.error().code == EWOULDBLOCK) return;
-      if (const std::string shortage = descriptor_shortage(); !shortage.empty()) {
+      // A grant carries 1 descriptor with doorbells, 3 without; the Welcome with doorbells 2 + one
+      // per shard of the core (at most kMaxPacketFds).
+      const rlim_t needed = conn == Conn::kHello ? ipc::kMaxPacketFds : 3;
+      if (const std::string shortage = descriptor_shortage(needed); !shortage.empty()) {
         // A new connection would fail the same way at once: retry at the slowest pace.
         backoff.saturate();
-        spdlog::error("floe-sdk: provider '{}' is out of file descriptors ({}): the core's grant could not be "
+        spdlog::error("floe-sdk: provider '{}' is out of file descriptors ({}): the core's {} could not be "
                       "received; raise the limit (ulimit -n) or declare fewer devices",
-                      options.name, shortage);
+                      options.name, shortage, conn == Conn::kHello ? "Welcome (with its doorbells)" : "grant");
       }
       disconnect(with_last_word("lost the connection to floe-core: " + fds.error().to_string()));
       return;
@@ -624,6 +652,14 @@ void ProviderState::handle(proto::Envelope& env, std::vector<ipc::Fd>& fds) {
       backoff.reset();
       failed_attempts = 0;
       arm(timer.get(), {});  // handshake done: disarm the timeout
+      if (env.welcome().has_doorbells()) {
+        if (auto r = open_bells(env.welcome().doorbells(), fds); !r) {
+          // Every grant of this connection would need them: ask for none next time.
+          bells_failed = true;
+          disconnect(with_last_word("unusable doorbells from floe-core: " + r.error().message));
+          return;
+        }
+      }
       spdlog::info("floe-sdk: provider '{}' connected to floe-core '{}' (session {}), declaring {} device(s)",
                    options.name, env.welcome().core_name(), env.welcome().session_id(), devices.size());
       for (const auto& id : removals) send_remove(id);
@@ -701,6 +737,12 @@ void ProviderState::handle_grant(const proto::DeviceGrant& grant, std::vector<ip
   if (ds == nullptr || (expected != nullptr && expected != ds)) return refuse("not the device that was declared");
   const auto& roles = grant.region().fd_roles();
   if (static_cast<std::size_t>(roles.size()) != fds.size()) return refuse("fd roles do not match the fds");
+  // With doorbells the grant carries the region alone; the eventfds are the connection's.
+  const std::uint32_t slot = grant.doorbell_slot();
+  const std::uint32_t shard = grant.shard();
+  if (bells && (slot >= bells->bells[0].slots() || shard + 1 >= bells->bells.size())) {
+    return refuse(fmt::format("doorbell slot {} or shard {} out of range", slot, shard));
+  }
   ipc::Fd region_fd, tx_fd, rx_fd;
   for (int i = 0; i < roles.size(); ++i) {
     auto& fd = fds[static_cast<std::size_t>(i)];
@@ -711,7 +753,8 @@ void ProviderState::handle_grant(const proto::DeviceGrant& grant, std::vector<ip
       default: break;
     }
   }
-  if (!region_fd || !tx_fd || !rx_fd) return refuse("needs a region, a tx eventfd and an rx eventfd");
+  if (!region_fd) return refuse("needs a region");
+  if (!bells && (!tx_fd || !rx_fd)) return refuse("needs a region, a tx eventfd and an rx eventfd");
   auto region = ipc::Region::open(std::move(region_fd), {.expected_size = static_cast<std::size_t>(grant.region().size()),
                                                          .require_kind = true, .kind = ipc::RegionKind::kDevice});
   if (!region) return refuse(region.error().to_string());
@@ -723,16 +766,26 @@ void ProviderState::handle_grant(const proto::DeviceGrant& grant, std::vector<ip
     return refuse("the region holds " + std::to_string(writer->entity_count()) + " entities, the device declares " +
                   std::to_string(ds->spec.entities.size()));
   }
-  auto rx = ipc::RingProducer::attach(parts->rx, rx_fd.get());
+  const int rx_notify = bells ? bells->shard_eventfds[shard].get() : rx_fd.get();
+  auto rx = ipc::RingProducer::attach(parts->rx, rx_notify);
   if (!rx) return refuse(rx.error().to_string());
-  auto tx = ipc::RingConsumer::attach(parts->tx, tx_fd.get());
+  auto tx = ipc::RingConsumer::attach(parts->tx, bells ? bells->eventfd.get() : tx_fd.get());
   if (!tx) return refuse(tx.error().to_string());
+  if (bells && static_cast<ipc::NotifyMode>(tx->header().notify_mode) != ipc::NotifyMode::kEventfd) {
+    return refuse("doorbells with rings that are not in eventfd mode");
+  }
   // Non-blocking, so a stale readiness event never blocks the loop. Only the core writes it.
-  ::fcntl(tx_fd.get(), F_SETFL, ::fcntl(tx_fd.get(), F_GETFL) | O_NONBLOCK);
+  if (tx_fd) ::fcntl(tx_fd.get(), F_SETFL, ::fcntl(tx_fd.get(), F_GETFL) | O_NONBLOCK);
 
   detach(*ds);  // a re-grant replaces the old region
   auto a = std::make_unique<Attachment>(Attachment{std::move(*region), std::move(*writer), std::move(*rx),
                                                    std::move(*tx), std::move(tx_fd), std::move(rx_fd)});
+  if (bells) {
+    a->bells = bells;
+    a->slot = slot;
+    a->rx.use_doorbell(&bells->bells[1 + shard], slot, rx_notify);
+    bells->slots[slot] = ds;
+  }
   switch (static_cast<ipc::NotifyMode>(a->tx.header().notify_mode)) {
     case ipc::NotifyMode::kEventfd: break;
     case ipc::NotifyMode::kFutex:
@@ -747,7 +800,7 @@ void ProviderState::handle_grant(const proto::DeviceGrant& grant, std::vector<ip
       break;
     default: a->polled = true; break;
   }
-  epoll_add(a->tx_eventfd.get(), reinterpret_cast<std::uint64_t>(ds));
+  if (!a->bells) epoll_add(a->tx_eventfd.get(), reinterpret_cast<std::uint64_t>(ds));
   std::size_t replayed = 0;
   {
     std::lock_guard lock(ds->mu);
@@ -775,7 +828,11 @@ void ProviderState::handle_grant(const proto::DeviceGrant& grant, std::vector<ip
 
 void ProviderState::detach(DeviceState& ds, bool retire) noexcept {
   if (!ds.att) return;
-  epoll_del(ds.att->tx_eventfd.get());
+  if (const auto& b = ds.att->bells) {
+    if (auto it = b->slots.find(ds.att->slot); it != b->slots.end() && it->second == &ds) b->slots.erase(it);
+  } else {
+    epoll_del(ds.att->tx_eventfd.get());
+  }
   // Before the eventfd closes and the region unmaps (remove() guarantees the bridge is done with both).
   if (ds.att->bridge != nullptr) ds.att->bridge->remove(ds.att->tx.header().futex_word);
   if (ds.att->spin && --spinning == 0) epoll_del(spin.get());
@@ -817,6 +874,10 @@ void ProviderState::disconnect(const std::string& reason, bool reconnect) {
   outbox_bytes = 0;
   want_write = false;
   for (auto& d : devices) detach(*d->state_);
+  if (bells) {
+    epoll_del(bells->eventfd.get());
+    bells.reset();  // unmapped once the last attachment that rings it is gone
+  }
   pending_adds.clear();
   for (auto& [env_id, id] : pending_removes) removals.push_back(id);  // not confirmed: tell the next core
   pending_removes.clear();
@@ -844,10 +905,50 @@ void ProviderState::drain(DeviceState& ds) {
       return;
     }
     if (*n > 0) continue;
-    if (a->polled || a->spin) return;
+    if (a->polled || a->spin || a->bells) return;  // a doorbell's flag is raised by on_bell()
     // Empty: raise the sleeping flag; if a record raced in meanwhile, drain again.
     if (a->tx.prepare_sleep()) return;
   }
+}
+
+Status ProviderState::open_bells(const proto::DoorbellGrant& grant, std::vector<ipc::Fd>& fds) {
+  constexpr std::string_view op = "doorbells";
+  const std::uint32_t shards = grant.shards();
+  if (shards == 0 || shards > ipc::kMaxPacketFds - 2 || fds.size() != 2 + std::size_t{shards}) {
+    return logic_error(op, fmt::format("{} shards with {} descriptors", shards, fds.size()));
+  }
+  auto region = ipc::Region::open(std::move(fds[0]), {.expected_size = static_cast<std::size_t>(grant.size()),
+                                                      .require_kind = true, .kind = ipc::RegionKind::kDoorbells});
+  if (!region) return tl::unexpected(region.error());
+  auto b = std::make_shared<Bells>(std::move(*region));
+  auto attached = ipc::doorbell_region_attach({b->region.data(), b->region.size()}, 1 + shards, grant.slots());
+  if (!attached) return tl::unexpected(attached.error());
+  b->bells = std::move(*attached);
+  b->eventfd = std::move(fds[1]);
+  for (std::uint32_t i = 0; i < shards; ++i) b->shard_eventfds.push_back(std::move(fds[2 + i]));
+  ::fcntl(b->eventfd.get(), F_SETFL, ::fcntl(b->eventfd.get(), F_GETFL) | O_NONBLOCK);
+  epoll_add(b->eventfd.get(), kTagBell);
+  bells = std::move(b);
+  on_bell();  // raises the flag: from now on the core signals when we sleep
+  return {};
+}
+
+void ProviderState::on_bell() {
+  const std::shared_ptr<Bells> b = bells;
+  if (!b) return;
+  (void)ipc::eventfd_drain(b->eventfd.get());
+  ipc::Doorbell& bell = b->bells[0];
+  bell.finish_sleep();
+  // Bounded: a core that keeps ringing must not starve the socket and the timers.
+  for (int round = 0; round < 64; ++round) {
+    bell.take([&](std::uint32_t slot) {
+      // By lookup each time: a request handler may remove (detach) a device of this batch.
+      if (auto it = b->slots.find(slot); it != b->slots.end()) drain(*it->second);
+    });
+    if (bells != b) return;  // a handler's action disconnected us
+    if (bell.prepare_sleep()) return;
+  }
+  ipc::eventfd_signal(b->eventfd.get());  // more keeps coming: serve the rest of the loop first
 }
 
 void ProviderState::handle_record(DeviceState& ds, const ipc::RecordView& view) {

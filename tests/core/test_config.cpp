@@ -21,6 +21,7 @@ TEST(Config, EmptyTextKeepsEveryDefault) {
   EXPECT_EQ(c->tx_capacity, 16U * 1024);
   EXPECT_EQ(c->rx_capacity, 64U * 1024);
   EXPECT_EQ(c->notify, ipc::NotifyMode::kEventfd);
+  EXPECT_TRUE(c->doorbells);
   EXPECT_EQ(c->log_level, "info");
   EXPECT_EQ(c->provider_timeout, std::chrono::milliseconds(10000));
   EXPECT_EQ(c->poll_interval, std::chrono::microseconds(1000));
@@ -57,6 +58,7 @@ tx_capacity = 4096
 rx_capacity = 131072
 notify = "futex"
 poll_interval_us = 200
+doorbells = false
 )");
   ASSERT_TRUE(c) << c.error().to_string();
   EXPECT_EQ(c->socket_dir, "/run/x");
@@ -74,6 +76,7 @@ poll_interval_us = 200
   EXPECT_EQ(c->provider_timeout, std::chrono::milliseconds(700));
   EXPECT_EQ(c->notify, ipc::NotifyMode::kFutex);
   EXPECT_EQ(c->poll_interval, std::chrono::microseconds(200));
+  EXPECT_FALSE(c->doorbells);
   Config r = *c;
   resolve_defaults(r);
   EXPECT_EQ(r.socket_dir, "/run/x");
@@ -112,6 +115,7 @@ TEST(Config, WrongTypesAndRangesAreNamed) {
   expect_error("[rings]\ntx_capacity = 1000", "not a power of two");
   expect_error("[rings]\nnotify = \"semaphore\"", "key 'rings.notify': 'semaphore' is not one of eventfd");
   expect_error("[rings]\npoll_interval_us = 0", "key 'rings.poll_interval_us'");
+  expect_error("[rings]\ndoorbells = \"yes\"", "key 'rings.doorbells': expected true or false");
   expect_error("provider_timeout_ms = 10", "key 'provider_timeout_ms'");
   expect_error("log_level = \"loud\"", "key 'log_level'");
   expect_error("loop_backend = \"kqueue\"", "key 'loop_backend'");

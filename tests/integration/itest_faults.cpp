@@ -631,8 +631,9 @@ TEST_F(Faults, CoreOutOfDescriptorsRefusesNewcomersKeepsServingAndRecovers) {
 TEST_F(Faults, ProviderOutOfDescriptorsLogsAClearErrorAndDoesNotCrash) {
   FLOE_SKIP_OUT_OF_DESCRIPTORS_UNDER_UBSAN();
   ASSERT_NO_FATAL_FAILURE(start_core());
-  // Its own descriptors (stdio, control socket, epoll, eventfd, timers, management socket) plus
-  // three per granted device: 16 leaves room for one or two of its six devices.
+  // Its own descriptors (stdio, control socket, epoll, eventfd, timers, management socket), then
+  // the Welcome's doorbells (a region and 1 + shards eventfds) and one region per granted device:
+  // 16 runs out at the Welcome or at one of its six devices.
   const std::string log = dir_ / "starved.log";
   Writer starved = start_writer("starved", 6, 0, /*wait_online=*/false, 16, log);
   EXPECT_TRUE(eventually([&] { return slurp(log).find("out of file descriptors") != std::string::npos; }))

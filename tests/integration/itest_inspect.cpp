@@ -183,9 +183,24 @@ class InspectLive : public ::testing::Test {
   // What every report of the healthy live system must say.
   void expect_known_state(const json& j) {
     EXPECT_EQ(j["core_pid"], core_->pid());
-    ASSERT_EQ(j["regions"].size(), 3u) << j.dump(2);
+    // The 3 devices' regions, and the provider connection's doorbells.
+    ASSERT_EQ(j["regions"].size(), 4u) << j.dump(2);
     std::set<std::string> devices;
+    int bell_regions = 0;
     for (const auto& r : j["regions"]) {
+      if (r["header"]["kind"] == "doorbells") {
+        ++bell_regions;
+        EXPECT_TRUE(r["memfd_name"].get<std::string>().starts_with("floe-bells-")) << r["memfd_name"];
+        EXPECT_TRUE(r["violations"].empty()) << r["violations"].dump();
+        EXPECT_EQ(r["provider"]["pid"], provider_->pid());
+        // The provider's doorbell and one per shard of the core (2 worker threads by default here).
+        ASSERT_GE(r["doorbells"].size(), 2u) << r.dump(2);
+        for (const auto& d : r["doorbells"]) {
+          EXPECT_EQ(d["readable"], true);
+          EXPECT_GE(d["slots"].get<int>(), 64);
+        }
+        continue;
+      }
       devices.insert(r["device"].get<std::string>());
       EXPECT_EQ(r["memfd_name"], "floe-dev-" + r["device"].get<std::string>());
       EXPECT_TRUE(r["violations"].empty()) << r["violations"].dump();
@@ -208,6 +223,7 @@ class InspectLive : public ::testing::Test {
       EXPECT_EQ(comps, (std::set<std::string>{"Light", "Switch", "Dimmer", "Color"}));
     }
     EXPECT_EQ(devices, (std::set<std::string>{"kitchen-1", "kitchen-2", "kitchen-3"}));
+    EXPECT_EQ(bell_regions, 1);
   }
   const json* component(const json& region, const std::string& name) {
     for (const auto& c : region["tree"]["entities"][0]["components"]) {
@@ -246,7 +262,7 @@ TEST_F(InspectLive, AttachesRepeatedlyUnderWriteLoadAndReportsTheKnownState) {
     expect_known_state(inspect_json({}));
     const Ran v = inspect({"--validate"});
     EXPECT_EQ(v.exit, 0) << v.out;
-    EXPECT_EQ(v.out, "ok: 3 region(s), every invariant holds\n");
+    EXPECT_EQ(v.out, "ok: 4 region(s), every invariant holds\n");
     const Ran text = inspect({});
     EXPECT_EQ(text.exit, 0) << text.out;
     EXPECT_NE(text.out.find("(device kitchen-2)"), std::string::npos) << text.out;
@@ -263,10 +279,10 @@ TEST_F(InspectLive, AttachesRepeatedlyUnderWriteLoadAndReportsTheKnownState) {
 
   // The other modes and filters, still under load.
   expect_known_state(inspect_json({"--pid", std::to_string(core_->pid())}));
-  EXPECT_EQ(inspect_json({"--provider", "kitchen"})["regions"].size(), 3u);
+  EXPECT_EQ(inspect_json({"--provider", "kitchen"})["regions"].size(), 4u);
   EXPECT_EQ(inspect_json({"--provider", "nobody"})["regions"].size(), 0u);
   const json rings = inspect_json({"--rings-only"});
-  ASSERT_EQ(rings["regions"].size(), 3u);
+  ASSERT_EQ(rings["regions"].size(), 4u);
   EXPECT_FALSE(rings["regions"][0].contains("tree"));
   const Ran watch = inspect({"--watch", "--json", "--count", "3", "--interval", "0.2"});
   EXPECT_EQ(watch.exit, 0) << watch.out;
@@ -275,7 +291,7 @@ TEST_F(InspectLive, AttachesRepeatedlyUnderWriteLoadAndReportsTheKnownState) {
   for (std::string line; std::getline(lines, line); ++refreshes) {
     const json w = json::parse(line, nullptr, false);
     ASSERT_FALSE(w.is_discarded()) << line;
-    ASSERT_EQ(w["regions"].size(), 3u);
+    ASSERT_EQ(w["regions"].size(), 4u);
     for (const auto& r : w["regions"]) EXPECT_GE(r["rates"]["rx_messages_per_s"].get<double>(), 0.0);
   }
   EXPECT_EQ(refreshes, 3);
@@ -299,6 +315,8 @@ TEST_F(InspectLive, AKilledProviderShowsAsOfflineAndTheRegionsStayValid) {
   provider_->kill(SIGKILL);
   EXPECT_EQ(provider_->finish(), 128 + SIGKILL);
   ASSERT_TRUE(eventually([&] { return online(false) == 3; }));
+  // The connection's doorbells go with it, once its shards have let the devices go.
+  ASSERT_TRUE(eventually([&] { return inspect_json({})["regions"].size() == 3u; }));
   const json j = inspect_json({});
   ASSERT_EQ(j["regions"].size(), 3u);
   for (const auto& r : j["regions"]) {

@@ -82,13 +82,13 @@ FLOE_CHILD_ROLE(notify_core) {
   return 127;
 }
 
-// An SDK provider serving lamp-1 .. lamp-N (args: socket dir, N, "fallback" or "waitv"), driven
-// through process() from its own loop. Commands on fd 3, each answered: "add K", "remove K",
-// "threads" (the SDK's futex bridge threads, then all threads), "quit".
+// An SDK provider serving lamp-1 .. lamp-N (args: socket dir, N, "fallback" or "waitv", "bells" or
+// "nobells"), driven through process() from its own loop. Commands on fd 3, each answered:
+// "add K", "remove K", "threads" (the SDK's futex bridge threads, then all threads), "quit".
 FLOE_CHILD_ROLE(notify_provider) {
   if (args.at(2) == "fallback") ::setenv("FLOE_SDK_NO_FUTEX_WAITV", "1", 1);
   const int ctl = 3;
-  Provider provider({.name = "notify-test", .socket_dir = args.at(0)});
+  Provider provider({.name = "notify-test", .socket_dir = args.at(0), .doorbells = args.at(3) == "bells"});
   for (int i = 1; i <= std::stoi(args.at(1)); ++i) provider.add_device(lamp(i));
   provider.on_request([](Request& r) {
     if (r.value() == nullptr) return r.fail("a lamp takes a Dimmer level");
@@ -131,6 +131,10 @@ struct Mode {
   const char* notify;  // the core's [rings] notify
   const char* bridge;  // "waitv" or "fallback" (FLOE_SDK_NO_FUTEX_WAITV=1 in the provider)
   const char* name;
+  bool core_bells = true;  // the core's [rings] doorbells
+  bool sdk_bells = true;   // the provider's ProviderOptions::doorbells
+  /// Doorbells are used only when both sides want them, with eventfd rings.
+  [[nodiscard]] bool bells() const { return core_bells && sdk_bells && std::string(notify) == "eventfd"; }
 };
 void PrintTo(const Mode& m, std::ostream* os) { *os << m.name; }
 
@@ -147,7 +151,8 @@ class SdkNotify : public ::testing::TestWithParam<Mode> {
 
   void start(int devices) {
     const std::string config = dir_ / "core.toml";
-    std::ofstream(config) << "worker_threads = 1\n[rings]\nnotify = \"" << GetParam().notify << "\"\n";
+    std::ofstream(config) << "worker_threads = 1\n[rings]\nnotify = \"" << GetParam().notify << "\"\n"
+                          << "doorbells = " << (GetParam().core_bells ? "true" : "false") << "\n";
     auto core = test::spawn_child("notify_core", {sock_dir_, dir_ / "core.log", config}, {});
     ASSERT_TRUE(core) << core.error().to_string();
     core_.emplace(std::move(*core));
@@ -162,7 +167,9 @@ class SdkNotify : public ::testing::TestWithParam<Mode> {
     ASSERT_GE(log, 0);
     ::dup2(log, 2);
     auto provider =
-        test::spawn_child("notify_provider", {sock_dir_, std::to_string(devices), GetParam().bridge}, {sv[1]});
+        test::spawn_child("notify_provider",
+                          {sock_dir_, std::to_string(devices), GetParam().bridge, GetParam().sdk_bells ? "bells" : "nobells"},
+                          {sv[1]});
     ::dup2(saved, 2);
     ::close(saved);
     ::close(log);
@@ -241,6 +248,10 @@ TEST_P(SdkNotify, SetsReachTheProviderAndAreAnsweredManyTimesInARow) {
   threads >> bridges;
   const std::string notify = GetParam().notify, bridge = GetParam().bridge;
   EXPECT_EQ(bridges, notify != "futex" ? 0U : bridge == "fallback" ? 3U : 1U);
+  // The core says whether the connection got doorbells.
+  const std::string log = slurp(dir_ / "core.log");
+  EXPECT_NE(log.find("provider 'notify-test' connected"), std::string::npos) << log;
+  EXPECT_EQ(log.find(", no doorbells)") == std::string::npos, GetParam().bells()) << log;
   EXPECT_EQ(stop(), 0);
 }
 
@@ -277,6 +288,8 @@ TEST_P(SdkNotify, DevicesAddedAndRemovedWhileTheProviderWaitsAreServed) {
 INSTANTIATE_TEST_SUITE_P(Modes, SdkNotify,
                          ::testing::Values(Mode{"futex", "waitv", "futex"}, Mode{"futex", "fallback", "futex_fallback"},
                                            Mode{"spin", "waitv", "spin"}, Mode{"eventfd", "waitv", "eventfd"},
+                                           Mode{"eventfd", "waitv", "eventfd_core_without_doorbells", false, true},
+                                           Mode{"eventfd", "waitv", "eventfd_sdk_without_doorbells", true, false},
                                            Mode{"poll", "waitv", "poll"}),
                          [](const auto& info) { return std::string(info.param.name); });
 

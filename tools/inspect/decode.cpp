@@ -2,6 +2,7 @@
 // the bytes it guards are used. See docs/INSPECT.md for the list of invariants.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <atomic>
 #include <bit>
 #include <cmath>
@@ -10,6 +11,7 @@
 
 #include "floe/ipc/components.hpp"
 #include "floe/ipc/device_region.hpp"
+#include "floe/ipc/doorbell.hpp"
 #include "floe/ipc/region.hpp"
 #include "floe/ipc/ring.hpp"
 #include "floe/ipc/tree.hpp"
@@ -46,6 +48,7 @@ class Checker {
 
   void run() {
     if (!region_header()) return;
+    if (r_.kind == static_cast<std::uint32_t>(ipc::RegionKind::kDoorbells)) return doorbells();
     if (r_.kind != static_cast<std::uint32_t>(ipc::RegionKind::kDevice)) return;  // nothing more is defined
     auto parts = ipc::device_region_attach(
         {const_cast<std::byte*>(bytes_.data()), bytes_.size()});  // reads only: the span is never written
@@ -97,7 +100,7 @@ class Checker {
                                         r_.size_field > r_.file_size ? " (truncated region)" : ""));
       return false;
     }
-    if (r_.kind > static_cast<std::uint32_t>(ipc::RegionKind::kDevice)) {
+    if (r_.kind > static_cast<std::uint32_t>(ipc::RegionKind::kDoorbells)) {
       fail("region header", fmt::format("unknown region kind {}", r_.kind));
       return false;
     }
@@ -109,6 +112,40 @@ class Checker {
       fail("seals", "not a sealable file (F_GET_SEALS failed): not a memfd");
     }
     return true;
+  }
+
+  /// Doorbells back to back from the payload offset, to the end of the region.
+  void doorbells() {
+    std::uint64_t at = ipc::kRegionPayloadOffset;
+    // The region is the doorbells rounded up to whole pages: zeros after the last one.
+    auto padding_from = [&](std::uint64_t from) {
+      return bytes_.size() - from < 4096 &&
+             std::all_of(bytes_.begin() + static_cast<std::ptrdiff_t>(from), bytes_.end(),
+                         [](std::byte b) { return b == std::byte{0}; });
+    };
+    for (std::uint32_t i = 0; at < bytes_.size() && !padding_from(at); ++i) {
+      DoorbellReport& d = r_.doorbells.emplace_back();
+      d.index = i;
+      d.offset = at;
+      const std::string where = fmt::format("doorbell {}", i);
+      // Doorbell::attach validates everything it reads (a copy of each field, checked before use)
+      // and only reads; the span is never written.
+      auto bell = ipc::Doorbell::attach({const_cast<std::byte*>(bytes_.data()) + at, bytes_.size() - at});
+      if (!bell) return fail(where, bell.error().message);
+      d.readable = true;
+      d.slots = bell->slots();
+      const std::byte* h = bytes_.data() + at;
+      d.sleeping = atomic_field<std::uint32_t>(h + offsetof(ipc::DoorbellHeader, sleeping)) != 0;
+      d.signals = atomic_field<std::uint64_t>(h + offsetof(ipc::DoorbellHeader, signals));
+      d.wakeups = atomic_field<std::uint64_t>(h + offsetof(ipc::DoorbellHeader, wakeups));
+      d.takes = atomic_field<std::uint64_t>(h + offsetof(ipc::DoorbellHeader, takes));
+      const auto pending_offset = field<std::uint64_t>(h + offsetof(ipc::DoorbellHeader, pending_offset));
+      for (std::uint32_t w = 0; w < d.slots / 64; ++w) {
+        d.pending += static_cast<std::uint32_t>(std::popcount(atomic_field<std::uint64_t>(h + pending_offset + w * 8)));
+      }
+      at += ipc::doorbell_footprint(d.slots);
+    }
+    if (r_.doorbells.empty()) fail("doorbells", "the region holds no doorbell");
   }
 
   void ring(const std::string& name, std::span<std::byte> span, std::uint64_t offset) {

@@ -21,11 +21,24 @@ std::string_view mode_name(std::uint32_t m) {
   return "unknown";
 }
 
+/// `table` with every line indented by two spaces.
+std::string indented(const std::string& table) {
+  std::string out;
+  for (std::size_t at = 0; at < table.size();) {
+    const auto nl = table.find('\n', at);
+    out += "  " + table.substr(at, nl == std::string::npos ? std::string::npos : nl - at + 1);
+    if (nl == std::string::npos) break;
+    at = nl + 1;
+  }
+  return out;
+}
+
 std::string_view kind_name(std::uint32_t k) {
   switch (static_cast<ipc::RegionKind>(k)) {
     case ipc::RegionKind::kRaw: return "raw";
     case ipc::RegionKind::kRingPair: return "ring-pair";
     case ipc::RegionKind::kDevice: return "device";
+    case ipc::RegionKind::kDoorbells: return "doorbells";
   }
   return "unknown";
 }
@@ -110,6 +123,15 @@ json to_json(const RegionReport& r) {
   auto rings = json::array();
   for (const auto& ring : r.rings) rings.push_back(ring_json(ring));
   j["rings"] = std::move(rings);
+  if (!r.doorbells.empty()) {
+    auto bells = json::array();
+    for (const auto& d : r.doorbells) {
+      bells.push_back({{"index", d.index}, {"offset", d.offset}, {"readable", d.readable}, {"slots", d.slots},
+                       {"sleeping", d.sleeping}, {"signals", d.signals}, {"wakeups", d.wakeups},
+                       {"takes", d.takes}, {"pending", d.pending}});
+    }
+    j["doorbells"] = std::move(bells);
+  }
   j["tree"] = tree_json(r.tree);
   auto v = json::array();
   for (const auto& x : r.violations) v.push_back({{"where", x.where}, {"what", x.what}});
@@ -168,12 +190,22 @@ std::string format_region(const RegionReport& r, bool rings, bool tree, const Ra
       t.add_row(std::move(row));
     }
     out += "\n";
-    std::string table = t.render();
-    for (std::size_t at = 0; at < table.size();) {
-      const auto nl = table.find('\n', at);
-      out += "  " + table.substr(at, nl - at + 1);
-      at = nl + 1;
+    out += indented(t.render());
+  }
+  if (rings && !r.doorbells.empty()) {
+    // Doorbell 0 is the provider's (rung by the core for the tx rings), 1 + i shard i's.
+    client::Table t({"doorbell", "consumer", "slots", "sleeping", "signals", "wakeups", "takes", "pending"});
+    for (const auto& d : r.doorbells) {
+      if (!d.readable) {
+        t.add_row({std::to_string(d.index), "-", "-", "-", "-", "-", "-", "unreadable"});
+        continue;
+      }
+      t.add_row({std::to_string(d.index), d.index == 0 ? "provider" : fmt::format("shard {}", d.index - 1),
+                 std::to_string(d.slots), d.sleeping ? "yes" : "no", std::to_string(d.signals),
+                 std::to_string(d.wakeups), std::to_string(d.takes), std::to_string(d.pending)});
     }
+    out += "\n";
+    out += indented(t.render());
   }
   if (tree && r.tree.readable) {
     out += fmt::format("\n  tree        {} entities, {} bytes at {}, {} changes{}\n", r.tree.entity_count, r.tree.size,

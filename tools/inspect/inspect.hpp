@@ -54,6 +54,20 @@ struct RingReport {
   std::uint64_t pending_records = 0;
 };
 
+/// One doorbell of a kDoorbells region (a provider connection's: the provider's own, then one per
+/// shard of the core; floe/ipc/doorbell.hpp).
+struct DoorbellReport {
+  std::uint32_t index = 0;
+  std::uint64_t offset = 0;  // of the DoorbellHeader, from the region's start
+  bool readable = false;     // the header passed its checks: the fields below mean something
+  std::uint32_t slots = 0;
+  bool sleeping = false;     // its consumer thread is (about to be) blocked on the eventfd
+  std::uint64_t signals = 0;  // eventfd writes made by producers
+  std::uint64_t wakeups = 0;
+  std::uint64_t takes = 0;    // slots its consumer was told to look at
+  std::uint32_t pending = 0;  // slots marked now
+};
+
 struct ComponentReport {
   std::uint16_t id = 0;
   std::string name;      // catalogue name, or "#<id>" for a kind this build does not know
@@ -110,6 +124,7 @@ struct RegionReport {
   std::vector<Holder> other_holders;
   bool online = false;             // a provider holds it
   std::vector<RingReport> rings;
+  std::vector<DoorbellReport> doorbells;  // kind kDoorbells
   TreeReport tree;
   std::vector<Violation> violations;  // in the order checked; empty = every invariant holds
 };

@@ -86,6 +86,9 @@ struct Config {
   /// sleeps (the shard loop keeps itself awake while it owns a spin ring).
   ipc::NotifyMode notify = ipc::NotifyMode::kEventfd;
   std::chrono::microseconds poll_interval{1000};
+  /// kEventfd only: offer providers doorbells (one sleeping flag and eventfd per consumer thread,
+  /// floe/ipc/doorbell.hpp) instead of a flag and an eventfd per ring.
+  bool doorbells = true;
   Limits limits;
 };
 

@@ -76,6 +76,10 @@ struct ProviderOptions {
   std::chrono::milliseconds reconnect_max{5000};         // the delay stops doubling here
   ipc::LoopBackend backend = ipc::LoopBackend::kAuto;    // run()'s loop
   std::chrono::milliseconds heartbeat_interval{2000};    // our Heartbeat while connected; 0: none
+  /// Ask for doorbells (floe/ipc/doorbell.hpp): the core wakes this provider's thread only when
+  /// it really sleeps, whichever device a request is for. false: an eventfd per device, as
+  /// before; a core that does not offer doorbells gets that anyway.
+  bool doorbells = true;
 };
 
 namespace detail {
