@@ -236,9 +236,43 @@ FLOE_CHILD_ROLE(other_uid) {
   return idle_until_released();
 }
 
+// Asks for doorbells, declares "evil" and then writes random bytes over the whole doorbell region
+// (headers, flags, pending bits of every slot), signalling every shard's eventfd, until the test
+// says stop. Only its own consumers can be mis-woken: the doorbells are this connection's.
+int scribble_bells(const std::string& dir, std::uint64_t seed) {
+  auto ch = ipc::Channel::connect(dir + "/provider.sock");
+  if (!ch) return child_fail(ch.error().to_string());
+  proto::Envelope hello = hello_envelope("hostile");
+  hello.mutable_hello()->set_doorbells(true);
+  if (!ch->send(hello)) return child_fail("send hello");
+  proto::Envelope welcome;
+  auto wfds = ch->receive(welcome);
+  if (!wfds || !welcome.has_welcome() || !welcome.welcome().has_doorbells() || wfds->size() < 3) {
+    return child_fail("no welcome with doorbells");
+  }
+  auto bells = ipc::Region::open(std::move((*wfds)[0]));
+  if (!bells) return child_fail(bells.error().to_string());
+  if (!ch->send(evil_device())) return child_fail("send");
+  proto::Envelope grant;
+  auto fds = ch->receive(grant);
+  if (!fds || !grant.has_device_grant() || fds->size() != 1) return child_fail("no doorbell grant");
+  (void)send_text(kCtl, "granted");
+  std::mt19937_64 rng(seed);
+  long rounds = 0;
+  while (!readable(kCtl, 0)) {
+    fill_random({bells->data() + ipc::kRegionPayloadOffset, bells->size() - ipc::kRegionPayloadOffset}, rng);
+    for (std::size_t i = 2; i < wfds->size(); ++i) ipc::eventfd_signal((*wfds)[i].get());
+    ++rounds;
+    if (core_closed(*ch, 1)) return child_fail("the core closed the connection after " + std::to_string(rounds) + " rounds");
+  }
+  (void)send_text(kCtl, "rounds " + std::to_string(rounds));
+  return idle_until_released();
+}
+
 FLOE_CHILD_ROLE(hostile) {
   const std::string& dir = args.at(0);
   const std::string& attack = args.at(1);
+  if (attack == "scribble_bells") return scribble_bells(dir, std::stoull(args.at(2)));
   std::string error;
   auto g = connect_and_declare(dir, error);
   if (!g) return child_fail(error);
@@ -709,6 +743,28 @@ TEST_F(HostileProvider, ScribblingOverTheWholeRegionGetsItDisconnectedWithAReaso
   }
   EXPECT_EQ(log_lines({"device 'evil' its last provider corrupted its region: new region"}), 1u);
   expect_honest_intact();
+  expect_no_fd_leak();
+}
+
+TEST_F(HostileProvider, GarbageInItsDoorbellsHurtsNobodyElse) {
+  ASSERT_NO_FATAL_FAILURE(start());
+  start_hostile({"scribble_bells", "7"});
+  EXPECT_TRUE(eventually([&] { return online("evil"); }));
+  // While the garbage flows, the honest provider's devices (on the same shards) are served.
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_TRUE(set("light_1", "Dimmer", i % 2 ? "0.5" : "0.75")) << "round " << i;
+    ASSERT_TRUE(set("light_2", "Switch", i % 2 ? "false" : "true")) << "round " << i;
+  }
+  ASSERT_TRUE(set("light_1", "Dimmer", "0.25"));
+  ASSERT_TRUE(set("light_2", "Switch", "true"));
+  ASSERT_TRUE(send_text(ctl_, "stop"));
+  const std::string said = hostile_says();
+  EXPECT_EQ(said.rfind("rounds ", 0), 0u) << said;
+  EXPECT_TRUE(core_->alive());
+  release_hostile();
+  EXPECT_TRUE(eventually([&] { return !online("evil"); }));
+  expect_honest_intact();
+  // Its doorbell region and eventfds went with the connection.
   expect_no_fd_leak();
 }
 
