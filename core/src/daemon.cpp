@@ -827,7 +827,14 @@ void Daemon::add_device(ProviderSession& s, std::uint64_t msg_id, const proto::A
   // The shard owns the eventfds from here until a detach, which only this thread requests.
   const int tx_raw = tx->get();
   const int rx_raw = rx->get();
+  // A slot taken here goes back if the declaration fails below: failed declarations must not use up
+  // the doorbell's slots.
+  const bool new_slot = s.bells && !s.slots.contains(id);
   const std::uint32_t slot = s.bells ? s.slot_of(id) : 0;
+  auto fail_after_slot = [&](proto::ErrorCode code, const std::string& msg) {
+    if (new_slot) s.release_slot(id);
+    fail(code, msg);
+  };
   auto attach = [&](DeviceId reg) {
     return core_.shard_of(reg).attach({.device = reg, .region = dev->region, .reader = dev->reader,
                                        .options = dev->layout.options, .reinit_rings = dev->ever_attached,
@@ -857,15 +864,15 @@ void Daemon::add_device(ProviderSession& s, std::uint64_t msg_id, const proto::A
       join_groups(ed, *r);
       return r;
     });
-    if (!reg) return fail(proto::ERROR_CODE_CONFLICT, fmt::format("device '{}': {}", id, reg.error().message));
+    if (!reg) return fail_after_slot(proto::ERROR_CODE_CONFLICT, fmt::format("device '{}': {}", id, reg.error().message));
     if (!attached) {
-      return fail(proto::ERROR_CODE_INTERNAL, fmt::format("device '{}': {}", id, attached.error().to_string()));
+      return fail_after_slot(proto::ERROR_CODE_INTERNAL, fmt::format("device '{}': {}", id, attached.error().to_string()));
     }
     dev->reg = *reg;
   } else {
     if (auto attached = attach(dev->reg); !attached) {
       (void)core_.registry.set_online(dev->reg, false);
-      return fail(proto::ERROR_CODE_INTERNAL, fmt::format("device '{}': {}", id, attached.error().to_string()));
+      return fail_after_slot(proto::ERROR_CODE_INTERNAL, fmt::format("device '{}': {}", id, attached.error().to_string()));
     }
     if (auto r = core_.registry.edit([&](Registry::Editor& ed) -> Status {
           FLOE_TRY(ed.set_online(dev->reg, true));
@@ -874,7 +881,7 @@ void Daemon::add_device(ProviderSession& s, std::uint64_t msg_id, const proto::A
         });
         !r) {
       core_.shard_of(dev->reg).detach(dev->reg);
-      return fail(proto::ERROR_CODE_INTERNAL, r.error().to_string());
+      return fail_after_slot(proto::ERROR_CODE_INTERNAL, r.error().to_string());
     }
   }
   dev->ever_attached = true;

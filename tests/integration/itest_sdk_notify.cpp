@@ -115,6 +115,10 @@ FLOE_CHILD_ROLE(notify_provider) {
       if (!provider.try_add_device(lamp(k))) reply = "refused";
     } else if (verb == "remove") {
       if (!provider.remove_device(lamp(k).id)) reply = "refused";
+    } else if (verb == "clash") {
+      // A device whose entity id is lamp-1's: valid to the SDK, refused by the core (CONFLICT).
+      DeviceSpec clash{.id = "clash-" + std::to_string(k), .entities = {{.id = "lamp_1", .components = {Component::Dimmer}}}};
+      if (!provider.try_add_device(clash)) reply = "refused";
     } else if (verb == "threads") {
       reply = std::to_string(thread_count("floe-sdk-futex")) + " " + std::to_string(thread_count());
     } else if (verb == "quit") {
@@ -149,10 +153,11 @@ class SdkNotify : public ::testing::TestWithParam<Mode> {
     }
   }
 
-  void start(int devices) {
+  void start(int devices, const std::string& limits = "") {
     const std::string config = dir_ / "core.toml";
     std::ofstream(config) << "worker_threads = 1\n[rings]\nnotify = \"" << GetParam().notify << "\"\n"
-                          << "doorbells = " << (GetParam().core_bells ? "true" : "false") << "\n";
+                          << "doorbells = " << (GetParam().core_bells ? "true" : "false") << "\n"
+                          << (limits.empty() ? "" : "[limits]\n" + limits);
     auto core = test::spawn_child("notify_core", {sock_dir_, dir_ / "core.log", config}, {});
     ASSERT_TRUE(core) << core.error().to_string();
     core_.emplace(std::move(*core));
@@ -291,6 +296,29 @@ INSTANTIATE_TEST_SUITE_P(Modes, SdkNotify,
                                            Mode{"eventfd", "waitv", "eventfd_core_without_doorbells", false, true},
                                            Mode{"eventfd", "waitv", "eventfd_sdk_without_doorbells", true, false},
                                            Mode{"poll", "waitv", "poll"}),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+class SdkDoorbells : public SdkNotify {};
+
+// Declarations the core refuses after giving them a doorbell slot give it back: with 64 slots
+// (max_devices_per_provider = 10, rounded up to a word), 70 refused declarations and then a real
+// device must leave that device a slot its requests can ring.
+TEST_P(SdkDoorbells, RefusedDeclarationsDoNotUseUpTheSlots) {
+  start(1, "max_devices_per_provider = 10\n");
+  ASSERT_TRUE(eventually([&] { return online(1); }));
+  for (int k = 1; k <= 70; ++k) ASSERT_EQ(command("clash " + std::to_string(k)), "ok");
+  ASSERT_EQ(command("add 2"), "ok");
+  ASSERT_TRUE(eventually([&] { return online(2); })) << slurp(dir_ / "provider.log");
+  for (int round = 0; round < 5; ++round) {
+    ASSERT_EQ(set(2, static_cast<double>(round) / 10.0), "") << "round " << round;
+    ASSERT_EQ(set(1, static_cast<double>(round) / 20.0), "") << "round " << round;
+  }
+  const std::string log = slurp(dir_ / "core.log");
+  EXPECT_NE(log.find("device 'clash-70'"), std::string::npos) << "the clashes were not refused by the core";
+  EXPECT_EQ(stop(), 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Eventfd, SdkDoorbells, ::testing::Values(Mode{"eventfd", "waitv", "doorbells"}),
                          [](const auto& info) { return std::string(info.param.name); });
 
 class SdkFutexBridge : public SdkNotify {};
