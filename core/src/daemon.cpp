@@ -645,7 +645,7 @@ void Daemon::handle_provider(ProviderSession& s, const proto::Envelope& env, std
     w.mutable_welcome()->set_protocol_version(ipc::kProtocolVersion);
     w.mutable_welcome()->set_core_name("floe-core");
     w.mutable_welcome()->set_session_id(s.id);
-    std::vector<int> fds;
+    std::vector<int> welcome_fds;
     ipc::Fd share;  // the doorbell region's fd, open until the Welcome is sent
     if (h.doorbells() && core_.config.doorbells && core_.config.notify == ipc::NotifyMode::kEventfd &&
         core_.shards.size() + 2 <= ipc::kMaxPacketFds) {
@@ -655,15 +655,15 @@ void Daemon::handle_provider(ProviderSession& s, const proto::Envelope& env, std
         g->set_slots(core_.config.limits.max_devices_per_provider);
         g->set_shards(static_cast<std::uint32_t>(core_.shards.size()));
         g->set_size(s.bells->region.size());
-        fds.push_back(share.get());
-        fds.push_back(s.bells->provider_eventfd.get());
-        for (const auto& e : s.bells->shard_eventfds) fds.push_back(e.get());
+        welcome_fds.push_back(share.get());
+        welcome_fds.push_back(s.bells->provider_eventfd.get());
+        for (const auto& e : s.bells->shard_eventfds) welcome_fds.push_back(e.get());
       } else {
         // Without doorbells every grant carries its own eventfds: slower, but it works.
         spdlog::warn("{}: no doorbells ({}); eventfds per device instead", s.who(), bells.error().to_string());
       }
     }
-    if (auto r = s.channel.send(w, fds); !r) spdlog::warn("{}: sending Welcome: {}", s.who(), r.error().to_string());
+    if (auto r = s.channel.send(w, welcome_fds); !r) spdlog::warn("{}: sending Welcome: {}", s.who(), r.error().to_string());
     spdlog::info("provider '{}' connected (pid {}{})", s.name, s.peer.pid, s.bells ? "" : ", no doorbells");
     return;
   }
@@ -1042,6 +1042,9 @@ void Daemon::close_provider(std::uint64_t sid, const std::string& why) {
     for (const auto& id : s->devices) {
       if (auto d = devices_.find(id); d != devices_.end() && d->second->owner == sid) offline_device(*d->second);
     }
+  }
+  if (s->bells) {
+    for (auto& shard : core_.shards) shard->forget_bells(s->bells);
   }
   if (s->welcomed) {
     spdlog::info("{} gone ({}): {} devices offline", s->who(), why, s->devices.size());

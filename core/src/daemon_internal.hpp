@@ -177,6 +177,9 @@ class Shard {
   /// "client task writes to the device task": no hop through the shard's loop); completes the
   /// pending request at once if the device is not attached, is being dropped, or its ring is full.
   void submit(const SetTask& task);
+  /// Any thread; asynchronous. The provider connection that owns `bells` is gone: stop watching
+  /// this shard's doorbell of it (after the detaches of its devices, which were requested first).
+  void forget_bells(std::shared_ptr<ProviderBells> bells);
   [[nodiscard]] unsigned index() const noexcept { return index_; }
 
  private:

@@ -307,12 +307,10 @@ void Shard::detach_here(std::uint64_t key) {
   if (it == devices_.end()) return;
   tasks_.loop().cancel(it->second->watch);
   if (RxBell* b = it->second->rx_bell; b != nullptr) {
+    // The doorbell's watch stays until the connection goes (forget_bells): watching the same
+    // eventfd anew while a cancelled io_uring read of it may still be armed could lose a signal.
     if (auto s = b->slots.find(it->second->slot); s != b->slots.end() && s->second == it->second.get()) {
       b->slots.erase(s);
-    }
-    if (b->slots.empty()) {
-      tasks_.loop().cancel(b->watch);  // before the last holder of the connection's eventfds lets go
-      bells_.erase(b->owner.get());
     }
   }
   {
@@ -320,6 +318,18 @@ void Shard::detach_here(std::uint64_t key) {
     ports_.erase(key);
   }
   devices_.erase(it);  // ~Attached closes the port before the eventfds and the mapping go
+}
+
+void Shard::forget_bells(std::shared_ptr<ProviderBells> bells) {
+  tasks_.post([this, bells = std::move(bells)] {
+    const auto it = bells_.find(bells.get());
+    if (it == bells_.end()) return;
+    // Its devices were detached before (the same queue, in order); a device still listed (a
+    // detach still to come) keeps its own reference and no longer hears this doorbell.
+    for (auto& [slot, d] : it->second->slots) d->rx_bell = nullptr;
+    tasks_.loop().cancel(it->second->watch);  // before the last holder of the eventfds lets go
+    bells_.erase(it);
+  });
 }
 
 void Shard::submit(const SetTask& task) {

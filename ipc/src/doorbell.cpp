@@ -106,8 +106,10 @@ void Doorbell::ring(std::uint32_t slot, int eventfd) noexcept {
   // fence in take(): if the bit is still set we skip our store, and the consumer that clears it
   // afterwards sees our tail.
   std::atomic_thread_fence(std::memory_order_seq_cst);
-  // SYNC(bell-pending): release pairs with the consumer's acquire exchange in take().
-  if ((pending_[w].load(std::memory_order_relaxed) & bit) == 0) pending_[w].fetch_or(bit, std::memory_order_release);
+  // SYNC(bell-pending): release pairs with the consumer's acquire exchange in take(). Acquire too:
+  // if our bit lands after the consumer cleared this word, its clearing of the summary word came
+  // before, so the summary test below cannot read a stale "already set" and skip the store.
+  if ((pending_[w].load(std::memory_order_relaxed) & bit) == 0) pending_[w].fetch_or(bit, std::memory_order_acq_rel);
   if ((summary_[w / 64].load(std::memory_order_relaxed) & sbit) == 0) {
     summary_[w / 64].fetch_or(sbit, std::memory_order_release);
   }
@@ -119,6 +121,14 @@ void Doorbell::ring(std::uint32_t slot, int eventfd) noexcept {
   if (header_->sleeping.exchange(0, std::memory_order_acquire) != 1) return;
   eventfd_signal(eventfd);
   header_->signals.fetch_add(1, std::memory_order_relaxed);
+}
+
+std::uint32_t Doorbell::pending_count() const noexcept {
+  std::uint32_t n = 0;
+  for (std::uint32_t w = 0; w < words_; ++w) {
+    n += static_cast<std::uint32_t>(__builtin_popcountll(pending_[w].load(std::memory_order_relaxed)));
+  }
+  return n;
 }
 
 bool Doorbell::any_pending() const noexcept {

@@ -740,7 +740,7 @@ void ProviderState::handle_grant(const proto::DeviceGrant& grant, std::vector<ip
   // With doorbells the grant carries the region alone; the eventfds are the connection's.
   const std::uint32_t slot = grant.doorbell_slot();
   const std::uint32_t shard = grant.shard();
-  if (bells && (slot >= bells->bells[0].slots() || shard + 1 >= bells->bells.size())) {
+  if (bells && (slot >= bells->bells[0].slots() || shard >= bells->shard_eventfds.size())) {
     return refuse(fmt::format("doorbell slot {} or shard {} out of range", slot, shard));
   }
   ipc::Fd region_fd, tx_fd, rx_fd;

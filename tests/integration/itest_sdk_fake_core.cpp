@@ -24,6 +24,7 @@
 
 #include "floe/ipc/channel.hpp"
 #include "floe/ipc/device_region.hpp"
+#include "floe/ipc/doorbell.hpp"
 #include "floe/ipc/notify.hpp"
 #include "floe/ipc/protocol.hpp"
 #include "floe/ipc/region.hpp"
@@ -112,6 +113,19 @@ struct FakeDevice {
   }
 };
 
+// The schema an AddDevice declares.
+ipc::TreeSchema schema_of(const proto::AddDevice& add) {
+  ipc::TreeSchema schema;
+  for (const auto& e : add.entities()) {
+    ipc::EntityDecl decl;
+    for (const auto& c : e.components()) {
+      decl.components.push_back({.component = static_cast<Component>(c.component()), .max_bytes = c.max_bytes()});
+    }
+    schema.entities.push_back(std::move(decl));
+  }
+  return schema;
+}
+
 class FakeCore {
  public:
   explicit FakeCore(const std::string& dir, ipc::DeviceRegionOptions region_options = {})
@@ -139,6 +153,59 @@ class FakeCore {
     env.mutable_welcome()->set_core_name("fake-core");
     env.mutable_welcome()->set_session_id(++session_);
     ASSERT_TRUE(channel_->send(env));
+  }
+  // Welcomes with doorbells for `shards` shards (64 slots each) but sends `eventfds` eventfds after
+  // the region (1 + shards is right).
+  void welcome_with_bells(std::uint32_t shards, std::size_t eventfds) {
+    auto region = ipc::Region::create({.name = "fake-bells", .size = ipc::doorbell_region_size(1 + shards, 64),
+                                       .kind = ipc::RegionKind::kDoorbells});
+    ASSERT_TRUE(region) << region.error().to_string();
+    ASSERT_TRUE(ipc::doorbell_region_init({region->data(), region->size()}, 1 + shards, 64));
+    auto shared = region->share();
+    ASSERT_TRUE(shared);
+    std::vector<ipc::Fd> efds;
+    std::vector<int> fds{shared->get()};
+    for (std::size_t i = 0; i < eventfds; ++i) {
+      auto e = ipc::make_eventfd(true);
+      ASSERT_TRUE(e);
+      fds.push_back(e->get());
+      efds.push_back(std::move(*e));
+    }
+    proto::Envelope env;
+    env.set_id(hello_id_);
+    env.mutable_welcome()->set_protocol_version(ipc::kProtocolVersion);
+    env.mutable_welcome()->set_core_name("fake-core");
+    env.mutable_welcome()->set_session_id(++session_);
+    auto* g = env.mutable_welcome()->mutable_doorbells();
+    g->set_slots(64);
+    g->set_shards(shards);
+    g->set_size(region->size());
+    ASSERT_TRUE(channel_->send(env, fds));
+    bells_.emplace(std::move(*region));
+  }
+  // Reads one AddDevice and answers it with a doorbell grant (the region alone) naming `slot` and
+  // `shard`, whatever they are.
+  void grant_with_bell(std::uint32_t slot, std::uint32_t shard) {
+    proto::Envelope env;
+    ASSERT_TRUE(receive(env) && env.has_add_device());
+    auto layout = ipc::DeviceRegionLayout::compute(schema_of(env.add_device()), region_options_);
+    ASSERT_TRUE(layout);
+    auto region = ipc::Region::create({.name = "fake-dev", .size = layout->region_size, .kind = ipc::RegionKind::kDevice});
+    ASSERT_TRUE(region && ipc::device_region_init({region->data(), region->size()}, *layout));
+    auto shared = region->share();
+    ASSERT_TRUE(shared);
+    proto::Envelope reply;
+    reply.set_id(env.id());
+    auto* g = reply.mutable_device_grant();
+    g->set_device_id(env.add_device().device_id());
+    g->set_handle(1);
+    g->mutable_region()->set_name("fake-dev");
+    g->mutable_region()->set_size(region->size());
+    g->mutable_region()->add_fd_roles(proto::FD_ROLE_REGION);
+    g->set_doorbell_slot(slot);
+    g->set_shard(shard);
+    const int fds[] = {shared->get()};
+    ASSERT_TRUE(channel_->send(reply, fds));
   }
   void refuse_hello(proto::ErrorCode code, const std::string& message) {
     proto::Envelope env;
@@ -184,15 +251,7 @@ class FakeCore {
 
   FakeDevice* grant(const proto::Envelope& env) {
     const auto& add = env.add_device();
-    ipc::TreeSchema schema;
-    for (const auto& e : add.entities()) {
-      ipc::EntityDecl decl;
-      for (const auto& c : e.components()) {
-        decl.components.push_back({.component = static_cast<Component>(c.component()), .max_bytes = c.max_bytes()});
-      }
-      schema.entities.push_back(std::move(decl));
-    }
-    auto layout = ipc::DeviceRegionLayout::compute(schema, region_options_);
+    auto layout = ipc::DeviceRegionLayout::compute(schema_of(add), region_options_);
     EXPECT_TRUE(layout) << layout.error().to_string();
     auto region = ipc::Region::create({.name = add.device_id(), .size = layout->region_size, .kind = ipc::RegionKind::kDevice});
     EXPECT_TRUE(region) << region.error().to_string();
@@ -233,6 +292,7 @@ class FakeCore {
   std::vector<std::unique_ptr<FakeDevice>> devices_;
   std::uint64_t hello_id_ = 0;
   std::uint64_t session_ = 0;
+  std::optional<ipc::Region> bells_;
 };
 
 struct TempDir {
@@ -456,6 +516,46 @@ TEST(SdkFakeCore, RefusedProtocolAndRefusedDeviceAreRetriedWithoutCrashing) {
   core.welcome();
   EXPECT_EQ(core.add_device("device id owned by another provider"), nullptr);
   // Still alive and connected: it does not re-declare a refused device on its own.
+  EXPECT_FALSE(core.connected_peer_closed(300ms));
+  child->kill(SIGTERM);
+  EXPECT_EQ(child->wait(10s), 0);
+}
+
+// A core whose doorbells do not add up (an eventfd short of the shards it announces) ends the
+// connection; the SDK's next Hello asks for none, and it works on eventfds per device.
+TEST(SdkFakeCore, UnusableDoorbellsEndTheConnectionAndTheNextHelloAsksForNone) {
+  TempDir dir;
+  FakeCore core(dir.path);
+  auto child = test::spawn_child("late_answers", {}, {});
+  ASSERT_TRUE(child) << child.error().to_string();
+  auto hello = core.accept();
+  ASSERT_TRUE(hello);
+  EXPECT_TRUE(hello->doorbells()) << "the SDK asks for doorbells by default";
+  core.welcome_with_bells(2, 2);
+  EXPECT_TRUE(core.connected_peer_closed(5s));
+  auto again = core.accept(5s);
+  ASSERT_TRUE(again);
+  EXPECT_FALSE(again->doorbells());
+  core.welcome();
+  FakeDevice* d = core.add_device();
+  ASSERT_TRUE(d);
+  d->request(1, 0, Component::Dimmer, ipc::Value{0.5});
+  auto r = d->result(1);
+  ASSERT_TRUE(r) << "no result";
+  EXPECT_EQ(r->status, ipc::RequestStatus::kOk) << r->message;
+  child->kill(SIGTERM);
+  EXPECT_EQ(child->wait(10s), 0);
+}
+
+// A grant naming a shard or slot beyond the doorbells is refused; the SDK stays up and connected.
+TEST(SdkFakeCore, ADoorbellGrantOutOfRangeIsRefusedWithoutCrashing) {
+  TempDir dir;
+  FakeCore core(dir.path);
+  auto child = test::spawn_child("late_answers", {}, {});
+  ASSERT_TRUE(child) << child.error().to_string();
+  ASSERT_TRUE(core.accept());
+  core.welcome_with_bells(2, 3);
+  core.grant_with_bell(0, 0xFFFFFFFF);
   EXPECT_FALSE(core.connected_peer_closed(300ms));
   child->kill(SIGTERM);
   EXPECT_EQ(child->wait(10s), 0);

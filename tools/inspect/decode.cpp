@@ -139,10 +139,9 @@ class Checker {
       d.signals = atomic_field<std::uint64_t>(h + offsetof(ipc::DoorbellHeader, signals));
       d.wakeups = atomic_field<std::uint64_t>(h + offsetof(ipc::DoorbellHeader, wakeups));
       d.takes = atomic_field<std::uint64_t>(h + offsetof(ipc::DoorbellHeader, takes));
-      const auto pending_offset = field<std::uint64_t>(h + offsetof(ipc::DoorbellHeader, pending_offset));
-      for (std::uint32_t w = 0; w < d.slots / 64; ++w) {
-        d.pending += static_cast<std::uint32_t>(std::popcount(atomic_field<std::uint64_t>(h + pending_offset + w * 8)));
-      }
+      // Through the handle: its offsets were checked once and are not read again from the region,
+      // which the provider may be rewriting.
+      d.pending = bell->pending_count();
       at += ipc::doorbell_footprint(d.slots);
     }
     if (r_.doorbells.empty()) fail("doorbells", "the region holds no doorbell");

@@ -90,7 +90,8 @@ class Doorbell {
         const std::uint32_t w = s * 64 + static_cast<std::uint32_t>(__builtin_ctzll(sum));
         sum &= sum - 1;
         if (w >= words_) continue;
-        const std::uint64_t bits = pending_[w].exchange(0, std::memory_order_acquire);
+        // Release too: pairs with the producers' acq_rel fetch_or (see ring()).
+        const std::uint64_t bits = pending_[w].exchange(0, std::memory_order_acq_rel);
         if (bits != 0) taken_.push_back({w, bits});
       }
     }
@@ -117,6 +118,8 @@ class Doorbell {
   void finish_sleep() noexcept;
   /// True if any slot is pending (a look, nothing cleared).
   [[nodiscard]] bool any_pending() const noexcept;
+  /// How many slots are pending now (for inspectors; a look, nothing cleared).
+  [[nodiscard]] std::uint32_t pending_count() const noexcept;
 
   [[nodiscard]] bool valid() const noexcept { return header_ != nullptr; }
   [[nodiscard]] std::uint32_t slots() const noexcept { return words_ * 64; }
