@@ -201,13 +201,20 @@ class Shard {
   /// Drains up to kDrainBudget records of d's rx ring and hands them on (no flag, no flush).
   Drained drain_rx(Attached& d);
   void on_bell(RxBell& b);
+  /// Runs on_rx / on_bell again after the loop has served what else is ready.
+  void come_back(Attached& d);
+  void come_back(RxBell& b);
+  void on_again();
 
   Core& core_;
   unsigned index_;
+  ipc::Fd again_fd_;  // private eventfd for come_back(); no provider holds it; outlives the loop
   TaskLoop tasks_;
   std::thread thread_;
   std::unordered_map<std::uint64_t, std::unique_ptr<Attached>> devices_;  // loop thread only
   std::unordered_map<const ProviderBells*, std::unique_ptr<RxBell>> bells_;  // loop thread only
+  std::vector<std::uint64_t> again_devices_;         // loop thread only
+  std::vector<const ProviderBells*> again_bells_;    // loop thread only
   std::mutex ports_mu_;
   std::unordered_map<std::uint64_t, std::shared_ptr<TxPort>> ports_;  // ports_mu_
   std::vector<ChangeRecord> changes_;  // scratch

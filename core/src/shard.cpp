@@ -112,6 +112,7 @@ struct Shard::Attached {
   std::shared_ptr<ProviderBells> bells;  // with doorbells: released only after `port` is closed
   std::uint32_t slot = 0;
   RxBell* rx_bell = nullptr;  // with doorbells: the shard's side of the connection's doorbell
+  bool again = false;         // on the shard's come-back list
   std::shared_ptr<TxPort> port;  // also in Shard::ports_ while attached
   std::optional<ipc::RingConsumer> rx;
   std::optional<WatchFeed> feed;
@@ -143,6 +144,7 @@ struct Shard::RxBell {
   std::unordered_map<std::uint32_t, Attached*> slots;  // the provider's bits for other slots are ignored
   std::vector<std::uint32_t> again;  // slots drained up to the budget: looked at again next round
   std::vector<std::uint32_t> scratch;
+  bool queued = false;  // on the shard's come-back list
 };
 
 namespace {
@@ -171,6 +173,11 @@ Shard::~Shard() { stop_and_join(); }
 
 Status Shard::start(ipc::LoopBackend backend) {
   FLOE_TRY(tasks_.init(backend));
+  auto again = ipc::make_eventfd(/*nonblocking=*/true);
+  if (!again) return tl::unexpected(again.error());
+  again_fd_ = std::move(*again);
+  auto aw = tasks_.loop().watch_eventfd(again_fd_.get(), [this](std::uint64_t) { on_again(); });
+  if (!aw) return tl::unexpected(aw.error());
   if (core_.config.notify == ipc::NotifyMode::kPoll) {
     // Poll-mode producers never signal: look at every ring of this shard on a fixed interval.
     auto t = tasks_.loop().add_timer(core_.config.poll_interval, true, [this] {
@@ -293,12 +300,12 @@ Status Shard::attach_here(AttachArgs& args) {
   devices_[key] = std::move(d);
   if (raw->rx_bell != nullptr) {
     // One look at the doorbell: it takes what is pending, then raises the flag the provider reads.
-    ipc::eventfd_signal(raw->rx_bell->eventfd);
+    come_back(*raw->rx_bell);
     return {};
   }
   // The provider signals only a sleeping consumer: announce that we sleep (or drain what came).
   // Spin and poll never sleep: prepare_sleep is false and this first drain starts them.
-  if (!raw->rx->prepare_sleep()) ipc::eventfd_signal(raw->rx_eventfd.get());
+  if (!raw->rx->prepare_sleep()) come_back(*raw);
   return {};
 }
 
@@ -362,6 +369,43 @@ void Shard::submit(const SetTask& task) {
   tx.publish();
 }
 
+// Coming back goes through a private eventfd, never through one a provider holds: a provider can
+// make its copy blocking (the file description is shared) and fill the counter, and a write to it
+// would then block this thread and every device on it.
+void Shard::come_back(Attached& d) {
+  if (d.again) return;
+  d.again = true;
+  again_devices_.push_back(key_of(d.device));
+  ipc::eventfd_signal(again_fd_.get());
+}
+
+void Shard::come_back(RxBell& b) {
+  if (b.queued) return;
+  b.queued = true;
+  again_bells_.push_back(b.owner.get());
+  ipc::eventfd_signal(again_fd_.get());
+}
+
+void Shard::on_again() {
+  // One round each, then back to the loop: what comes back during it waits for the next wakeup.
+  std::vector<std::uint64_t> devices;
+  std::vector<const ProviderBells*> bells;
+  devices.swap(again_devices_);
+  bells.swap(again_bells_);
+  for (const std::uint64_t key : devices) {
+    if (auto it = devices_.find(key); it != devices_.end()) {
+      it->second->again = false;
+      on_rx(*it->second);
+    }
+  }
+  for (const ProviderBells* key : bells) {
+    if (auto it = bells_.find(key); it != bells_.end()) {
+      it->second->queued = false;
+      on_bell(*it->second);
+    }
+  }
+}
+
 void Shard::on_rx(Attached& d) {
   if (d.dead) return;
   d.rx->finish_sleep();
@@ -372,14 +416,14 @@ void Shard::on_rx(Attached& d) {
   }
   if (drained == Drained::kMore) {
     // More to do: come back after the loop has served everything else that is ready.
-    ipc::eventfd_signal(d.rx_eventfd.get());
+    come_back(d);
   } else if (d.mode == ipc::NotifyMode::kSpin) {
     // A spin ring's consumer never sleeps: the loop keeps coming back, serving its other fds
     // between rounds (this is the strategy that burns a core).
-    ipc::eventfd_signal(d.rx_eventfd.get());
+    come_back(d);
   } else if (d.mode != ipc::NotifyMode::kPoll && !d.rx->prepare_sleep()) {
     // Data raced in while the sleeping flag went up: drain again. (kPoll waits for the timer.)
-    ipc::eventfd_signal(d.rx_eventfd.get());
+    come_back(d);
   }
   core_.hub.flush();
 }
@@ -397,7 +441,7 @@ void Shard::on_bell(RxBell& b) {
   b.bell->take(visit);
   // Come back after the loop has served everything else that is ready, if a ring had more than
   // the budget or a bit was set while the flag went up.
-  if (!b.again.empty() || !b.bell->prepare_sleep()) ipc::eventfd_signal(b.eventfd);
+  if (!b.again.empty() || !b.bell->prepare_sleep()) come_back(b);
   core_.hub.flush();
 }
 

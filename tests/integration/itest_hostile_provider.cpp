@@ -32,6 +32,7 @@
 #include "client.hpp"
 #include "floe/ipc/channel.hpp"
 #include "floe/ipc/device_region.hpp"
+#include "floe/ipc/doorbell.hpp"
 #include "floe/ipc/notify.hpp"
 #include "floe/ipc/protocol.hpp"
 #include "floe/ipc/region.hpp"
@@ -269,10 +270,58 @@ int scribble_bells(const std::string& dir, std::uint64_t seed) {
   return idle_until_released();
 }
 
+// Asks for doorbells, declares "evil", then tries to make the core's shards block in write(2): it
+// clears O_NONBLOCK on its copies of the shards' eventfds (the open file description is shared
+// with the core), keeps each counter one short of its maximum from a thread per eventfd, and keeps
+// every pending bit of the shards' doorbells set, so a shard that signalled itself through that
+// eventfd to come back would block for ever. Runs until the test says stop.
+int block_shards(const std::string& dir) {
+  auto ch = ipc::Channel::connect(dir + "/provider.sock");
+  if (!ch) return child_fail(ch.error().to_string());
+  proto::Envelope hello = hello_envelope("hostile");
+  hello.mutable_hello()->set_doorbells(true);
+  if (!ch->send(hello)) return child_fail("send hello");
+  proto::Envelope welcome;
+  auto wfds = ch->receive(welcome);
+  if (!wfds || !welcome.has_welcome() || !welcome.welcome().has_doorbells() || wfds->size() < 3) {
+    return child_fail("no welcome with doorbells");
+  }
+  const auto& dg = welcome.welcome().doorbells();
+  auto bells_region = ipc::Region::open(std::move((*wfds)[0]));
+  if (!bells_region) return child_fail(bells_region.error().to_string());
+  auto bells = ipc::doorbell_region_attach({bells_region->data(), bells_region->size()}, 1 + dg.shards(), dg.slots());
+  if (!bells) return child_fail(bells.error().to_string());
+  if (!ch->send(evil_device())) return child_fail("send");
+  proto::Envelope grant;
+  auto fds = ch->receive(grant);
+  if (!fds || !grant.has_device_grant()) return child_fail("no doorbell grant");
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> fillers;
+  for (std::size_t i = 2; i < wfds->size(); ++i) {
+    const int fd = (*wfds)[i].get();
+    ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    fillers.emplace_back([fd, &stop] {
+      const std::uint64_t almost_full = 0xfffffffffffffffeULL;
+      // Blocks while the counter is not empty; refills the moment the core reads it.
+      while (!stop.load()) (void)!::write(fd, &almost_full, sizeof almost_full);
+    });
+  }
+  (void)send_text(kCtl, "granted");
+  while (!readable(kCtl, 0)) {
+    for (std::size_t b = 1; b < bells->size(); ++b) {
+      for (std::uint32_t slot = 0; slot < (*bells)[b].slots(); slot += 61) (*bells)[b].ring(slot, -1);
+    }
+  }
+  stop = true;
+  // The fillers may be blocked in write(2): end the process without joining them.
+  std::_Exit(0);
+}
+
 FLOE_CHILD_ROLE(hostile) {
   const std::string& dir = args.at(0);
   const std::string& attack = args.at(1);
   if (attack == "scribble_bells") return scribble_bells(dir, std::stoull(args.at(2)));
+  if (attack == "block_shards") return block_shards(dir);
   std::string error;
   auto g = connect_and_declare(dir, error);
   if (!g) return child_fail(error);
@@ -766,6 +815,25 @@ TEST_F(HostileProvider, GarbageInItsDoorbellsHurtsNobodyElse) {
   expect_honest_intact();
   // Its doorbell region and eventfds went with the connection.
   expect_no_fd_leak();
+}
+
+TEST_F(HostileProvider, ItsEventfdsMadeBlockingAndFullNeverBlockAShard) {
+  ASSERT_NO_FATAL_FAILURE(start());
+  start_hostile({"block_shards"});
+  // Both honest lights (one per shard) keep answering: no shard is stuck in write(2).
+  for (int i = 0; i < 20; ++i) {
+    for (const char* light : {"light_1", "light_2"}) {
+      auto r = client_->set(light, "Dimmer", i % 2 ? "0.5" : "0.75");
+      ASSERT_TRUE(r) << r.error().message;
+      ASSERT_TRUE(r->results_size() == 1 && r->results(0).ok()) << light << " round " << i << ": " << r->DebugString();
+    }
+  }
+  ASSERT_TRUE(set("light_1", "Dimmer", "0.25"));
+  EXPECT_TRUE(core_->alive());
+  ASSERT_TRUE(send_text(ctl_, "stop"));
+  release_hostile();
+  EXPECT_TRUE(eventually([&] { return !online("evil"); }));
+  expect_honest_intact();
 }
 
 TEST_F(HostileProvider, GarbageInTheTreeWithAbsurdChangeRecordsIsSurvived) {
