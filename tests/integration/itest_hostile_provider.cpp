@@ -237,34 +237,53 @@ FLOE_CHILD_ROLE(other_uid) {
   return idle_until_released();
 }
 
+// A raw provider connection that asked for doorbells and declared "evil": the channel, the
+// doorbell region, the Welcome's other descriptors (1: its eventfd, 2..: the shards') and the grant.
+struct BellConnection {
+  ipc::Channel channel;
+  ipc::Region bells;
+  std::vector<ipc::Fd> eventfds;
+  proto::DoorbellGrant grant;
+};
+
+std::optional<BellConnection> connect_with_bells(const std::string& dir, std::string& error) {
+  auto ch = ipc::Channel::connect(dir + "/provider.sock");
+  if (!ch) return error = ch.error().to_string(), std::nullopt;
+  proto::Envelope hello = hello_envelope("hostile");
+  hello.mutable_hello()->set_doorbells(true);
+  if (!ch->send(hello)) return error = "send hello", std::nullopt;
+  proto::Envelope welcome;
+  auto wfds = ch->receive(welcome);
+  if (!wfds || !welcome.has_welcome() || !welcome.welcome().has_doorbells() || wfds->size() < 3) {
+    return error = "no welcome with doorbells", std::nullopt;
+  }
+  auto bells = ipc::Region::open(std::move((*wfds)[0]));
+  if (!bells) return error = bells.error().to_string(), std::nullopt;
+  if (!ch->send(evil_device())) return error = "send", std::nullopt;
+  proto::Envelope grant;
+  auto fds = ch->receive(grant);
+  if (!fds || !grant.has_device_grant() || fds->size() != 1) return error = "no doorbell grant", std::nullopt;
+  wfds->erase(wfds->begin());
+  return BellConnection{std::move(*ch), std::move(*bells), std::move(*wfds), welcome.welcome().doorbells()};
+}
+
 // Asks for doorbells, declares "evil" and then writes random bytes over the whole doorbell region
 // (headers, flags, pending bits of every slot), signalling every shard's eventfd, until the test
 // says stop. Only its own consumers can be mis-woken: the doorbells are this connection's.
 int scribble_bells(const std::string& dir, std::uint64_t seed) {
-  auto ch = ipc::Channel::connect(dir + "/provider.sock");
-  if (!ch) return child_fail(ch.error().to_string());
-  proto::Envelope hello = hello_envelope("hostile");
-  hello.mutable_hello()->set_doorbells(true);
-  if (!ch->send(hello)) return child_fail("send hello");
-  proto::Envelope welcome;
-  auto wfds = ch->receive(welcome);
-  if (!wfds || !welcome.has_welcome() || !welcome.welcome().has_doorbells() || wfds->size() < 3) {
-    return child_fail("no welcome with doorbells");
-  }
-  auto bells = ipc::Region::open(std::move((*wfds)[0]));
-  if (!bells) return child_fail(bells.error().to_string());
-  if (!ch->send(evil_device())) return child_fail("send");
-  proto::Envelope grant;
-  auto fds = ch->receive(grant);
-  if (!fds || !grant.has_device_grant() || fds->size() != 1) return child_fail("no doorbell grant");
+  std::string error;
+  auto c = connect_with_bells(dir, error);
+  if (!c) return child_fail(error);
+  const std::span<std::byte> doorbells{c->bells.data() + ipc::kRegionPayloadOffset,
+                                       c->bells.size() - ipc::kRegionPayloadOffset};
   (void)send_text(kCtl, "granted");
   std::mt19937_64 rng(seed);
   long rounds = 0;
   while (!readable(kCtl, 0)) {
-    fill_random({bells->data() + ipc::kRegionPayloadOffset, bells->size() - ipc::kRegionPayloadOffset}, rng);
-    for (std::size_t i = 2; i < wfds->size(); ++i) ipc::eventfd_signal((*wfds)[i].get());
+    fill_random(doorbells, rng);
+    for (std::size_t i = 1; i < c->eventfds.size(); ++i) ipc::eventfd_signal(c->eventfds[i].get());
     ++rounds;
-    if (core_closed(*ch, 1)) return child_fail("the core closed the connection after " + std::to_string(rounds) + " rounds");
+    if (core_closed(c->channel, 1)) return child_fail("the core closed the connection after " + std::to_string(rounds) + " rounds");
   }
   (void)send_text(kCtl, "rounds " + std::to_string(rounds));
   return idle_until_released();
@@ -276,29 +295,15 @@ int scribble_bells(const std::string& dir, std::uint64_t seed) {
 // every pending bit of the shards' doorbells set, so a shard that signalled itself through that
 // eventfd to come back would block for ever. Runs until the test says stop.
 int block_shards(const std::string& dir) {
-  auto ch = ipc::Channel::connect(dir + "/provider.sock");
-  if (!ch) return child_fail(ch.error().to_string());
-  proto::Envelope hello = hello_envelope("hostile");
-  hello.mutable_hello()->set_doorbells(true);
-  if (!ch->send(hello)) return child_fail("send hello");
-  proto::Envelope welcome;
-  auto wfds = ch->receive(welcome);
-  if (!wfds || !welcome.has_welcome() || !welcome.welcome().has_doorbells() || wfds->size() < 3) {
-    return child_fail("no welcome with doorbells");
-  }
-  const auto& dg = welcome.welcome().doorbells();
-  auto bells_region = ipc::Region::open(std::move((*wfds)[0]));
-  if (!bells_region) return child_fail(bells_region.error().to_string());
-  auto bells = ipc::doorbell_region_attach({bells_region->data(), bells_region->size()}, 1 + dg.shards(), dg.slots());
+  std::string error;
+  auto c = connect_with_bells(dir, error);
+  if (!c) return child_fail(error);
+  auto bells = ipc::doorbell_region_attach({c->bells.data(), c->bells.size()}, 1 + c->grant.shards(), c->grant.slots());
   if (!bells) return child_fail(bells.error().to_string());
-  if (!ch->send(evil_device())) return child_fail("send");
-  proto::Envelope grant;
-  auto fds = ch->receive(grant);
-  if (!fds || !grant.has_device_grant()) return child_fail("no doorbell grant");
   std::atomic<bool> stop{false};
   std::vector<std::thread> fillers;
-  for (std::size_t i = 2; i < wfds->size(); ++i) {
-    const int fd = (*wfds)[i].get();
+  for (std::size_t i = 1; i < c->eventfds.size(); ++i) {
+    const int fd = c->eventfds[i].get();
     ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
     fillers.emplace_back([fd, &stop] {
       const std::uint64_t almost_full = 0xfffffffffffffffeULL;
