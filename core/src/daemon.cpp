@@ -652,8 +652,8 @@ void Daemon::handle_provider(ProviderSession& s, const proto::Envelope& env, std
       if (auto bells = make_bells(s, share); bells) {
         s.bells = std::move(*bells);
         auto* g = w.mutable_welcome()->mutable_doorbells();
-        g->set_slots(core_.config.limits.max_devices_per_provider);
-        g->set_shards(static_cast<std::uint32_t>(core_.shards.size()));
+        g->set_slots(s.bells->provider().slots());
+        g->set_shards(static_cast<std::uint32_t>(s.bells->shard_eventfds.size()));
         g->set_size(s.bells->region.size());
         welcome_fds.push_back(share.get());
         welcome_fds.push_back(s.bells->provider_eventfd.get());

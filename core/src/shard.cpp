@@ -135,12 +135,12 @@ struct Shard::Attached {
   }
 };
 
-/// This shard's doorbell of one provider connection, while any of its devices is attached here.
+/// This shard's doorbell of one provider connection, from its first device attached here until the
+/// connection goes (forget_bells).
 struct Shard::RxBell {
   std::shared_ptr<ProviderBells> owner;
   ipc::Doorbell* bell = nullptr;  // owner->shard(index_)
-  int eventfd = -1;               // owner->shard_eventfds[index_]
-  ipc::WatchId watch = 0;
+  ipc::WatchId watch = 0;         // on owner->shard_eventfds[index_]
   std::unordered_map<std::uint32_t, Attached*> slots;  // the provider's bits for other slots are ignored
   std::vector<std::uint32_t> again;  // slots drained up to the budget: looked at again next round
   std::vector<std::uint32_t> scratch;
@@ -275,7 +275,6 @@ Status Shard::attach_here(AttachArgs& args) {
       auto made = std::make_unique<RxBell>();
       made->owner = args.bells;
       made->bell = &bells->shard(index_);
-      made->eventfd = rx_fd;
       auto w = tasks_.loop().watch_eventfd(rx_fd, [this, rb = made.get()](std::uint64_t) { on_bell(*rb); });
       if (!w) {
         bells_.erase(bells);

@@ -67,10 +67,10 @@ Result<Doorbell> Doorbell::attach(std::span<std::byte> memory) {
     return logic_error(op, fmt::format("span of {} bytes is smaller than a doorbell header", memory.size()));
   }
   auto* h = reinterpret_cast<DoorbellHeader*>(memory.data());
-  // Each field read once: the peer may rewrite them, and the value checked is the value used.
-  const std::uint32_t magic = *reinterpret_cast<const volatile std::uint32_t*>(&h->magic);
-  const std::uint32_t version = *reinterpret_cast<const volatile std::uint32_t*>(&h->layout_version);
-  const std::uint32_t slots = *reinterpret_cast<const volatile std::uint32_t*>(&h->slots);
+  // Each field read once (read_once): the peer may rewrite them.
+  const std::uint32_t magic = read_once(h->magic);
+  const std::uint32_t version = read_once(h->layout_version);
+  const std::uint32_t slots = read_once(h->slots);
   if (magic != kDoorbellMagic) return logic_error(op, fmt::format("bad magic {:#x}", magic));
   if (version != kDoorbellLayoutVersion) {
     return logic_error(op, fmt::format("layout version {} (this build reads {})", version, kDoorbellLayoutVersion));
@@ -79,9 +79,9 @@ Result<Doorbell> Doorbell::attach(std::span<std::byte> memory) {
     return logic_error(op, fmt::format("bad slot count {}", slots));
   }
   const Geometry g = geometry(slots);
-  const std::uint32_t summary_words = *reinterpret_cast<const volatile std::uint32_t*>(&h->summary_words);
-  const std::uint64_t summary_offset = *reinterpret_cast<const volatile std::uint64_t*>(&h->summary_offset);
-  const std::uint64_t pending_offset = *reinterpret_cast<const volatile std::uint64_t*>(&h->pending_offset);
+  const std::uint32_t summary_words = read_once(h->summary_words);
+  const std::uint64_t summary_offset = read_once(h->summary_offset);
+  const std::uint64_t pending_offset = read_once(h->pending_offset);
   if (summary_words != g.summary_words || summary_offset != g.summary_offset || pending_offset != g.pending_offset) {
     return logic_error(op, "summary or pending offsets do not match the slot count");
   }

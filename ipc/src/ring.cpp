@@ -42,12 +42,6 @@ constexpr bool is_valid_mode(std::uint32_t mode) noexcept {
          mode <= static_cast<std::uint32_t>(NotifyMode::kPoll);
 }
 
-/// One read of a field a hostile peer may be rewriting: the value checked is the value used.
-template <typename T>
-T read_once(const T& field) noexcept {
-  return *static_cast<const volatile T*>(&field);
-}
-
 using detail::read_record_header;
 using detail::write_record_header;
 

@@ -146,14 +146,7 @@ class FakeCore {
     hello_id_ = env.id();
     return env.hello();
   }
-  void welcome() {
-    proto::Envelope env;
-    env.set_id(hello_id_);
-    env.mutable_welcome()->set_protocol_version(ipc::kProtocolVersion);
-    env.mutable_welcome()->set_core_name("fake-core");
-    env.mutable_welcome()->set_session_id(++session_);
-    ASSERT_TRUE(channel_->send(env));
-  }
+  void welcome() { ASSERT_TRUE(channel_->send(welcome_envelope())); }
   // Welcomes with doorbells for `shards` shards (64 slots each) but sends `eventfds` eventfds after
   // the region (1 + shards is right).
   void welcome_with_bells(std::uint32_t shards, std::size_t eventfds) {
@@ -171,11 +164,7 @@ class FakeCore {
       fds.push_back(e->get());
       efds.push_back(std::move(*e));
     }
-    proto::Envelope env;
-    env.set_id(hello_id_);
-    env.mutable_welcome()->set_protocol_version(ipc::kProtocolVersion);
-    env.mutable_welcome()->set_core_name("fake-core");
-    env.mutable_welcome()->set_session_id(++session_);
+    proto::Envelope env = welcome_envelope();
     auto* g = env.mutable_welcome()->mutable_doorbells();
     g->set_slots(64);
     g->set_shards(shards);
@@ -240,6 +229,15 @@ class FakeCore {
   std::vector<std::unique_ptr<FakeDevice>>& devices() { return devices_; }
 
  private:
+  // The Welcome answering the last Hello, for a new session.
+  proto::Envelope welcome_envelope() {
+    proto::Envelope env;
+    env.set_id(hello_id_);
+    env.mutable_welcome()->set_protocol_version(ipc::kProtocolVersion);
+    env.mutable_welcome()->set_core_name("fake-core");
+    env.mutable_welcome()->set_session_id(++session_);
+    return env;
+  }
   // The next envelope that is not the SDK's periodic Heartbeat (which this fake leaves unanswered).
   bool receive(proto::Envelope& env, std::chrono::milliseconds timeout = 10s) {
     do {

@@ -12,6 +12,13 @@ namespace floe {
 /// cross-process layout).
 inline constexpr std::size_t kCacheLine = 64;
 
+/// One read of a field in shared memory that a hostile peer may be rewriting: the value checked is
+/// the value used (the compiler may not read it again).
+template <typename T>
+[[nodiscard]] T read_once(const T& field) noexcept {
+  return *static_cast<const volatile T*>(&field);
+}
+
 /// Hint to the CPU that we are in a spin-wait loop.
 inline void cpu_relax() noexcept {
 #if defined(__x86_64__) || defined(__i386__)
