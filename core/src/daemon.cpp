@@ -168,8 +168,10 @@ class Daemon {
   Status setup();
   Status restore_state();
   Result<std::shared_ptr<Device>> make_device(const std::string& id, const ipc::TreeSchema& schema);
-  /// The doorbells of a provider connection and, in `share`, the region's fd to send.
-  Result<std::shared_ptr<ProviderBells>> make_bells(const ProviderSession& s, ipc::Fd& share);
+  /// The doorbells of a provider connection; the fds to send are left in `share` (the region) and
+  /// `provider_ends` (the provider's ends of its signal pipe and of each shard's).
+  Result<std::shared_ptr<ProviderBells>> make_bells(const ProviderSession& s, ipc::Fd& share,
+                                                    std::vector<ipc::Fd>& provider_ends);
   void accept_provider();
   void accept_client();
   void shed(ipc::Listener& listener, const std::function<void(ipc::Channel&)>& tell);
@@ -364,7 +366,8 @@ Result<std::shared_ptr<Device>> Daemon::make_device(const std::string& id, const
   return d;
 }
 
-Result<std::shared_ptr<ProviderBells>> Daemon::make_bells(const ProviderSession& s, ipc::Fd& share) {
+Result<std::shared_ptr<ProviderBells>> Daemon::make_bells(const ProviderSession& s, ipc::Fd& share,
+                                                         std::vector<ipc::Fd>& provider_ends) {
   const auto shards = static_cast<std::uint32_t>(core_.shards.size());
   const std::uint32_t slots = core_.config.limits.max_devices_per_provider;
   auto region = ipc::Region::create({.name = fmt::format("floe-bells-{}", s.id),
@@ -377,13 +380,15 @@ Result<std::shared_ptr<ProviderBells>> Daemon::make_bells(const ProviderSession&
   auto bells = ipc::doorbell_region_attach(bytes, 1 + shards, slots);
   if (!bells) return tl::unexpected(bells.error());
   b->bells = std::move(*bells);
-  auto provider_fd = ipc::make_eventfd(true);
-  if (!provider_fd) return tl::unexpected(provider_fd.error());
-  b->provider_eventfd = std::move(*provider_fd);
+  auto provider_pipe = ipc::make_signal_pipe();
+  if (!provider_pipe) return tl::unexpected(provider_pipe.error());
+  b->provider_signal = std::move(provider_pipe->write);
+  provider_ends.push_back(std::move(provider_pipe->read));
   for (std::uint32_t i = 0; i < shards; ++i) {
-    auto fd = ipc::make_eventfd(true);
-    if (!fd) return tl::unexpected(fd.error());
-    b->shard_eventfds.push_back(std::move(*fd));
+    auto pipe = ipc::make_signal_pipe();
+    if (!pipe) return tl::unexpected(pipe.error());
+    b->shard_signals.push_back(std::move(pipe->read));
+    provider_ends.push_back(std::move(pipe->write));
   }
   auto shared = b->region.share(ipc::RegionAccess::kReadWrite);
   if (!shared) return tl::unexpected(shared.error());
@@ -646,20 +651,20 @@ void Daemon::handle_provider(ProviderSession& s, const proto::Envelope& env, std
     w.mutable_welcome()->set_core_name("floe-core");
     w.mutable_welcome()->set_session_id(s.id);
     std::vector<int> welcome_fds;
-    ipc::Fd share;  // the doorbell region's fd, open until the Welcome is sent
+    ipc::Fd share;                      // the doorbell region's fd, open until the Welcome is sent
+    std::vector<ipc::Fd> provider_ends;  // the provider's ends of the signal pipes, likewise
     if (h.doorbells() && core_.config.doorbells && core_.config.notify == ipc::NotifyMode::kEventfd &&
         core_.shards.size() + 2 <= ipc::kMaxPacketFds) {
-      if (auto bells = make_bells(s, share); bells) {
+      if (auto bells = make_bells(s, share, provider_ends); bells) {
         s.bells = std::move(*bells);
         auto* g = w.mutable_welcome()->mutable_doorbells();
         g->set_slots(s.bells->provider().slots());
-        g->set_shards(static_cast<std::uint32_t>(s.bells->shard_eventfds.size()));
+        g->set_shards(static_cast<std::uint32_t>(s.bells->shard_signals.size()));
         g->set_size(s.bells->region.size());
         welcome_fds.push_back(share.get());
-        welcome_fds.push_back(s.bells->provider_eventfd.get());
-        for (const auto& e : s.bells->shard_eventfds) welcome_fds.push_back(e.get());
+        for (const auto& e : provider_ends) welcome_fds.push_back(e.get());
       } else {
-        // Without doorbells every grant carries its own eventfds: slower, but it works.
+        // Without doorbells every grant carries its own signal pipes: slower, but it works.
         spdlog::warn("{}: no doorbells ({}); eventfds per device instead", s.who(), bells.error().to_string());
       }
     }
@@ -816,17 +821,16 @@ void Daemon::add_device(ProviderSession& s, std::uint64_t msg_id, const proto::A
     if (!made) return fail(proto::ERROR_CODE_MALFORMED, fmt::format("device '{}': {}", id, made.error().message));
     dev = *made;
   }
-  // With doorbells the device needs no eventfds of its own (an empty placeholder keeps one path).
-  auto tx = s.bells ? Result<ipc::Fd>(ipc::Fd()) : ipc::make_eventfd(true);
-  auto rx = s.bells ? Result<ipc::Fd>(ipc::Fd()) : ipc::make_eventfd(true);
+  // Without doorbells the device has a signal pipe each way: we keep the tx write end and the rx
+  // read end, the grant carries the others. With doorbells it needs none (empty placeholders keep
+  // one path).
+  auto tx = s.bells ? Result<ipc::SignalPipe>(ipc::SignalPipe{}) : ipc::make_signal_pipe();
+  auto rx = s.bells ? Result<ipc::SignalPipe>(ipc::SignalPipe{}) : ipc::make_signal_pipe();
   auto share = dev->region->share(ipc::RegionAccess::kReadWrite);
   if (!tx || !rx || !share) {
     if (reuse) (void)core_.registry.set_online(dev->reg, false);
     return fail(proto::ERROR_CODE_INTERNAL, "out of file descriptors");
   }
-  // The shard owns the eventfds from here until a detach, which only this thread requests.
-  const int tx_raw = tx->get();
-  const int rx_raw = rx->get();
   // A slot taken here goes back if the declaration fails below: failed declarations must not use up
   // the doorbell's slots.
   const bool new_slot = s.bells && !s.slots.contains(id);
@@ -838,7 +842,7 @@ void Daemon::add_device(ProviderSession& s, std::uint64_t msg_id, const proto::A
   auto attach = [&](DeviceId reg) {
     return core_.shard_of(reg).attach({.device = reg, .region = dev->region, .reader = dev->reader,
                                        .options = dev->layout.options, .reinit_rings = dev->ever_attached,
-                                       .tx_eventfd = std::move(*tx), .rx_eventfd = std::move(*rx),
+                                       .tx_signal = std::move(tx->write), .rx_signal = std::move(rx->read),
                                        .bells = s.bells, .slot = slot});
   };
   // Online only once its shard holds the rings: a client that sees it online and sets at once
@@ -920,8 +924,8 @@ void Daemon::add_device(ProviderSession& s, std::uint64_t msg_id, const proto::A
   rg->mutable_rx()->set_offset(dev->layout.header.rx_offset);
   rg->mutable_rx()->set_capacity(dev->layout.options.rx_capacity);
   rg->mutable_rx()->set_notify_mode(static_cast<std::uint32_t>(dev->layout.options.notify));
-  // The shard owns the eventfds until a detach, which only this thread requests, so they are open.
-  const int fds[] = {share->get(), tx_raw, rx_raw};
+  // The provider's ends, closed here once sent.
+  const int fds[] = {share->get(), tx->read.get(), rx->write.get()};
   if (auto r = s.channel.send(env, std::span<const int>(fds, s.bells ? 1 : 3)); !r) {
     spdlog::warn("provider '{}': sending the grant of '{}': {}", s.name, id, r.error().to_string());
   }

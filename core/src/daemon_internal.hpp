@@ -131,8 +131,11 @@ struct ProviderBells {
   explicit ProviderBells(ipc::Region r) noexcept : region(std::move(r)) {}
   ipc::Region region;
   std::vector<ipc::Doorbell> bells;  // [0]: the provider's; [1 + i]: shard i's
-  ipc::Fd provider_eventfd;
-  std::vector<ipc::Fd> shard_eventfds;
+  // Our ends of the signal pipes (ipc/notify.hpp): the provider's doorbell is signalled through
+  // provider_signal (a write end); shard i's through shard_signals[i] (a read end). The provider
+  // holds the other ends, so nothing it does to them can make these block.
+  ipc::Fd provider_signal;
+  std::vector<ipc::Fd> shard_signals;
   [[nodiscard]] ipc::Doorbell& provider() noexcept { return bells[0]; }
   [[nodiscard]] ipc::Doorbell& shard(unsigned i) noexcept { return bells[1 + i]; }
 };
@@ -143,8 +146,8 @@ struct AttachArgs {
   std::shared_ptr<const ipc::TreeReader> reader;  // the device's tree in `region`
   ipc::DeviceRegionOptions options;
   bool reinit_rings = false;  // a reconnect: the old provider is gone, start both rings afresh
-  ipc::Fd tx_eventfd;  // without doorbells
-  ipc::Fd rx_eventfd;
+  ipc::Fd tx_signal;  // without doorbells: our ends of the device's signal pipes (write end: tx,
+  ipc::Fd rx_signal;  // read end: rx); the provider holds the others
   std::shared_ptr<ProviderBells> bells;  // with doorbells: the connection's, and the device's slot
   std::uint32_t slot = 0;
 };

@@ -107,8 +107,8 @@ struct Shard::Attached {
   DeviceId device;
   std::shared_ptr<ipc::Region> region;
   ipc::NotifyMode mode = ipc::NotifyMode::kEventfd;
-  ipc::Fd tx_eventfd;  // closed only after `port` is closed (without doorbells)
-  ipc::Fd rx_eventfd;
+  ipc::Fd tx_signal;  // our signal pipe ends (without doorbells); tx_signal closes only after `port`
+  ipc::Fd rx_signal;
   std::shared_ptr<ProviderBells> bells;  // with doorbells: released only after `port` is closed
   std::uint32_t slot = 0;
   RxBell* rx_bell = nullptr;  // with doorbells: the shard's side of the connection's doorbell
@@ -119,7 +119,9 @@ struct Shard::Attached {
   ipc::WatchId watch = 0;
   bool dead = false;  // corrupt: waiting for the posted detach
   // kFutex: a thread that sleeps on the rx ring's futex word and turns each wake into a signal
-  // of rx_eventfd, which the loop watches (an event loop cannot block in FUTEX_WAIT itself).
+  // of bridge_eventfd, which the loop watches (an event loop cannot block in FUTEX_WAIT itself).
+  // An eventfd of our own: no provider holds it, so its writes never block.
+  ipc::Fd bridge_eventfd;
   std::thread futex_bridge;
   std::atomic<bool> bridge_stop{false};
 
@@ -140,7 +142,7 @@ struct Shard::Attached {
 struct Shard::RxBell {
   std::shared_ptr<ProviderBells> owner;
   ipc::Doorbell* bell = nullptr;  // owner->shard(index_)
-  ipc::WatchId watch = 0;         // on owner->shard_eventfds[index_]
+  ipc::WatchId watch = 0;         // on owner->shard_signals[index_]
   std::unordered_map<std::uint32_t, Attached*> slots;  // the provider's bits for other slots are ignored
   std::vector<std::uint32_t> again;  // slots drained up to the budget: looked at again next round
   std::vector<std::uint32_t> scratch;
@@ -155,14 +157,14 @@ constexpr std::size_t kDrainBudget = 1024;  // records per wakeup: a flooding pr
 // producer's wake) that happens after it was read makes FUTEX_WAIT return at once, so none is
 // missed. The timeout only bounds how long a stop request can go unnoticed if its wake raced the wait.
 void run_futex_bridge(const std::atomic<std::uint32_t>& word, std::uint32_t seen, const std::atomic<bool>& stop,
-                      int rx_eventfd) {
+                      int eventfd) {
   name_thread("floe-futex");
   while (!stop.load(std::memory_order_acquire)) {
     ipc::futex_wait(reinterpret_cast<const std::uint32_t*>(&word), seen, std::chrono::milliseconds(200));
     const std::uint32_t now = word.load(std::memory_order_acquire);
     if (now != seen) {
       seen = now;
-      ipc::eventfd_signal(rx_eventfd);
+      ipc::eventfd_signal(eventfd);
     }
   }
 }
@@ -246,8 +248,8 @@ Status Shard::attach_here(AttachArgs& args) {
     args.region->header_mut().generation.fetch_add(1, std::memory_order_relaxed);
   }
   ProviderBells* bells = args.bells.get();
-  const int tx_fd = bells != nullptr ? bells->provider_eventfd.get() : args.tx_eventfd.get();
-  const int rx_fd = bells != nullptr ? bells->shard_eventfds[index_].get() : args.rx_eventfd.get();
+  const int tx_fd = bells != nullptr ? bells->provider_signal.get() : args.tx_signal.get();
+  const int rx_fd = bells != nullptr ? bells->shard_signals[index_].get() : args.rx_signal.get();
   auto tx = ipc::RingProducer::attach(parts->tx, tx_fd);
   if (!tx) return tl::unexpected(tx.error());
   auto rx = ipc::RingConsumer::attach(parts->rx, rx_fd);
@@ -259,15 +261,20 @@ Status Shard::attach_here(AttachArgs& args) {
   d->port->tx.emplace(std::move(*tx));
   d->rx.emplace(std::move(*rx));
   d->feed.emplace(std::move(feed));
-  d->tx_eventfd = std::move(args.tx_eventfd);
-  d->rx_eventfd = std::move(args.rx_eventfd);
+  d->tx_signal = std::move(args.tx_signal);
+  d->rx_signal = std::move(args.rx_signal);
   Attached* raw = d.get();
+  int rx_watched = raw->rx_signal.get();
   if (args.options.notify == ipc::NotifyMode::kFutex) {
+    auto bridge_fd = ipc::make_eventfd(/*nonblocking=*/true);
+    if (!bridge_fd) return tl::unexpected(bridge_fd.error());
+    raw->bridge_eventfd = std::move(*bridge_fd);
+    rx_watched = raw->bridge_eventfd.get();
     const auto& word = raw->rx->header().futex_word;
     // SYNC(futex-gen): acquire pairs with the producer's release bump in RingProducer::wake_consumer.
     const std::uint32_t seen = word.load(std::memory_order_acquire);
     raw->futex_bridge = std::thread(run_futex_bridge, std::cref(word), seen, std::cref(raw->bridge_stop),
-                                    raw->rx_eventfd.get());
+                                    raw->bridge_eventfd.get());
   }
   if (bells != nullptr) {
     auto& b = bells_[bells];
@@ -288,7 +295,7 @@ Status Shard::attach_here(AttachArgs& args) {
     raw->bells = std::move(args.bells);
     raw->slot = args.slot;
   } else {
-    auto w = tasks_.loop().watch_eventfd(raw->rx_eventfd.get(), [this, raw](std::uint64_t) { on_rx(*raw); });
+    auto w = tasks_.loop().watch_eventfd(rx_watched, [this, raw](std::uint64_t) { on_rx(*raw); });
     if (!w) return tl::unexpected(w.error());
     d->watch = *w;
   }

@@ -17,8 +17,11 @@
 #include <unordered_map>
 #include <vector>
 
+#include <spdlog/spdlog.h>
+
 #include "event_loop_impl.hpp"
 #include "floe/ipc/fd.hpp"
+#include "floe/ipc/notify.hpp"
 #include "floe/ipc/platform.hpp"
 
 namespace floe::ipc::detail {
@@ -182,11 +185,16 @@ class EpollLoop final : public EventLoop {
         w.on_ready();
         return 1;
       case Kind::kEventfd: {
-        std::uint64_t value = 0;
-        const ssize_t r = ::read(w.fd, &value, sizeof value);
-        // EAGAIN: another reader took the counter between epoll_wait and here.
-        if (r != static_cast<ssize_t>(sizeof value)) return 0;
-        w.on_value(value);
+        auto value = eventfd_drain(w.fd);
+        if (!value) {
+          // A signal pipe whose writer is gone reads as ready forever: stop watching it.
+          spdlog::debug("event loop: watch {} (fd {}): {}; watch dropped", id, w.fd, value.error().to_string());
+          cancel(id);
+          return 0;
+        }
+        // 0: another reader took the counter between epoll_wait and here.
+        if (*value == 0) return 0;
+        w.on_value(*value);
         return 1;
       }
       case Kind::kTimer: {

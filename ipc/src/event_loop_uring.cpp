@@ -465,8 +465,10 @@ class UringLoop final : public EventLoop {
         if (w.alive) arm(w);
         return 1;
       case kTagRead:
-        if (c.res == static_cast<int>(sizeof w.value)) {
-          const std::uint64_t value = w.value;
+        // 8 bytes: an eventfd's counter or a signal pipe's signal; fewer: a pipe's writer left a
+        // partial signal, which still counts as one.
+        if (c.res > 0) {
+          const std::uint64_t value = c.res == static_cast<int>(sizeof w.value) ? w.value : 1;
           if (w.kind == Kind::kWake) {
             arm(w);
             return 0;
@@ -485,7 +487,13 @@ class UringLoop final : public EventLoop {
           arm(w);
           return 0;
         }
-        fail(w, "read", c.res < 0 ? c.res : -EIO);
+        if (c.res == 0) {
+          // A signal pipe whose writer is gone: every read would end at once. Not an error of ours.
+          spdlog::debug("event loop: watch {} (fd {}): the writer closed its end; watch dropped", w.id, w.fd);
+          kill(w);
+          return 0;
+        }
+        fail(w, "read", c.res);
         return 0;
       case kTagTimeout:
         if (c.res != -ETIME && c.res != 0) {

@@ -3,8 +3,10 @@
 #include <linux/futex.h>
 #include <sys/eventfd.h>
 #include <sys/syscall.h>
+#include <fcntl.h>
 #include <unistd.h>
 
+#include <array>
 #include <cerrno>
 #include <ctime>
 
@@ -33,19 +35,29 @@ Result<Fd> make_eventfd(bool nonblocking) {
   return Fd(fd);
 }
 
+Result<SignalPipe> make_signal_pipe() {
+  int fds[2] = {-1, -1};
+  if (::pipe2(fds, O_CLOEXEC | O_NONBLOCK) < 0) return sys_error("pipe2");
+  return SignalPipe{.read = Fd(fds[0]), .write = Fd(fds[1])};
+}
+
 void eventfd_signal(int fd) noexcept {
   const std::uint64_t one = 1;
   for (;;) {
     if (::write(fd, &one, sizeof one) >= 0) return;
-    // EAGAIN: the counter is saturated, so the reader has a wakeup pending anyway.
-    if (errno != EINTR) return;
+    if (errno != EINTR) return;  // EAGAIN: a wakeup is pending; EPIPE: the reader is gone
   }
 }
 
 Result<std::uint64_t> eventfd_drain(int fd) {
-  std::uint64_t value = 0;
+  // An eventfd reads as one 8-byte counter; a pipe as the 8-byte signals written to it (a hostile
+  // writer may leave a partial one: any byte counts as a signal).
+  std::array<std::uint64_t, 8> buf{};
   for (;;) {
-    if (::read(fd, &value, sizeof value) == static_cast<ssize_t>(sizeof value)) return value;
+    const ssize_t r = ::read(fd, buf.data(), sizeof buf);
+    if (r == static_cast<ssize_t>(sizeof(std::uint64_t))) return buf[0];
+    if (r > 0) return static_cast<std::uint64_t>(r + 7) / 8;
+    if (r == 0) return sys_error("read(signal pipe)", EPIPE, "the writer closed its end");
     if (errno == EINTR) continue;
     if (errno == EAGAIN) return 0;
     return sys_error("read(eventfd)");

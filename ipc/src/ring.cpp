@@ -432,8 +432,9 @@ bool RingConsumer::wait(std::optional<std::chrono::nanoseconds> timeout) noexcep
       const int r = ::ppoll(&pfd, 1, left ? &ts : nullptr, nullptr);
       if (r > 0 && (pfd.revents & POLLIN) != 0) {
         (void)eventfd_drain(notify_fd_);
-      } else if ((r < 0 && errno != EINTR) || (r > 0 && (pfd.revents & (POLLNVAL | POLLERR)) != 0)) {
-        // A closed or broken fd would turn this loop hot: fall back to polling the ring.
+      } else if ((r < 0 && errno != EINTR) || (r > 0 && (pfd.revents & (POLLNVAL | POLLERR | POLLHUP)) != 0)) {
+        // A closed or broken fd (or a signal pipe whose writer is gone) would turn this loop hot:
+        // fall back to polling the ring.
         std::this_thread::sleep_for(left ? std::min<std::chrono::nanoseconds>(*left, poll_interval_)
                                          : std::chrono::nanoseconds(poll_interval_));
       }

@@ -1,13 +1,15 @@
-// The provider's machinery: one epoll set (fd()) holding the management socket, every granted
-// device's tx eventfd, a wake eventfd for answers queued from other threads, and timerfds for
-// reconnects, result retries and polled rings. process() dispatches it without blocking; run()
-// waits on it in an ipc::EventLoop.
+// The provider's machinery: one epoll set (fd()) holding the management socket, the connection's
+// doorbell signal (or every granted device's tx signal, without doorbells), a wake eventfd for
+// answers queued from other threads, and timerfds for reconnects, result retries and polled rings.
+// process() dispatches it without blocking; run() waits on it in an ipc::EventLoop. The signals
+// between core and provider are pipes (ipc/notify.hpp): each side holds its own end.
 //
 // How the tx rings (core -> provider) are waited on, per the ring's NotifyMode:
-//   eventfd  the core signals the device's tx eventfd when we announced sleep (prepare_sleep);
+//   eventfd  the core signals our doorbell (or the device's tx signal pipe) when we announced
+//            sleep (prepare_sleep);
 //   futex    the core bumps the ring's futex word and FUTEX_WAKEs it; a FutexBridge thread waits on
-//            up to 127 such words at once (futex_waitv) and signals the device's tx eventfd, so
-//            the rest is the eventfd path;
+//            up to 127 such words at once (futex_waitv) and signals an eventfd of ours per device,
+//            so the rest is the eventfd path;
 //   spin     while any ring spins, an always-readable eventfd sits in the epoll set: the loop never
 //            sleeps and every pass drains every spinning ring (a core busy by design);
 //   poll     drained on a 1 ms timerfd (kPollInterval).
@@ -15,6 +17,7 @@
 
 #include <fcntl.h>
 #include <sys/epoll.h>
+#include <signal.h>
 #include <sys/resource.h>
 #include <sys/timerfd.h>
 #include <unistd.h>
@@ -54,8 +57,8 @@ struct Bells {
   explicit Bells(ipc::Region r) noexcept : region(std::move(r)) {}
   ipc::Region region;
   std::vector<ipc::Doorbell> bells;  // [0]: ours; [1 + i]: shard i's
-  ipc::Fd eventfd;                   // ours, non-blocking
-  std::vector<ipc::Fd> shard_eventfds;
+  ipc::Fd signal;                    // our doorbell's signal pipe (read end), non-blocking
+  std::vector<ipc::Fd> shard_signals;  // each shard's signal pipe (write ends)
   std::unordered_map<std::uint32_t, DeviceState*> slots;  // granted devices by slot
 };
 
@@ -65,14 +68,18 @@ struct Attachment {
   ipc::TreeWriter writer;
   ipc::RingProducer rx;
   ipc::RingConsumer tx;
-  ipc::Fd tx_eventfd;
-  ipc::Fd rx_eventfd;
+  ipc::Fd tx_signal;  // without doorbells: the tx ring's signal pipe (read end)
+  ipc::Fd rx_signal;  // and the rx ring's (write end); see ipc/notify.hpp
+  ipc::Fd bridge_eventfd{};  // NotifyMode::kFutex: ours, signalled by the bridge for each wake
   bool polled = false;     // the tx ring's mode never signals: drained on the poll timer
   bool spin = false;       // drained on every pass of the loop (NotifyMode::kSpin)
   FutexBridge* bridge = nullptr;  // watching the tx ring's futex word (NotifyMode::kFutex)
   bool tx_broken = false;  // the tx ring failed validation: no longer read
   std::shared_ptr<Bells> bells{};  // with doorbells (no eventfds of its own): kept while rx rings it
   std::uint32_t slot = 0;
+
+  /// What the loop watches for this tx ring (without doorbells).
+  [[nodiscard]] int wake_fd() const noexcept { return bridge_eventfd ? bridge_eventfd.get() : tx_signal.get(); }
 };
 
 struct DeviceState {
@@ -156,6 +163,7 @@ struct ProviderState {
   std::size_t spinning = 0;  // attached tx rings in NotifyMode::kSpin
   FutexBridges bridges;      // threads waiting on the futex words of NotifyMode::kFutex tx rings
   std::shared_ptr<Bells> bells;  // this connection's doorbells, if the core granted them
+  bool bell_again = false;       // on_bell stopped with work left: the wake eventfd brings us back
   bool bells_failed = false;     // the last doorbells were unusable: the next Hello asks for none
 
   std::deque<std::shared_ptr<Device>> devices;
@@ -325,6 +333,13 @@ void DeviceState::answer(std::uint64_t generation, std::uint64_t id, RequestStat
 
 void ProviderState::init() {
   auto fail = [this](std::string_view op) { init_error = sys_error(op, "provider initialisation").value(); };
+  // Our rx rings signal the core through pipes (ipc/notify.hpp). A signal written after the core
+  // closed its end must fail with EPIPE, not kill the process: ignore SIGPIPE unless the
+  // application chose what it does.
+  struct sigaction pipe_action {};
+  if (::sigaction(SIGPIPE, nullptr, &pipe_action) == 0 && pipe_action.sa_handler == SIG_DFL) {
+    ::signal(SIGPIPE, SIG_IGN);
+  }
   epoll = ipc::Fd(::epoll_create1(EPOLL_CLOEXEC));
   if (!epoll) return fail("epoll_create1");
   auto w = ipc::make_eventfd(/*nonblocking=*/true);
@@ -395,6 +410,7 @@ void ProviderState::dispatch(std::uint64_t tag) {
   switch (tag) {
     case kTagWake:
       (void)ipc::eventfd_drain(wake.get());
+      if (std::exchange(bell_again, false)) on_bell();
       flush_all_results();
       if (conn == Conn::kReady) {
         for (auto& d : devices) {
@@ -445,7 +461,9 @@ void ProviderState::dispatch(std::uint64_t tag) {
       // which is non-blocking.
       auto* ds = reinterpret_cast<DeviceState*>(tag);
       if (!ds->att) return;
-      (void)ipc::eventfd_drain(ds->att->tx_eventfd.get());
+      // An error: the core closed its end of the pipe (it let the device go), which would read
+      // as ready forever. The ring is still drained; the device's removal follows.
+      if (!ipc::eventfd_drain(ds->att->wake_fd())) epoll_del(ds->att->wake_fd());
       ds->att->tx.finish_sleep();
       drain(*ds);
       return;
@@ -740,7 +758,7 @@ void ProviderState::handle_grant(const proto::DeviceGrant& grant, std::vector<ip
   // With doorbells the grant carries the region alone; the eventfds are the connection's.
   const std::uint32_t slot = grant.doorbell_slot();
   const std::uint32_t shard = grant.shard();
-  if (bells && (slot >= bells->bells[0].slots() || shard >= bells->shard_eventfds.size())) {
+  if (bells && (slot >= bells->bells[0].slots() || shard >= bells->shard_signals.size())) {
     return refuse(fmt::format("doorbell slot {} or shard {} out of range", slot, shard));
   }
   ipc::Fd region_fd, tx_fd, rx_fd;
@@ -766,10 +784,10 @@ void ProviderState::handle_grant(const proto::DeviceGrant& grant, std::vector<ip
     return refuse("the region holds " + std::to_string(writer->entity_count()) + " entities, the device declares " +
                   std::to_string(ds->spec.entities.size()));
   }
-  const int rx_notify = bells ? bells->shard_eventfds[shard].get() : rx_fd.get();
+  const int rx_notify = bells ? bells->shard_signals[shard].get() : rx_fd.get();
   auto rx = ipc::RingProducer::attach(parts->rx, rx_notify);
   if (!rx) return refuse(rx.error().to_string());
-  auto tx = ipc::RingConsumer::attach(parts->tx, bells ? bells->eventfd.get() : tx_fd.get());
+  auto tx = ipc::RingConsumer::attach(parts->tx, bells ? bells->signal.get() : tx_fd.get());
   if (!tx) return refuse(tx.error().to_string());
   if (bells && static_cast<ipc::NotifyMode>(tx->header().notify_mode) != ipc::NotifyMode::kEventfd) {
     return refuse("doorbells with rings that are not in eventfd mode");
@@ -791,7 +809,11 @@ void ProviderState::handle_grant(const proto::DeviceGrant& grant, std::vector<ip
     case ipc::NotifyMode::kFutex:
       // Before the first prepare_sleep (drain() below): the bridge's snapshot of the word must
       // precede any bump the core makes for our sleep.
-      a->bridge = bridges.add(a->tx.header().futex_word, a->tx_eventfd.get());
+      // The bridge signals an eventfd of ours: the grant's tx_signal is a pipe's read end.
+      if (auto e = ipc::make_eventfd(/*nonblocking=*/true); e) {
+        a->bridge_eventfd = std::move(*e);
+        a->bridge = bridges.add(a->tx.header().futex_word, a->bridge_eventfd.get());
+      }
       a->polled = a->bridge == nullptr;  // no thread for it: the poll timer keeps it served
       break;
     case ipc::NotifyMode::kSpin:
@@ -800,7 +822,7 @@ void ProviderState::handle_grant(const proto::DeviceGrant& grant, std::vector<ip
       break;
     default: a->polled = true; break;
   }
-  if (!a->bells) epoll_add(a->tx_eventfd.get(), reinterpret_cast<std::uint64_t>(ds));
+  if (!a->bells) epoll_add(a->wake_fd(), reinterpret_cast<std::uint64_t>(ds));
   std::size_t replayed = 0;
   {
     std::lock_guard lock(ds->mu);
@@ -831,7 +853,7 @@ void ProviderState::detach(DeviceState& ds, bool retire) noexcept {
   if (const auto& b = ds.att->bells) {
     if (auto it = b->slots.find(ds.att->slot); it != b->slots.end() && it->second == &ds) b->slots.erase(it);
   } else {
-    epoll_del(ds.att->tx_eventfd.get());
+    epoll_del(ds.att->wake_fd());
   }
   // Before the eventfd closes and the region unmaps (remove() guarantees the bridge is done with both).
   if (ds.att->bridge != nullptr) ds.att->bridge->remove(ds.att->tx.header().futex_word);
@@ -875,7 +897,7 @@ void ProviderState::disconnect(const std::string& reason, bool reconnect) {
   want_write = false;
   for (auto& d : devices) detach(*d->state_);
   if (bells) {
-    epoll_del(bells->eventfd.get());
+    epoll_del(bells->signal.get());
     bells.reset();  // unmapped once the last attachment that rings it is gone
   }
   pending_adds.clear();
@@ -924,10 +946,10 @@ Status ProviderState::open_bells(const proto::DoorbellGrant& grant, std::vector<
   auto attached = ipc::doorbell_region_attach({b->region.data(), b->region.size()}, 1 + shards, grant.slots());
   if (!attached) return tl::unexpected(attached.error());
   b->bells = std::move(*attached);
-  b->eventfd = std::move(fds[1]);
-  for (std::uint32_t i = 0; i < shards; ++i) b->shard_eventfds.push_back(std::move(fds[2 + i]));
-  ::fcntl(b->eventfd.get(), F_SETFL, ::fcntl(b->eventfd.get(), F_GETFL) | O_NONBLOCK);
-  epoll_add(b->eventfd.get(), kTagBell);
+  b->signal = std::move(fds[1]);
+  for (std::uint32_t i = 0; i < shards; ++i) b->shard_signals.push_back(std::move(fds[2 + i]));
+  ::fcntl(b->signal.get(), F_SETFL, ::fcntl(b->signal.get(), F_GETFL) | O_NONBLOCK);
+  epoll_add(b->signal.get(), kTagBell);
   bells = std::move(b);
   on_bell();  // raises the flag: from now on the core signals when we sleep
   return {};
@@ -936,7 +958,8 @@ Status ProviderState::open_bells(const proto::DoorbellGrant& grant, std::vector<
 void ProviderState::on_bell() {
   const std::shared_ptr<Bells> b = bells;
   if (!b) return;
-  (void)ipc::eventfd_drain(b->eventfd.get());
+  // An error: the core closed its end (the connection is going; the socket says so next).
+  if (!ipc::eventfd_drain(b->signal.get())) epoll_del(b->signal.get());
   ipc::Doorbell& bell = b->bells[0];
   bell.finish_sleep();
   // Bounded: a core that keeps ringing must not starve the socket and the timers.
@@ -948,7 +971,10 @@ void ProviderState::on_bell() {
     if (bells != b) return;  // a handler's action disconnected us
     if (bell.prepare_sleep()) return;
   }
-  ipc::eventfd_signal(b->eventfd.get());  // more keeps coming: serve the rest of the loop first
+  // More keeps coming: serve the rest of the loop first, then come back (through our own eventfd:
+  // the doorbell's pipe is the core's to write).
+  bell_again = true;
+  ipc::eventfd_signal(wake.get());
 }
 
 void ProviderState::handle_record(DeviceState& ds, const ipc::RecordView& view) {

@@ -9,17 +9,20 @@
 #include <grp.h>
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <functional>
@@ -37,6 +40,7 @@
 #include "floe/ipc/protocol.hpp"
 #include "floe/ipc/region.hpp"
 #include "floe/ipc/ring.hpp"
+#include "floe/sdk/records.hpp"
 #include "management.pb.h"
 #include "support/child_process.hpp"
 #include "support/integration.hpp"
@@ -289,11 +293,12 @@ int scribble_bells(const std::string& dir, std::uint64_t seed) {
   return idle_until_released();
 }
 
-// Asks for doorbells, declares "evil", then tries to make the core's shards block in write(2): it
-// clears O_NONBLOCK on its copies of the shards' eventfds (the open file description is shared
-// with the core), keeps each counter one short of its maximum from a thread per eventfd, and keeps
-// every pending bit of the shards' doorbells set, so a shard that signalled itself through that
-// eventfd to come back would block for ever. Runs until the test says stop.
+// Asks for doorbells, declares "evil", then tries to make the core's shards block: it clears
+// O_NONBLOCK on its ends of the shards' signal pipes and keeps them full from a thread each (when
+// they were eventfds, sharing one open file description with the core, that made the core's own
+// writes block: a counter one short of its maximum), and keeps every pending bit of the shards'
+// doorbells set, so a shard that signalled itself through that fd to come back would block for
+// ever. Runs until the test says stop.
 int block_shards(const std::string& dir) {
   std::string error;
   auto c = connect_with_bells(dir, error);
@@ -307,7 +312,7 @@ int block_shards(const std::string& dir) {
     ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
     fillers.emplace_back([fd, &stop] {
       const std::uint64_t almost_full = 0xfffffffffffffffeULL;
-      // Blocks while the counter is not empty; refills the moment the core reads it.
+      // Blocks while the pipe (or counter) is full; refills the moment the core reads it.
       while (!stop.load()) (void)!::write(fd, &almost_full, sizeof almost_full);
     });
   }
@@ -322,11 +327,51 @@ int block_shards(const std::string& dir) {
   std::_Exit(0);
 }
 
+// Declares "evil" (signals per device, no doorbells) and answers every request it is sent, but
+// never reads the signals the core sends it, and tries to make the core's next signal block: it
+// clears O_NONBLOCK on its end, shrinks the pipe to one page and writes a counter one short of the
+// maximum into it (which, were it an eventfd shared with the core, would make the core's next
+// write block for good). It keeps its sleeping flag raised so that every request is signalled.
+// Until the test says stop; then reports "answered N unread U of C" (U bytes left unread in a
+// pipe of C bytes).
+int ignore_signals(const std::string& dir) {
+  std::string error;
+  auto g = connect_and_declare(dir, error);
+  if (!g) return child_fail(error);
+  const int fd = g->tx_efd.get();
+  ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+  (void)::fcntl(fd, F_SETPIPE_SZ, 4096);
+  const std::uint64_t almost_full = 0xfffffffffffffffeULL;
+  (void)!::write(fd, &almost_full, sizeof almost_full);
+  auto tx = ipc::RingConsumer::attach(g->parts.tx, fd);
+  auto rx = ipc::RingProducer::attach(g->parts.rx, g->rx_efd.get());
+  if (!tx || !rx) return child_fail("attach the rings");
+  (void)send_text(kCtl, "granted");
+  long answered = 0;
+  while (!readable(kCtl, 0)) {
+    auto n = tx->drain([&](const ipc::RecordView& view) {
+      auto req = sdk::decode_request(view.type, view.payload);
+      if (!req) return;
+      const auto result = sdk::encode_result(req->id, ipc::RequestStatus::kOk, {});
+      while (!rx->try_push(ipc::kRequestResult, result)) std::this_thread::yield();
+      ++answered;
+    });
+    if (!n) return child_fail(n.error().to_string());
+    if (*n == 0) (void)tx->prepare_sleep();  // and never sleeps: the core signals every request
+  }
+  int unread = -1;
+  (void)::ioctl(fd, FIONREAD, &unread);
+  const int capacity = ::fcntl(fd, F_GETPIPE_SZ);
+  (void)send_text(kCtl, fmt::format("answered {} unread {} of {}", answered, unread, capacity));
+  return idle_until_released();
+}
+
 FLOE_CHILD_ROLE(hostile) {
   const std::string& dir = args.at(0);
   const std::string& attack = args.at(1);
   if (attack == "scribble_bells") return scribble_bells(dir, std::stoull(args.at(2)));
   if (attack == "block_shards") return block_shards(dir);
+  if (attack == "ignore_signals") return ignore_signals(dir);
   std::string error;
   auto g = connect_and_declare(dir, error);
   if (!g) return child_fail(error);
@@ -580,11 +625,12 @@ class HostileProvider : public ::testing::Test {
   /// floe-core (logging at info), virtual-lights as provider "honest" (honest-1, honest-2 with
   /// entities light_1, light_2), a client, honest state set; then a first, idle connection of the
   /// hostile provider declares "evil" and leaves, so that the fd baseline includes its region.
-  void start(const std::string& top_level_config = "") {
+  void start(const std::string& top_level_config = "", const std::string& more_tables = "") {
     // The message rate limit is low enough that even a core slowed down by a sanitizer reads a
     // flood faster than it, and high enough for every other case here.
     std::ofstream(dir_ / "core.toml") << top_level_config << "provider_timeout_ms = 600000\nworker_threads = 2\n"
-                                      << "[limits]\nprovider_messages_per_second = 100\nprovider_message_burst = 1000\n";
+                                      << "[limits]\nprovider_messages_per_second = 100\nprovider_message_burst = 1000\n"
+                                      << more_tables;
     core_.emplace(FLOE_CORE_BIN,
                   std::vector<std::string>{"--socket-dir", sockets(), "--config", dir_ / "core.toml", "--log-level", "info"},
                   dir_ / "core.log");
@@ -822,7 +868,7 @@ TEST_F(HostileProvider, GarbageInItsDoorbellsHurtsNobodyElse) {
   expect_no_fd_leak();
 }
 
-TEST_F(HostileProvider, ItsEventfdsMadeBlockingAndFullNeverBlockAShard) {
+TEST_F(HostileProvider, ItsShardSignalsMadeBlockingAndFullNeverBlockAShard) {
   ASSERT_NO_FATAL_FAILURE(start());
   start_hostile({"block_shards"});
   // Both honest lights (one per shard) keep answering: no shard is stuck in write(2).
@@ -839,6 +885,40 @@ TEST_F(HostileProvider, ItsEventfdsMadeBlockingAndFullNeverBlockAShard) {
   release_hostile();
   EXPECT_TRUE(eventually([&] { return !online("evil"); }));
   expect_honest_intact();
+}
+
+TEST_F(HostileProvider, SignalsItNeverReadsNeverBlockTheCore) {
+  // Without doorbells: a signal per device, written by the client loop that takes the set.
+  ASSERT_NO_FATAL_FAILURE(start("", "[rings]\ndoorbells = false\n"));
+  start_hostile({"ignore_signals"});
+  EXPECT_TRUE(eventually([&] { return online("evil"); }));
+  // Far more signals than its pipe holds; the honest light, set through the same client session
+  // (so the same client loop), keeps answering in between.
+  constexpr int kSets = 2000;
+  for (int i = 0; i < kSets; ++i) {
+    auto r = client_->set("evil_light", "Switch", i % 2 ? "true" : "false");
+    ASSERT_TRUE(r) << "set " << i << ": " << r.error().message;
+    ASSERT_TRUE(r->results_size() == 1 && r->results(0).ok()) << "set " << i << ": " << r->DebugString();
+    if (i % 100 == 0) {
+      ASSERT_TRUE(set("light_1", "Dimmer", i % 200 ? "0.5" : "0.75")) << "round " << i;
+    }
+  }
+  ASSERT_TRUE(set("light_1", "Dimmer", "0.25"));
+  ASSERT_TRUE(send_text(ctl_, "stop"));
+  const std::string said = hostile_says();
+  unsigned answered = 0;
+  int unread = 0;
+  int capacity = 0;
+  ASSERT_EQ(std::sscanf(said.c_str(), "answered %u unread %d of %d", &answered, &unread, &capacity), 3) << said;
+  EXPECT_EQ(answered, static_cast<unsigned>(kSets));
+  // The pipe filled up, so the core's later signals found it full, and went on.
+  EXPECT_GT(capacity, 0);
+  EXPECT_EQ(unread, capacity) << said;
+  EXPECT_TRUE(core_->alive());
+  release_hostile();
+  EXPECT_TRUE(eventually([&] { return !online("evil"); }));
+  expect_honest_intact();
+  expect_no_fd_leak();
 }
 
 TEST_F(HostileProvider, GarbageInTheTreeWithAbsurdChangeRecordsIsSurvived) {

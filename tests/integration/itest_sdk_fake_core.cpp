@@ -57,7 +57,7 @@ struct Rx {
 struct FakeDevice {
   proto::AddDevice decl;
   ipc::Region region;
-  ipc::Fd tx_efd, rx_efd;
+  ipc::Fd tx_signal, rx_signal;  // our ends of the signal pipes: tx write end, rx read end
   ipc::RingProducer tx;
   ipc::RingConsumer rx;
   ipc::TreeReader reader;
@@ -254,12 +254,13 @@ class FakeCore {
     auto region = ipc::Region::create({.name = add.device_id(), .size = layout->region_size, .kind = ipc::RegionKind::kDevice});
     EXPECT_TRUE(region) << region.error().to_string();
     EXPECT_TRUE(ipc::device_region_init({region->data(), region->size()}, *layout));
-    auto tx_efd = ipc::make_eventfd();
-    auto rx_efd = ipc::make_eventfd(/*nonblocking=*/true);
+    // Signal pipes, as floe-core sends them: we keep the tx write end and the rx read end.
+    auto tx_pipe = ipc::make_signal_pipe();
+    auto rx_pipe = ipc::make_signal_pipe();
     auto parts = ipc::device_region_attach({region->data(), region->size()});
-    EXPECT_TRUE(tx_efd && rx_efd && parts);
-    auto tx = ipc::RingProducer::attach(parts->tx, tx_efd->get());
-    auto rx = ipc::RingConsumer::attach(parts->rx, rx_efd->get());
+    EXPECT_TRUE(tx_pipe && rx_pipe && parts);
+    auto tx = ipc::RingProducer::attach(parts->tx, tx_pipe->write.get());
+    auto rx = ipc::RingConsumer::attach(parts->rx, rx_pipe->read.get());
     auto reader = ipc::TreeReader::attach(parts->tree);
     EXPECT_TRUE(tx && rx && reader);
     auto shared = region->share();
@@ -275,10 +276,10 @@ class FakeCore {
     g->mutable_region()->add_fd_roles(proto::FD_ROLE_REGION);
     g->mutable_region()->add_fd_roles(proto::FD_ROLE_TX_EVENTFD);
     g->mutable_region()->add_fd_roles(proto::FD_ROLE_RX_EVENTFD);
-    const int fds[] = {shared->get(), tx_efd->get(), rx_efd->get()};
+    const int fds[] = {shared->get(), tx_pipe->read.get(), rx_pipe->write.get()};
     EXPECT_TRUE(channel_->send(reply, fds));
-    devices_.push_back(std::unique_ptr<FakeDevice>(new FakeDevice{add, std::move(*region), std::move(*tx_efd),
-                                                                  std::move(*rx_efd), std::move(*tx), std::move(*rx),
+    devices_.push_back(std::unique_ptr<FakeDevice>(new FakeDevice{add, std::move(*region), std::move(tx_pipe->write),
+                                                                  std::move(rx_pipe->read), std::move(*tx), std::move(*rx),
                                                                   std::move(*reader), {}}));
     return devices_.back().get();
   }

@@ -27,6 +27,7 @@
 #include <gtest/gtest.h>
 
 #include "floe/ipc/fd.hpp"
+#include "floe/ipc/notify.hpp"
 #include "support/environment.hpp"
 
 namespace floe::ipc {
@@ -170,6 +171,34 @@ TEST_P(EventLoopConformance, ReadablePipeWatchFiresRepeatedlyUntilDrained) {
   ASSERT_TRUE(run_until([&] { return calls == 5; }));
   run_past_sentinel(1ms);
   EXPECT_EQ(calls, 5);
+}
+
+TEST_P(EventLoopConformance, SignalPipeWatchCountsSignalsAndEndsQuietlyWhenTheWriterGoes) {
+  if (!loop_) return;
+  auto p = make_signal_pipe();
+  ASSERT_TRUE(p.has_value()) << p.error().to_string();
+  std::uint64_t sum = 0;
+  auto id = loop_->watch_eventfd(p->read.get(), [&](std::uint64_t v) {
+    EXPECT_GT(v, 0u);
+    sum += 1;
+  });
+  ASSERT_TRUE(id.has_value()) << id.error().to_string();
+  eventfd_signal(p->write.get());
+  ASSERT_TRUE(run_until([&] { return sum == 1; }));
+  // A partial signal (a hostile writer's) is a signal, not a reason to drop the watch.
+  ASSERT_EQ(::write(p->write.get(), "ab", 2), 2);
+  ASSERT_TRUE(run_until([&] { return sum == 2; }));
+  eventfd_signal(p->write.get());
+  ASSERT_TRUE(run_until([&] { return sum == 3; }));
+  // The writer goes: the pipe reads as ready forever. The watch ends instead of spinning: the
+  // loop goes back to sleep (a run_once with a timeout runs no callback).
+  p->write.reset();
+  run_past_sentinel(5ms);
+  const auto ran = loop_->run_once(20ms);
+  ASSERT_TRUE(ran.has_value());
+  EXPECT_EQ(*ran, 0u);
+  EXPECT_EQ(sum, 3u);
+  loop_->cancel(*id);  // harmless after the watch ended
 }
 
 TEST_P(EventLoopConformance, ReadableSocketWatchFiresForEachMessage) {

@@ -1,6 +1,7 @@
 #include "floe/ipc/notify.hpp"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <gtest/gtest.h>
@@ -90,6 +91,74 @@ TEST(Eventfd, BlockingDrainWakesForASignalFromAnotherThread) {
   signaller.join();
   ASSERT_TRUE(n.has_value());
   EXPECT_EQ(*n, 1u);
+}
+
+TEST(SignalPipe, EndsAreNonBlockingCloseOnExecAndSeparateDescriptions) {
+  auto p = make_signal_pipe();
+  ASSERT_TRUE(p.has_value()) << p.error().to_string();
+  for (const int fd : {p->read.get(), p->write.get()}) {
+    EXPECT_NE(::fcntl(fd, F_GETFL) & O_NONBLOCK, 0);
+    EXPECT_NE(::fcntl(fd, F_GETFD) & FD_CLOEXEC, 0);
+  }
+  // What the peer does to its end (here: the reader's) does not reach the other end.
+  ASSERT_EQ(::fcntl(p->read.get(), F_SETFL, 0), 0);
+  EXPECT_NE(::fcntl(p->write.get(), F_GETFL) & O_NONBLOCK, 0);
+}
+
+TEST(SignalPipe, DrainCountsTheSignalsAndIsZeroWhenEmpty) {
+  auto p = make_signal_pipe();
+  ASSERT_TRUE(p.has_value());
+  auto n = eventfd_drain(p->read.get());
+  ASSERT_TRUE(n.has_value());
+  EXPECT_EQ(*n, 0u);
+  eventfd_signal(p->write.get());
+  n = eventfd_drain(p->read.get());
+  ASSERT_TRUE(n.has_value());
+  EXPECT_EQ(*n, 1u);
+  for (int i = 0; i < 3; ++i) eventfd_signal(p->write.get());
+  n = eventfd_drain(p->read.get());
+  ASSERT_TRUE(n.has_value());
+  EXPECT_EQ(*n, 3u);
+  // A partial signal (a hostile writer's) still counts as one.
+  ASSERT_EQ(::write(p->write.get(), "abc", 3), 3);
+  n = eventfd_drain(p->read.get());
+  ASSERT_TRUE(n.has_value());
+  EXPECT_EQ(*n, 1u);
+}
+
+TEST(SignalPipe, AFullPipeNeverBlocksTheSignaller) {
+  auto p = make_signal_pipe();
+  ASSERT_TRUE(p.has_value());
+  // The reader shrinks the pipe and makes its end blocking: the writer's end is unaffected.
+  ASSERT_GT(::fcntl(p->read.get(), F_SETPIPE_SZ, 4096), 0);
+  ASSERT_EQ(::fcntl(p->read.get(), F_SETFL, 0), 0);
+  const int capacity = ::fcntl(p->write.get(), F_GETPIPE_SZ);
+  for (int i = 0; i < capacity / 8 + 100; ++i) eventfd_signal(p->write.get());  // EAGAIN inside
+  auto n = eventfd_drain(p->read.get());
+  ASSERT_TRUE(n.has_value());
+  EXPECT_EQ(*n, 8u) << "at most 8 signals per drain; the rest stays readable";
+}
+
+TEST(SignalPipe, AGoneWriterIsAnErrorAndAGoneReaderIsHarmless) {
+  auto p = make_signal_pipe();
+  ASSERT_TRUE(p.has_value());
+  eventfd_signal(p->write.get());
+  p->write.reset();
+  auto n = eventfd_drain(p->read.get());  // what was written before the close is still read
+  ASSERT_TRUE(n.has_value());
+  EXPECT_EQ(*n, 1u);
+  n = eventfd_drain(p->read.get());
+  ASSERT_FALSE(n.has_value());
+  EXPECT_EQ(n.error().code, EPIPE);
+
+  auto q = make_signal_pipe();
+  ASSERT_TRUE(q.has_value());
+  q->read.reset();
+  struct sigaction saved {};
+  ::sigaction(SIGPIPE, nullptr, &saved);
+  ::signal(SIGPIPE, SIG_IGN);  // as floe-core and the SDK do
+  eventfd_signal(q->write.get());  // EPIPE inside: returns
+  ::sigaction(SIGPIPE, &saved, nullptr);
 }
 
 TEST(Futex, WaitReturnsAtOnceWhenTheWordDiffers) {

@@ -3,6 +3,7 @@
 #include "floe/sdk/provider.hpp"
 
 #include <poll.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -31,6 +32,31 @@ TEST(Provider, SocketPathComesFromTheSocketDir) {
   EXPECT_EQ(p.socket_path(), "/nonexistent/floe-sdk-unit/provider.sock");
   EXPECT_GE(p.fd(), 0);
   EXPECT_FALSE(p.connected());
+}
+
+// The provider signals the core through pipes: a signal after the core closed its end must not
+// end the process. An application's own choice is kept.
+TEST(Provider, IgnoresSigpipeUnlessTheApplicationChose) {
+  struct sigaction saved {};
+  ASSERT_EQ(::sigaction(SIGPIPE, nullptr, &saved), 0);
+  ::signal(SIGPIPE, SIG_DFL);
+  { Provider p(nowhere()); }
+  struct sigaction now {};
+  ASSERT_EQ(::sigaction(SIGPIPE, nullptr, &now), 0);
+  EXPECT_EQ(now.sa_handler, SIG_IGN);
+  int pipe_fds[2];
+  ASSERT_EQ(::pipe(pipe_fds), 0);
+  ::close(pipe_fds[0]);
+  EXPECT_EQ(::write(pipe_fds[1], "x", 1), -1);  // EPIPE, and the process lives on
+  EXPECT_EQ(errno, EPIPE);
+  ::close(pipe_fds[1]);
+
+  static_cast<void>(::signal(SIGPIPE, +[](int) {}));
+  { Provider p(nowhere()); }
+  ASSERT_EQ(::sigaction(SIGPIPE, nullptr, &now), 0);
+  EXPECT_NE(now.sa_handler, SIG_IGN);
+  EXPECT_NE(now.sa_handler, SIG_DFL);
+  ::sigaction(SIGPIPE, &saved, nullptr);
 }
 
 TEST(Provider, InvalidDevicesAreRefused) {

@@ -50,9 +50,10 @@ class EventLoop {
   /// Calls `callback` every time `fd` is readable, until cancelled. The callback must consume the
   /// readiness (read the data) or it is called again.
   [[nodiscard]] virtual Result<WatchId> watch_readable(int fd, std::function<void()> callback) = 0;
-  /// For eventfds: reads the counter for you (io_uring: a read op, re-armed after each completion;
-  /// epoll: read(2) on readiness) and passes the value. The eventfd should be non-blocking for
-  /// the epoll backend; the io_uring backend accepts either.
+  /// For eventfds and the read ends of signal pipes (notify.hpp): reads the counter or a signal for
+  /// you (io_uring: a read op, re-armed after each completion; epoll: read(2) on readiness) and
+  /// passes the value. The fd should be non-blocking for the epoll backend; the io_uring backend
+  /// accepts either. A pipe whose writer has closed its end ends the watch (quietly: the peer left).
   [[nodiscard]] virtual Result<WatchId> watch_eventfd(int fd,
                                                       std::function<void(std::uint64_t)> callback) = 0;
   /// Calls `callback` after `delay`, and then every `delay` if `repeat`.

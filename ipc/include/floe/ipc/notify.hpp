@@ -29,11 +29,30 @@ enum class NotifyMode : std::uint32_t {
 /// Parses "eventfd", "futex", "spin", "poll".
 [[nodiscard]] std::optional<NotifyMode> parse_notify_mode(std::string_view text) noexcept;
 
-/// An eventfd (EFD_CLOEXEC, optionally EFD_NONBLOCK).
+/// An eventfd (EFD_CLOEXEC, optionally EFD_NONBLOCK): a wakeup within one process.
 [[nodiscard]] Result<Fd> make_eventfd(bool nonblocking = false);
-/// Adds 1 to an eventfd's counter (write(2)); EAGAIN on a saturated counter is not an error.
+
+/// A wakeup between two processes that need not trust each other: a pipe, both ends O_CLOEXEC and
+/// O_NONBLOCK; the signalling side keeps `write`, the waiting side `read`. An eventfd is one open
+/// file description that both holders share, so either of them can clear O_NONBLOCK (F_SETFL) and
+/// fill the counter, and the other's next write(2) then blocks for good. Each end of a pipe is a
+/// description of its own: what the peer does to its end never makes ours block. A full pipe (the
+/// reader stopped reading) means a wakeup is pending anyway. Writing to a pipe whose reader is gone
+/// raises SIGPIPE: a process that signals through one ignores SIGPIPE (floe-core and the SDK do).
+struct SignalPipe {
+  Fd read;
+  Fd write;
+};
+[[nodiscard]] Result<SignalPipe> make_signal_pipe();
+
+/// Signals an eventfd (adds 1) or the write end of a signal pipe (writes 8 bytes). Never an error:
+/// EAGAIN (a saturated counter, a full pipe) means a wakeup is already pending, and EPIPE means
+/// nobody is left to wake.
 void eventfd_signal(int fd) noexcept;
-/// Reads and clears the counter; returns 0 on EAGAIN (non-blocking fd with nothing pending).
+/// Takes what is pending on an eventfd (its counter, cleared) or on the read end of a signal pipe
+/// (the signals read, at most 8 per call: the rest stays readable). Returns 0 when nothing is
+/// pending (a non-blocking fd); an error once a pipe's writer has closed its end, since the fd then
+/// reads as ready forever.
 [[nodiscard]] Result<std::uint64_t> eventfd_drain(int fd);
 
 /// FUTEX_WAIT on a word that may live in shared memory (no FUTEX_PRIVATE_FLAG). Returns when woken,

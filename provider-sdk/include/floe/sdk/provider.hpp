@@ -186,6 +186,8 @@ class Request {
 class Provider {
  public:
   /// Never fails; a failure to create its descriptors is reported by run() / process().
+  /// Sets SIGPIPE to ignored if it is at its default: the provider signals the core through pipes,
+  /// and a signal sent just after the core closed its end must not end the process.
   explicit Provider(ProviderOptions options);
   Provider(const Provider&) = delete;
   Provider& operator=(const Provider&) = delete;
