@@ -165,6 +165,7 @@ struct ProviderState {
   std::shared_ptr<Bells> bells;  // this connection's doorbells, if the core granted them
   bool bell_again = false;       // on_bell stopped with work left: the wake eventfd brings us back
   bool bells_failed = false;     // the last doorbells were unusable: the next Hello asks for none
+                                 // (and the one after asks again)
 
   std::deque<std::shared_ptr<Device>> devices;
   // Removed by remove_device() during this process() call: kept until it returns, since events of
@@ -677,6 +678,10 @@ void ProviderState::handle(proto::Envelope& env, std::vector<ipc::Fd>& fds) {
           disconnect(with_last_word("unusable doorbells from floe-core: " + r.error().message));
           return;
         }
+      } else {
+        // Connected without them: the next connection (maybe to a core fixed or replaced
+        // meanwhile) asks again.
+        bells_failed = false;
       }
       spdlog::info("floe-sdk: provider '{}' connected to floe-core '{}' (session {}), declaring {} device(s)",
                    options.name, env.welcome().core_name(), env.welcome().session_id(), devices.size());

@@ -227,6 +227,11 @@ class FakeCore {
     return !receive(env);
   }
   std::vector<std::unique_ptr<FakeDevice>>& devices() { return devices_; }
+  /// Closes the connection, as a core that exits does.
+  void hang_up() {
+    channel_.reset();
+    devices_.clear();
+  }
 
  private:
   // The Welcome answering the last Hello, for a new session.
@@ -522,6 +527,8 @@ TEST(SdkFakeCore, RefusedProtocolAndRefusedDeviceAreRetriedWithoutCrashing) {
 
 // A core whose doorbells do not add up (an eventfd short of the shards it announces) ends the
 // connection; the SDK's next Hello asks for none, and it works on eventfds per device.
+// ... and only the next: the connection after that one asks again (the core may have been fixed or
+// replaced meanwhile).
 TEST(SdkFakeCore, UnusableDoorbellsEndTheConnectionAndTheNextHelloAsksForNone) {
   TempDir dir;
   FakeCore core(dir.path);
@@ -542,6 +549,10 @@ TEST(SdkFakeCore, UnusableDoorbellsEndTheConnectionAndTheNextHelloAsksForNone) {
   auto r = d->result(1);
   ASSERT_TRUE(r) << "no result";
   EXPECT_EQ(r->status, ipc::RequestStatus::kOk) << r->message;
+  core.hang_up();
+  auto third = core.accept(5s);
+  ASSERT_TRUE(third);
+  EXPECT_TRUE(third->doorbells()) << "one connection without doorbells, then they are asked for again";
   child->kill(SIGTERM);
   EXPECT_EQ(child->wait(10s), 0);
 }
