@@ -330,7 +330,13 @@ void Shard::detach_here(std::uint64_t key) {
     std::lock_guard lock(ports_mu_);
     ports_.erase(key);
   }
-  devices_.erase(it);  // ~Attached closes the port before the eventfds and the mapping go
+  const DeviceId device = it->second->device;
+  devices_.erase(it);  // ~Attached closes the port before the signals and the mapping go
+  // Whoever asked for the detach failed the device's pending requests already, but a set that
+  // passed its online check before that could still be added and published to the ring until the
+  // port closed just now: nobody will answer it. Fail those too, rather than let them time out.
+  // A set submitted from now on finds the port gone and is answered OFFLINE by submit().
+  core_.pending.fail_device(device, {proto::ERROR_CODE_OFFLINE, "the device went offline"});
 }
 
 void Shard::forget_bells(std::shared_ptr<ProviderBells> bells) {

@@ -762,6 +762,49 @@ TEST_F(CoreDaemon, RemovedDeviceIsGoneFromRegistryStateAndFdsAndCanReturn) {
   EXPECT_EQ(stop_core(), 0);
 }
 
+TEST_F(CoreDaemon, SetsRacingADeviceRemovalAreAnsweredAtOnceNeverTimedOut) {
+  // A removal fails the device's pending sets OFFLINE at once and posts the detach to the device's
+  // shard. A set that passed its online check just before, and was added to the pending table
+  // after that sweep, still reached the ring (the shard had not detached yet) and then waited out
+  // the whole request timeout. The shard now fails the device's pending sets again once detached.
+  Client client = start_core_and_provider();
+  ASSERT_FALSE(HasFailure());
+  std::atomic<bool> stop{false};
+  std::atomic<int> ok{0}, offline{0}, not_found{0}, timed_out{0}, other{0};
+  std::vector<std::thread> hammers;
+  for (int t = 0; t < 2; ++t) {
+    hammers.emplace_back([&] {
+      Client c(sock_dir_);
+      if (!c.hello()) return ++other, void();
+      while (!stop.load()) {
+        auto s = c.set("fan_switch", "Switch", "true");
+        if (!s) return ++other, void();
+        if (s->has_set()) {
+          ++ok;
+          continue;
+        }
+        switch (s->error().code()) {
+          case proto::ERROR_CODE_OFFLINE: ++offline; break;
+          case proto::ERROR_CODE_NOT_FOUND: ++not_found; break;
+          case proto::ERROR_CODE_TIMEOUT: ++timed_out; break;
+          default: ++other; break;
+        }
+      }
+    });
+  }
+  for (int round = 0; round < 150; ++round) {
+    ASSERT_EQ(command("remove fan"), "ok");
+    ASSERT_TRUE(eventually([&] { return !client.device("fan"); }));
+    ASSERT_EQ(command("add fan"), "ok");
+    ASSERT_TRUE(eventually([&] { return client.online("fan"); }));
+  }
+  stop = true;
+  for (auto& h : hammers) h.join();
+  EXPECT_EQ(timed_out.load(), 0) << ok << " ok, " << offline << " offline, " << not_found << " not found";
+  EXPECT_EQ(other.load(), 0);
+  EXPECT_GT(ok.load(), 0);
+}
+
 TEST_F(CoreDaemon, ASetSentTheMomentADeviceShowsOnlineReachesIt) {
   // A client session writes a set onto the device's tx ring itself, so the device must not show
   // online before its shard holds the ring (it did: the registry said online first, and a set in
