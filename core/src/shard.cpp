@@ -336,7 +336,7 @@ void Shard::detach_here(std::uint64_t key) {
   // passed its online check before that could still be added and published to the ring until the
   // port closed just now: nobody will answer it. Fail those too, rather than let them time out.
   // A set submitted from now on finds the port gone and is answered OFFLINE by submit().
-  core_.pending.fail_device(device, {proto::ERROR_CODE_OFFLINE, "the device went offline"});
+  core_.pending.fail_device(device, {proto::ERROR_CODE_OFFLINE, "the device is offline"});
 }
 
 void Shard::forget_bells(std::shared_ptr<ProviderBells> bells) {
