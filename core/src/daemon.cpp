@@ -665,7 +665,7 @@ void Daemon::handle_provider(ProviderSession& s, const proto::Envelope& env, std
         for (const auto& e : provider_ends) welcome_fds.push_back(e.get());
       } else {
         // Without doorbells every grant carries its own signal pipes: slower, but it works.
-        spdlog::warn("{}: no doorbells ({}); eventfds per device instead", s.who(), bells.error().to_string());
+        spdlog::warn("{}: no doorbells ({}); signal pipes per device instead", s.who(), bells.error().to_string());
       }
     }
     if (auto r = s.channel.send(w, welcome_fds); !r) spdlog::warn("{}: sending Welcome: {}", s.who(), r.error().to_string());

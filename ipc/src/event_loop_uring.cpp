@@ -30,6 +30,7 @@
 #include <time.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -43,6 +44,7 @@
 
 #include "event_loop_impl.hpp"
 #include "floe/ipc/fd.hpp"
+#include "floe/ipc/notify.hpp"
 #include "floe/ipc/platform.hpp"
 
 namespace floe::ipc::detail {
@@ -68,9 +70,10 @@ struct Watch {
   int fd = -1;
   bool alive = true;
   bool poll_before_read = false;  // O_NONBLOCK eventfd: POLL_ADD linked to the READ
+  bool nonblocking = false;       // the fd was O_NONBLOCK when watched: reading it never blocks
   bool repeat = false;
   std::uint8_t armed = 0;         // bit(tag) per op whose final completion has not arrived
-  std::uint64_t value = 0;        // IORING_OP_READ target
+  std::array<std::uint64_t, 8> value{};  // IORING_OP_READ target: an eventfd's counter, or signals of a pipe
   __kernel_timespec deadline{};   // IORING_OP_TIMEOUT target, absolute CLOCK_MONOTONIC
   std::chrono::nanoseconds period{};
   std::function<void()> on_ready;
@@ -188,6 +191,7 @@ class UringLoop final : public EventLoop {
     w->kind = Kind::kEventfd;
     w->fd = fd;
     w->poll_before_read = (flags & O_NONBLOCK) != 0;
+    w->nonblocking = w->poll_before_read;
     w->on_value = std::move(callback);
     return add(std::move(w));
   }
@@ -338,7 +342,7 @@ class UringLoop final : public EventLoop {
           sqe = io_uring_get_sqe(&ring_);  // get_sqe(2) guaranteed the room
         }
         FLOE_ASSERT((w.armed & bit(kTagRead)) == 0);
-        io_uring_prep_read(sqe, w.fd, &w.value, sizeof w.value, 0);
+        io_uring_prep_read(sqe, w.fd, w.value.data(), sizeof w.value, 0);
         io_uring_sqe_set_data64(sqe, encode(w.id, kTagRead));
         w.armed |= bit(kTagRead);
         ++armed_ops_;
@@ -465,10 +469,13 @@ class UringLoop final : public EventLoop {
         if (w.alive) arm(w);
         return 1;
       case kTagRead:
-        // 8 bytes: an eventfd's counter or a signal pipe's signal; fewer: a pipe's writer left a
-        // partial signal, which still counts as one.
+        // 8 bytes: an eventfd's counter or a signal pipe's signal; more: a pipe's signals (a full
+        // buffer: whatever else the pipe holds is read now, so that however much a peer wrote
+        // costs one callback).
         if (c.res > 0) {
-          const std::uint64_t value = c.res == static_cast<int>(sizeof w.value) ? w.value : 1;
+          const bool full = c.res == static_cast<int>(sizeof w.value);
+          const std::uint64_t value =
+              ipc::signals_read(w.fd, w.value[0], static_cast<std::size_t>(c.res), full && w.nonblocking);
           if (w.kind == Kind::kWake) {
             arm(w);
             return 0;

@@ -49,14 +49,33 @@ void eventfd_signal(int fd) noexcept {
   }
 }
 
+std::uint64_t signals_read(int fd, std::uint64_t first, std::size_t bytes, bool drain_rest) noexcept {
+  // 8 bytes: an eventfd's counter (never 0) or one signal of a pipe (a peer may have written 0).
+  if (bytes == sizeof(std::uint64_t)) return first != 0 ? first : 1;
+  // A pipe: 8 bytes per signal (a hostile writer may leave a partial one: any byte counts).
+  std::uint64_t n = (bytes + 7) / 8;
+  if (!drain_rest) return n;
+  // The peer may have written far more (a pipe can hold up to 1 MiB): empty it now, in big reads,
+  // so that one write of its costs one wakeup here, not one per signal.
+  std::array<std::byte, 16384> rest;
+  for (;;) {
+    const ssize_t r = ::read(fd, rest.data(), rest.size());
+    if (r > 0) n += (static_cast<std::uint64_t>(r) + 7) / 8;
+    if (r == static_cast<ssize_t>(rest.size())) continue;
+    if (r < 0 && errno == EINTR) continue;
+    return n;  // a short read, EAGAIN, or EOF (reported by the next read)
+  }
+}
+
 Result<std::uint64_t> eventfd_drain(int fd) {
-  // An eventfd reads as one 8-byte counter; a pipe as the 8-byte signals written to it (a hostile
-  // writer may leave a partial one: any byte counts as a signal).
   std::array<std::uint64_t, 8> buf{};
   for (;;) {
     const ssize_t r = ::read(fd, buf.data(), sizeof buf);
-    if (r == static_cast<ssize_t>(sizeof(std::uint64_t))) return buf[0];
-    if (r > 0) return static_cast<std::uint64_t>(r + 7) / 8;
+    if (r > 0) {
+      // Only a full buffer may leave more behind (an eventfd reads as 8 bytes).
+      const bool full = r == static_cast<ssize_t>(sizeof buf);
+      return signals_read(fd, buf[0], static_cast<std::size_t>(r), full && (::fcntl(fd, F_GETFL) & O_NONBLOCK) != 0);
+    }
     if (r == 0) return sys_error("read(signal pipe)", EPIPE, "the writer closed its end");
     if (errno == EINTR) continue;
     if (errno == EAGAIN) return 0;

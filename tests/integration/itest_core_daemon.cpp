@@ -148,7 +148,10 @@ FLOE_CHILD_ROLE(provider) {
   if (!parts) return child_fail(18, parts.error().to_string());
   auto writer = ipc::TreeWriter::attach(parts->tree);
   if (!writer) return child_fail(19, writer.error().to_string());
-  const int tx_efd = (*fds)[1].get();
+  // Signals through pipes (as every provider does): one sent after the core closed its end must
+  // fail with EPIPE, not end this process.
+  ::signal(SIGPIPE, SIG_IGN);
+  int tx_efd = (*fds)[1].get();
   auto rx = ipc::RingProducer::attach(parts->rx, (*fds)[2].get());
   auto tx = ipc::RingConsumer::attach(parts->tx, tx_efd);
   if (!rx || !tx) return child_fail(20, "ring attach");
@@ -165,6 +168,9 @@ FLOE_CHILD_ROLE(provider) {
     if (tx->prepare_sleep()) {
       pollfd p[2] = {{tx_efd, POLLIN, 0}, {ch->fd(), POLLIN, 0}};
       ::poll(p, 2, 200);
+      // The core closed its end of the tx signal (it let the device go): stop watching it, or
+      // every poll would return at once.
+      if ((p[0].revents & (POLLHUP | POLLERR)) != 0 && (p[0].revents & POLLIN) == 0) tx_efd = -1;
       if (p[1].revents != 0) {
         // The core's liveness probe is answered; anything else (EOF first) ends the provider.
         proto::Envelope in;

@@ -526,7 +526,7 @@ TEST(SdkFakeCore, RefusedProtocolAndRefusedDeviceAreRetriedWithoutCrashing) {
 }
 
 // A core whose doorbells do not add up (an eventfd short of the shards it announces) ends the
-// connection; the SDK's next Hello asks for none, and it works on eventfds per device.
+// connection; the SDK's next Hello asks for none, and it works on signals per device.
 // ... and only the next: the connection after that one asks again (the core may have been fixed or
 // replaced meanwhile).
 TEST(SdkFakeCore, UnusableDoorbellsEndTheConnectionAndTheNextHelloAsksForNone) {

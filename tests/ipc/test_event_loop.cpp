@@ -201,6 +201,32 @@ TEST_P(EventLoopConformance, SignalPipeWatchCountsSignalsAndEndsQuietlyWhenTheWr
   loop_->cancel(*id);  // harmless after the watch ended
 }
 
+TEST_P(EventLoopConformance, AFullSignalPipeCostsOneCallback) {
+  if (!loop_) return;
+  auto p = make_signal_pipe();
+  ASSERT_TRUE(p.has_value()) << p.error().to_string();
+  // A peer enlarges the pipe and fills it with one write: one wakeup's worth of work for the loop,
+  // not one per signal (32,768 of them here).
+  ASSERT_GT(::fcntl(p->write.get(), F_SETPIPE_SZ, 256 * 1024), 0);
+  const std::vector<std::byte> flood(static_cast<std::size_t>(::fcntl(p->write.get(), F_GETPIPE_SZ)), std::byte{1});
+  ASSERT_EQ(::write(p->write.get(), flood.data(), flood.size()), static_cast<ssize_t>(flood.size()));
+  int calls = 0;
+  std::uint64_t total = 0;
+  auto id = loop_->watch_eventfd(p->read.get(), [&](std::uint64_t v) {
+    ++calls;
+    total += v;
+  });
+  ASSERT_TRUE(id.has_value()) << id.error().to_string();
+  run_past_sentinel(5ms);
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(total, flood.size() / 8);
+  // And the pipe is empty: nothing more comes.
+  const auto ran = loop_->run_once(20ms);
+  ASSERT_TRUE(ran.has_value());
+  EXPECT_EQ(*ran, 0u);
+  loop_->cancel(*id);
+}
+
 TEST_P(EventLoopConformance, ReadableSocketWatchFiresForEachMessage) {
   if (!loop_) return;
   auto [a, b] = make_socketpair();
