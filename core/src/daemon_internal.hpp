@@ -218,6 +218,8 @@ class Shard {
   std::unordered_map<const ProviderBells*, std::unique_ptr<RxBell>> bells_;  // loop thread only
   std::vector<std::uint64_t> again_devices_;         // loop thread only
   std::vector<const ProviderBells*> again_bells_;    // loop thread only
+  std::vector<std::uint64_t> again_devices_now_;     // on_again's round (kept: no allocation per round)
+  std::vector<const ProviderBells*> again_bells_now_;
   std::mutex ports_mu_;
   std::unordered_map<std::uint64_t, std::shared_ptr<TxPort>> ports_;  // ports_mu_
   std::vector<ChangeRecord> changes_;  // scratch

@@ -400,8 +400,9 @@ void Shard::come_back(RxBell& b) {
 
 void Shard::on_again() {
   // One round each, then back to the loop: what comes back during it waits for the next wakeup.
-  std::vector<std::uint64_t> devices;
-  std::vector<const ProviderBells*> bells;
+  // The lists swap with kept ones (cleared after), so a round allocates nothing once warm.
+  std::vector<std::uint64_t>& devices = again_devices_now_;
+  std::vector<const ProviderBells*>& bells = again_bells_now_;
   devices.swap(again_devices_);
   bells.swap(again_bells_);
   for (const std::uint64_t key : devices) {
@@ -416,6 +417,8 @@ void Shard::on_again() {
       on_bell(*it->second);
     }
   }
+  devices.clear();
+  bells.clear();
 }
 
 void Shard::on_rx(Attached& d) {
