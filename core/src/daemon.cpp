@@ -13,7 +13,10 @@
 #include <filesystem>
 #include <chrono>
 #include <cstring>
+#include <fstream>
 #include <list>
+#include <optional>
+#include <sstream>
 #include <thread>
 
 #include <fmt/format.h>
@@ -86,7 +89,35 @@ struct Device {
   // Its last provider was disconnected for corrupting a ring: whatever else it wrote into the
   // region is suspect, so the next declaration gets a new region (and loses the old state).
   bool tainted = false;
+  // The process its last grant went to (pid, and its start time: one process instance), if known.
+  pid_t granted_pid = 0;
+  std::uint64_t granted_start = 0;
 };
+
+namespace {
+
+/// When a live process started (/proc/PID/stat field 22, clock ticks since boot): with the pid it
+/// names one process, since a pid reused later has a later start. nullopt if the process is gone
+/// (or a zombie, which writes nothing any more) or cannot be read.
+std::optional<std::uint64_t> process_start(pid_t pid) {
+  if (pid <= 0) return std::nullopt;
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(in, line)) return std::nullopt;
+  const std::size_t name_end = line.rfind(')');  // the name (field 2) may hold spaces and ')'
+  if (name_end == std::string::npos) return std::nullopt;
+  std::istringstream fields(line.substr(name_end + 1));
+  char state = 0;
+  fields >> state;  // field 3
+  if (state == 'Z' || state == 'X' || state == 'x') return std::nullopt;
+  std::string skip;
+  for (int field = 4; field < 22; ++field) fields >> skip;
+  std::uint64_t start = 0;
+  if (!(fields >> start)) return std::nullopt;
+  return start;
+}
+
+}  // namespace
 
 /// Whether a known device's region still holds the structure the core wrote: the region header
 /// as a provider's Region::open checks it, the device header byte for byte, and a tree that
@@ -123,6 +154,7 @@ struct ProviderSession {
   std::uint64_t id = 0;
   ipc::Channel channel;
   ipc::PeerCredentials peer;
+  std::uint64_t peer_start = 0;  // process_start(peer.pid) at accept; 0 if unknown
   std::string name;
   bool welcomed = false;
   ipc::WatchId watch = 0;
@@ -494,6 +526,7 @@ void Daemon::accept_provider() {
   auto s = std::make_unique<ProviderSession>(std::move(*ch), limits);
   s->id = core_.next_session_id.fetch_add(1, std::memory_order_relaxed);
   s->peer = *cred;
+  s->peer_start = process_start(cred->pid).value_or(0);
   const std::uint64_t sid = s->id;
   auto w = core_.main.loop().watch_readable(s->channel.fd(), [this, sid] { on_provider_readable(sid); });
   if (!w) {
@@ -781,6 +814,11 @@ void Daemon::add_device(ProviderSession& s, std::uint64_t msg_id, const proto::A
       why_new = "re-declared with a different schema";
     } else if (old.tainted) {
       why_new = "its last provider corrupted its region";
+    } else if (old.granted_start != 0 && old.granted_pid != s.peer.pid &&
+               process_start(old.granted_pid) == old.granted_start) {
+      // It lost its connection but lives on, the region still mapped writable: it could write the
+      // tree or race the rings' re-initialisation under the new provider.
+      why_new = fmt::format("its last provider (pid {}) still runs and maps its region", old.granted_pid);
     } else if (auto intact = check_region(old); !intact) {
       why_new = "its region fails validation (" + intact.error().message + ")";
     }
@@ -890,6 +928,8 @@ void Daemon::add_device(ProviderSession& s, std::uint64_t msg_id, const proto::A
   }
   dev->ever_attached = true;
   dev->owner = s.id;
+  dev->granted_pid = s.peer.pid;
+  dev->granted_start = s.peer_start;
   dev->available = true;
   devices_[id] = dev;
   core_.meta[id] = std::move(meta);

@@ -383,6 +383,15 @@ FLOE_CHILD_ROLE(hostile) {
 
   if (attack == "idle") return idle_until_released();
 
+  if (attack == "hang_up") {
+    // Drops its connection but lives on, its region still mapped; tells the test the region's inode.
+    struct stat st {};
+    (void)::fstat(g->region.fd(), &st);
+    (void)::shutdown(g->channel.fd(), SHUT_RDWR);
+    (void)send_text(kCtl, "inode " + std::to_string(st.st_ino));
+    return idle_until_released();
+  }
+
   if (attack == "scribble") {
     // Random bytes over the whole region (region header, device header, tree, both rings), again
     // and again, signalling both of the core's eventfds, until the core hangs up.
@@ -920,6 +929,37 @@ TEST_F(HostileProvider, SignalsItNeverReadsNeverBlockTheCore) {
   EXPECT_EQ(unread, capacity) << said;
   EXPECT_TRUE(core_->alive());
   release_hostile();
+  EXPECT_TRUE(eventually([&] { return !online("evil"); }));
+  expect_honest_intact();
+  expect_no_fd_leak();
+}
+
+TEST_F(HostileProvider, ARegionItsLastProviderStillMapsGoesToNoOtherProvider) {
+  ASSERT_NO_FATAL_FAILURE(start());
+  // It declares "evil", then drops its connection and lives on, the region mapped writable.
+  start_hostile({"hang_up"});
+  const std::string said = hostile_says();
+  ASSERT_EQ(said.rfind("inode ", 0), 0u) << said;
+  const std::string first_inode = said.substr(6);
+  EXPECT_TRUE(eventually([&] { return known("evil") && !online("evil"); }));
+  // Another process (this one) declares it, as the same provider: a new region, not the one the
+  // first can still write into.
+  std::string error;
+  std::optional<Grant> next;
+  EXPECT_TRUE(logs_one_more({"device 'evil'", "still runs and maps its region: new region"},
+                            [&] { next = connect_and_declare(sockets(), error); }));
+  ASSERT_TRUE(next) << error;
+  struct stat st {};
+  ASSERT_EQ(::fstat(next->region.fd(), &st), 0);
+  EXPECT_NE(std::to_string(st.st_ino), first_inode);
+  EXPECT_TRUE(eventually([&] { return online("evil"); }));
+  next.reset();
+  EXPECT_TRUE(eventually([&] { return !online("evil"); }));
+  release_hostile();
+  // Its last holder gone (and the one before), the next declaration keeps the region and its state.
+  EXPECT_TRUE(logs_one_more({"device 'evil' online", "state kept"}, [&] { next = connect_and_declare(sockets(), error); }));
+  ASSERT_TRUE(next) << error;
+  next.reset();
   EXPECT_TRUE(eventually([&] { return !online("evil"); }));
   expect_honest_intact();
   expect_no_fd_leak();
