@@ -147,22 +147,24 @@ class FakeCore {
     return env.hello();
   }
   void welcome() { ASSERT_TRUE(channel_->send(welcome_envelope())); }
-  // Welcomes with doorbells for `shards` shards (64 slots each) but sends `eventfds` eventfds after
-  // the region (1 + shards is right).
-  void welcome_with_bells(std::uint32_t shards, std::size_t eventfds) {
+  // Welcomes with doorbells for `shards` shards (64 slots each) but sends `signals` signal pipe
+  // ends after the region (1 + shards is right): as floe-core does, the read end of the provider's
+  // doorbell signal, then the write end of each shard's.
+  void welcome_with_bells(std::uint32_t shards, std::size_t signals) {
     auto region = ipc::Region::create({.name = "fake-bells", .size = ipc::doorbell_region_size(1 + shards, 64),
                                        .kind = ipc::RegionKind::kDoorbells});
     ASSERT_TRUE(region) << region.error().to_string();
     ASSERT_TRUE(ipc::doorbell_region_init({region->data(), region->size()}, 1 + shards, 64));
     auto shared = region->share();
     ASSERT_TRUE(shared);
-    std::vector<ipc::Fd> efds;
+    std::vector<ipc::SignalPipe>& pipes = bell_pipes_;  // our ends stay open, as a core's do
+    pipes.clear();
     std::vector<int> fds{shared->get()};
-    for (std::size_t i = 0; i < eventfds; ++i) {
-      auto e = ipc::make_eventfd(true);
-      ASSERT_TRUE(e);
-      fds.push_back(e->get());
-      efds.push_back(std::move(*e));
+    for (std::size_t i = 0; i < signals; ++i) {
+      auto p = ipc::make_signal_pipe();
+      ASSERT_TRUE(p);
+      fds.push_back(i == 0 ? p->read.get() : p->write.get());
+      pipes.push_back(std::move(*p));
     }
     proto::Envelope env = welcome_envelope();
     auto* g = env.mutable_welcome()->mutable_doorbells();
@@ -231,6 +233,7 @@ class FakeCore {
   void hang_up() {
     channel_.reset();
     devices_.clear();
+    bell_pipes_.clear();
   }
 
  private:
@@ -297,6 +300,7 @@ class FakeCore {
   std::uint64_t hello_id_ = 0;
   std::uint64_t session_ = 0;
   std::optional<ipc::Region> bells_;
+  std::vector<ipc::SignalPipe> bell_pipes_;
 };
 
 struct TempDir {
