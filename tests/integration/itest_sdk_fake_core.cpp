@@ -3,6 +3,7 @@
 // SetRequests into tx rings and reads change records and results from rx rings. The providers are
 // real processes: the virtual-lights example and SDK programs in child roles of this binary.
 // "Restarting the core" closes every socket and region and listens again at the same path.
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -229,6 +230,8 @@ class FakeCore {
     return !receive(env);
   }
   std::vector<std::unique_ptr<FakeDevice>>& devices() { return devices_; }
+  /// Grants from now on carry eventfds, as a core older than signal pipes sent.
+  void send_eventfds() { send_eventfds_ = true; }
   /// Closes the connection, as a core that exits does.
   void hang_up() {
     channel_.reset();
@@ -262,9 +265,10 @@ class FakeCore {
     auto region = ipc::Region::create({.name = add.device_id(), .size = layout->region_size, .kind = ipc::RegionKind::kDevice});
     EXPECT_TRUE(region) << region.error().to_string();
     EXPECT_TRUE(ipc::device_region_init({region->data(), region->size()}, *layout));
-    // Signal pipes, as floe-core sends them: we keep the tx write end and the rx read end.
-    auto tx_pipe = ipc::make_signal_pipe();
-    auto rx_pipe = ipc::make_signal_pipe();
+    // Signal pipes, as floe-core sends them: we keep the tx write end and the rx read end. As a
+    // core older than signal pipes did (send_eventfds()): one eventfd each way, shared.
+    auto tx_pipe = send_eventfds_ ? eventfd_pair() : ipc::make_signal_pipe();
+    auto rx_pipe = send_eventfds_ ? eventfd_pair() : ipc::make_signal_pipe();
     auto parts = ipc::device_region_attach({region->data(), region->size()});
     EXPECT_TRUE(tx_pipe && rx_pipe && parts);
     auto tx = ipc::RingProducer::attach(parts->tx, tx_pipe->write.get());
@@ -292,7 +296,16 @@ class FakeCore {
     return devices_.back().get();
   }
 
+  // An eventfd as both "ends" of a signal (two descriptors of one open file description).
+  static Result<ipc::SignalPipe> eventfd_pair() {
+    auto e = ipc::make_eventfd(/*nonblocking=*/true);
+    if (!e) return tl::unexpected(e.error());
+    ipc::Fd dup(::fcntl(e->get(), F_DUPFD_CLOEXEC, 0));
+    return ipc::SignalPipe{.read = std::move(*e), .write = std::move(dup)};
+  }
+
   std::string dir_;
+  bool send_eventfds_ = false;
   ipc::DeviceRegionOptions region_options_;
   std::optional<ipc::Listener> listener_;
   std::optional<ipc::Channel> channel_;
@@ -508,6 +521,29 @@ TEST(SdkFakeCore, RequestsCanBeAnsweredLaterFromAnotherThread) {
   auto text = d->reader.read_text(0, Component::Text);
   ASSERT_TRUE(text);
   EXPECT_EQ(*text, "hello from the core");
+  child->kill(SIGTERM);
+  EXPECT_EQ(child->wait(10s), 0);
+}
+
+// A core older than signal pipes sent eventfds in its grants: the SDK reads and writes them the
+// same way (and its futex bridges and come-backs never write the grant's fds).
+TEST(SdkFakeCore, AnOlderCoresEventfdsStillWork) {
+  TempDir dir;
+  FakeCore core(dir.path);
+  auto child = test::spawn_child("late_answers", {}, {});
+  ASSERT_TRUE(child) << child.error().to_string();
+  ASSERT_TRUE(core.accept());
+  core.welcome();
+  core.send_eventfds();
+  FakeDevice* d = core.add_device();
+  ASSERT_TRUE(d);
+  for (std::uint64_t id = 1; id <= 20; ++id) {
+    d->request(id, 0, Component::Dimmer, ipc::Value{id / 20.0});
+    auto r = d->result(id);
+    ASSERT_TRUE(r) << "no result for request " << id;
+    EXPECT_EQ(r->status, ipc::RequestStatus::kOk) << r->message;
+  }
+  EXPECT_TRUE(d->wait_value(0, Component::Dimmer, ipc::Value{1.0}));
   child->kill(SIGTERM);
   EXPECT_EQ(child->wait(10s), 0);
 }
