@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <span>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -14,6 +15,7 @@
 #include "daemon_internal.hpp"
 #include "floe/core/engine.hpp"
 #include "floe/core/query_parser.hpp"
+#include "floe/ipc/answer_parts.hpp"
 #include "floe/ipc/notify.hpp"
 #include "floe/ipc/protocol.hpp"
 #include "floe/ipc/text.hpp"
@@ -183,22 +185,61 @@ void ClientSession::enqueue(std::string bytes, std::uint64_t watch_id) {
       const ssize_t sent = ::send(channel_.fd(), bytes.data(), bytes.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
       if (sent == static_cast<ssize_t>(bytes.size())) return;
     }
-    if (watch_id != 0) {
-      // A client that reads slowly gets the newest result of each watch, never a stale one, and
-      // the outbox stays bounded by its watches (plus answers) however fast the values change.
-      if (auto it = queued_event_.find(watch_id); it != queued_event_.end()) {
-        outbox_[it->second] = std::move(bytes);
-        return;  // the loop was already told
-      }
-    }
-    if (outbox_.size() >= kMaxOutbox) {
-      outbox_overflow_ = true;
-    } else {
-      if (watch_id != 0) queued_event_[watch_id] = outbox_.size();
-      outbox_.push_back(std::move(bytes));
-    }
+    if (!queue_locked(std::span(&bytes, 1), watch_id)) return;  // the loop was already told
   }
   loop_->schedule(*this);
+}
+
+void ClientSession::enqueue_parts(std::vector<std::string> parts, std::uint64_t watch_id) {
+  {
+    std::lock_guard lock(outbox_mu_);
+    std::size_t first = 0;
+    if (outbox_.empty() && !flushing_ && !outbox_overflow_) {
+      for (; first < parts.size(); ++first) {
+        const std::string& b = parts[first];
+        if (::send(channel_.fd(), b.data(), b.size(), MSG_DONTWAIT | MSG_NOSIGNAL) != static_cast<ssize_t>(b.size())) {
+          break;
+        }
+      }
+      if (first == parts.size()) return;
+      // The rest goes first from the outbox, and a newer event of the watch must not replace
+      // an answer partly sent (the client would join parts of two events).
+      if (first > 0) watch_id = 0;
+    }
+    if (!queue_locked(std::span(parts).subspan(first), watch_id)) return;
+  }
+  loop_->schedule(*this);
+}
+
+bool ClientSession::queue_locked(std::span<std::string> parts, std::uint64_t watch_id) {
+  const std::size_t count = parts.size();
+  auto from = std::make_move_iterator(parts.begin());
+  auto to = std::make_move_iterator(parts.end());
+  if (watch_id != 0) {
+    // A client that reads slowly gets the newest result of each watch, never a stale one, and
+    // the outbox stays bounded by its watches (plus answers) however fast the values change.
+    if (auto it = queued_event_.find(watch_id); it != queued_event_.end()) {
+      const QueuedEvent old = it->second;
+      if (old.count == count) {
+        std::move(from, to, outbox_.begin() + static_cast<std::ptrdiff_t>(old.at));
+      } else {
+        const auto at = outbox_.begin() + static_cast<std::ptrdiff_t>(old.at);
+        outbox_.insert(outbox_.erase(at, at + static_cast<std::ptrdiff_t>(old.count)), from, to);
+        for (auto& [watch, queued] : queued_event_) {
+          if (queued.at > old.at) queued.at = queued.at + count - old.count;
+        }
+        it->second.count = count;
+      }
+      return false;
+    }
+  }
+  if (outbox_.size() + count > kMaxOutbox) {
+    outbox_overflow_ = true;
+  } else {
+    if (watch_id != 0) queued_event_[watch_id] = QueuedEvent{outbox_.size(), count};
+    outbox_.insert(outbox_.end(), from, to);
+  }
+  return true;
 }
 
 void ClientSession::flush_outbox() {
@@ -239,8 +280,8 @@ void ClientSession::flush_outbox() {
       continue;
     }
     if (overflow) {
-      spdlog::warn("client pid {}: not reading its watch events; disconnecting", peer_.pid);
-      final_ = error_packet(0, proto::ERROR_CODE_LIMIT, "too many unread watch events", true);
+      spdlog::warn("client pid {}: not reading its answers and watch events; disconnecting", peer_.pid);
+      final_ = error_packet(0, proto::ERROR_CODE_LIMIT, "too many unread watch events and answers", true);
       continue;
     }
     std::lock_guard lock(outbox_mu_);
@@ -261,25 +302,34 @@ void ClientSession::flush_outbox() {
 
 void ClientSession::send(const proto::ClientResponse& resp) {
   // Behind whatever is queued: responses and watch events keep one order.
-  enqueue(encode(resp));
+  deliver(resp);
   flush_outbox();
 }
 
-std::string ClientSession::encode(const proto::ClientResponse& resp) const {
+void ClientSession::deliver(const proto::ClientResponse& resp, std::uint64_t watch_id) {
   std::string bytes = resp.SerializeAsString();
-  if (bytes.size() > ipc::kMaxPacketBytes) {
-    // One packet is the protocol's unit: an answer that does not fit is refused with a reason
-    // rather than dropping the connection (the client would only see it close).
-    proto::ClientResponse too_big;
-    too_big.set_id(resp.id());
-    too_big.mutable_error()->set_code(proto::ERROR_CODE_LIMIT);
-    too_big.mutable_error()->set_message(fmt::format(
-        "the answer ({} bytes) exceeds the {}-byte packet limit; ask for less (one device's entities, or a query)",
-        bytes.size(), ipc::kMaxPacketBytes));
-    spdlog::warn("client pid {}: {}", peer_.pid, too_big.error().message());
-    bytes = too_big.SerializeAsString();
+  if (bytes.size() <= ipc::kMaxPacketBytes) return enqueue(std::move(bytes), watch_id);
+  // One packet is the protocol's unit: an answer that does not fit goes over several to a client
+  // that joins them, and is refused with a reason otherwise, rather than dropping the connection
+  // (the client would only see it close).
+  std::string why;
+  if (split_answers_.load(std::memory_order_relaxed)) {
+    auto parts = ipc::split_answer(resp);
+    if (parts) return enqueue_parts(std::move(*parts), watch_id);
+    why = fmt::format("the answer ({} bytes) cannot be sent: {}; ask for less (one device's entities, or a query)",
+                      bytes.size(), parts.error().message);
+  } else {
+    why = fmt::format(
+        "the answer ({} bytes) exceeds the {}-byte packet limit; ask for less (one device's entities, or a query), "
+        "or say Hello with split_answers",
+        bytes.size(), ipc::kMaxPacketBytes);
   }
-  return bytes;
+  proto::ClientResponse too_big;
+  too_big.set_id(resp.id());
+  too_big.mutable_error()->set_code(proto::ERROR_CODE_LIMIT);
+  too_big.mutable_error()->set_message(why);
+  spdlog::warn("client pid {}: {}", peer_.pid, why);
+  enqueue(too_big.SerializeAsString(), watch_id);
 }
 
 std::string ClientSession::error_packet(std::uint64_t id, proto::ErrorCode code, const std::string& message,
@@ -455,6 +505,7 @@ void ClientSession::handle(const proto::ClientRequest& req) {
                         true);
     }
     welcomed_ = true;
+    split_answers_.store(req.hello().split_answers(), std::memory_order_relaxed);
     proto::ClientResponse resp;
     resp.set_id(id);
     resp.mutable_welcome()->set_protocol_version(ipc::kProtocolVersion);
@@ -722,7 +773,7 @@ void ClientSession::on_query(const proto::ClientRequest& req) {
                         }
                         if (last) {
                           multi->answer();
-                          enqueue(encode(multi->resp));
+                          deliver(multi->resp);
                         }
                         set_finished(request_id);
                       });
@@ -763,7 +814,7 @@ void ClientSession::on_watch(const proto::ClientRequest& req) {
     } else {
       we->set_error(r.error().message);
     }
-    enqueue(encode(ev), watch_id);  // an event over one packet becomes a LIMIT error with a reason
+    deliver(ev, watch_id);
   });
   if (!handle) {
     {
@@ -772,7 +823,7 @@ void ClientSession::on_watch(const proto::ClientRequest& req) {
       if (it != outbox_.end()) {
         const auto at = static_cast<std::size_t>(it - outbox_.begin());
         outbox_.erase(it);
-        for (auto& [watch, index] : queued_event_) index -= index > at ? 1 : 0;
+        for (auto& [watch, queued] : queued_event_) queued.at -= queued.at > at ? 1 : 0;
       }
     }
     flush_outbox();

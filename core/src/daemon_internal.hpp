@@ -12,6 +12,7 @@
 #include <future>
 #include <map>
 #include <optional>
+#include <span>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -321,8 +322,10 @@ class ClientSession {
   void read_one();
   void handle(const proto::ClientRequest& req);
   void send(const proto::ClientResponse& resp);
-  /// The packet for `resp`, or a LIMIT error in its place if it exceeds one packet. Any thread.
-  [[nodiscard]] std::string encode(const proto::ClientResponse& resp) const;
+  /// Any thread: queues `resp` (see enqueue) as one packet; over one packet, split over several
+  /// if the client asked for split answers (Hello.split_answers), else a LIMIT error with a
+  /// reason in its place.
+  void deliver(const proto::ClientResponse& resp, std::uint64_t watch_id = 0);
   /// Any thread: a set in flight was answered (reap_sets forgets it; wakes a session at its limit).
   void set_finished(std::uint64_t request_id);
   /// Queued in order with every other answer; a fatal one is the last packet: the session closes
@@ -333,6 +336,11 @@ class ClientSession {
   /// Any thread. `watch_id` != 0 marks a watch event: while it waits in the outbox, a newer event
   /// of the same watch replaces it (an event is the whole current result, so the newest suffices).
   void enqueue(std::string bytes, std::uint64_t watch_id = 0);
+  /// The packets of one split answer, kept together: nothing is queued between them.
+  void enqueue_parts(std::vector<std::string> parts, std::uint64_t watch_id);
+  /// Under outbox_mu_: moves `parts` (one answer) to the end of the outbox, or in place of the
+  /// watch's queued event; false if they replaced one (the loop was already told).
+  bool queue_locked(std::span<std::string> parts, std::uint64_t watch_id);
   /// The loop's thread: sends queued packets until done or the socket is full (then waits for
   /// EPOLLOUT; never blocks).
   void flush_outbox();
@@ -356,7 +364,11 @@ class ClientSession {
   std::atomic<bool> scheduled_{false};  // in the loop's ready list (ClientLoop::schedule)
   std::mutex outbox_mu_;
   std::vector<std::string> outbox_;
-  std::unordered_map<std::uint64_t, std::size_t> queued_event_;  // outbox_mu_: watch id -> index in outbox_
+  struct QueuedEvent {
+    std::size_t at = 0;     // index of its first packet in outbox_
+    std::size_t count = 1;  // its packets (more than one if split)
+  };
+  std::unordered_map<std::uint64_t, QueuedEvent> queued_event_;  // outbox_mu_: by watch id
   bool outbox_overflow_ = false;
   bool flushing_ = false;  // outbox_mu_: the loop holds taken packets not sent yet: direct sends queue
   // The loop's thread only:
@@ -368,6 +380,7 @@ class ClientSession {
   bool close_when_sent_ = false;
   std::uint32_t interest_ = 0;    // the events asked of epoll now
   bool welcomed_ = false;
+  std::atomic<bool> split_answers_{false};  // Hello.split_answers; set before any answer is due
   bool closing_ = false;
   bool closed_ = false;
   bool full_ = false;             // kMaxSetsInFlight reached: no requests read until one finishes

@@ -9,10 +9,13 @@
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
+#include <span>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "client.hpp"
+#include "floe/ipc/answer_parts.hpp"
 #include "floe/ipc/channel.hpp"
 
 namespace floe::client {
@@ -165,6 +168,93 @@ TEST(FloectlClient, ConnectFailureNamesThePathItTried) {
   ASSERT_FALSE(c);
   EXPECT_EQ(c.error().exit, ExitCode::kConnect);
   EXPECT_NE(c.error().message.find("/nonexistent/floe-dir/client.sock"), std::string::npos);
+}
+
+proto::ClientResponse many_devices(std::uint64_t id, int n) {
+  proto::ClientResponse r;
+  r.set_id(id);
+  for (int i = 0; i < n; ++i) {
+    auto* d = r.mutable_devices()->add_devices();
+    d->set_name("device-with-a-name-of-some-length-" + std::to_string(i));
+    d->set_online(i % 2 == 0);
+  }
+  return r;
+}
+
+bool send_packets(ipc::Channel& ch, const std::vector<std::string>& packets) {
+  for (const auto& p : packets) {
+    if (!ch.send(std::as_bytes(std::span(p)))) return false;
+  }
+  return true;
+}
+
+TEST(FloectlClient, AnAnswerSplitOverPacketsIsJoinedAndWatchEventsAroundItStay) {
+  const proto::ClientResponse big = many_devices(0, 4000);
+  ASSERT_GT(big.ByteSizeLong(), ipc::kMaxPacketBytes);
+  FakeCore core([&big](ipc::Channel& ch, const proto::ClientRequest& req) {
+    if (req.has_hello()) {
+      EXPECT_TRUE(req.hello().split_answers()) << "the library joins split answers, so it must ask for them";
+      return welcome(ch, req);
+    }
+    proto::ClientResponse ev;
+    ev.mutable_watch_event()->set_watch_id(4);
+    if (!ch.send(ev)) return false;
+    proto::ClientResponse answer = big;
+    answer.set_id(req.id());
+    auto parts = ipc::split_answer(answer);
+    EXPECT_TRUE(parts) << parts.error().to_string();
+    EXPECT_GT(parts->size(), 2U);
+    return send_packets(ch, *parts) && static_cast<bool>(ch.send(ev));
+  });
+  auto c = Client::connect(core.options());
+  ASSERT_TRUE(c) << c.error().message;
+  auto d = c->list_devices();
+  ASSERT_TRUE(d) << d.error().message;
+  proto::ClientResponse got;
+  *got.mutable_devices() = std::move(*d);
+  EXPECT_EQ(got.devices().SerializeAsString(), big.devices().SerializeAsString());
+  for (int i = 0; i < 2; ++i) {
+    auto e = c->next_event(-1, std::chrono::milliseconds(2000));
+    ASSERT_TRUE(e) << e.error().message;
+    EXPECT_EQ(e->event.watch_id(), 4U);
+  }
+}
+
+TEST(FloectlClient, AnAnswerCutShortIsATimeoutThatSaysSo) {
+  FakeCore core([](ipc::Channel& ch, const proto::ClientRequest& req) {
+    if (req.has_hello()) return welcome(ch, req);
+    auto parts = ipc::split_answer(many_devices(req.id(), 4000));
+    EXPECT_TRUE(parts);
+    parts->resize(1);  // the rest never comes
+    return send_packets(ch, *parts);
+  });
+  auto options = core.options();
+  options.timeout = std::chrono::milliseconds(200);
+  auto c = Client::connect(options);
+  ASSERT_TRUE(c) << c.error().message;
+  auto d = c->list_devices();
+  ASSERT_FALSE(d);
+  EXPECT_EQ(d.error().exit, ExitCode::kTimeout);
+  EXPECT_NE(d.error().message.find("part of an answer"), std::string::npos) << d.error().message;
+}
+
+TEST(FloectlClient, SomethingElseBetweenThePacketsOfAnAnswerIsAnError) {
+  FakeCore core([](ipc::Channel& ch, const proto::ClientRequest& req) {
+    if (req.has_hello()) return welcome(ch, req);
+    auto parts = ipc::split_answer(many_devices(req.id(), 4000));
+    EXPECT_TRUE(parts);
+    proto::ClientResponse ev;
+    ev.mutable_watch_event()->set_watch_id(4);
+    std::string between = ev.SerializeAsString();
+    parts->insert(parts->begin() + 1, between);
+    return send_packets(ch, *parts);
+  });
+  auto c = Client::connect(core.options());
+  ASSERT_TRUE(c) << c.error().message;
+  auto d = c->list_devices();
+  ASSERT_FALSE(d);
+  EXPECT_EQ(d.error().exit, ExitCode::kGeneric);
+  EXPECT_NE(d.error().message.find("broken split answer"), std::string::npos) << d.error().message;
 }
 
 TEST(FloectlClient, WatchEventsArrivingDuringARequestAreQueuedInOrder) {

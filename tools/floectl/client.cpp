@@ -7,6 +7,8 @@
 #include <cstring>
 #include <utility>
 
+#include "floe/ipc/answer_parts.hpp"
+
 namespace floe::client {
 namespace {
 
@@ -59,6 +61,7 @@ ClientResult<Client> Client::connect(const ClientOptions& options) {
   hello.mutable_hello()->set_protocol_version(options.protocol_version);
   hello.mutable_hello()->set_peer_name(options.peer_name);
   hello.mutable_hello()->set_role(proto::PEER_ROLE_CLIENT);
+  hello.mutable_hello()->set_split_answers(true);
   auto response = client.call(hello, options.timeout);
   if (!response) {
     ClientError& err = response.error();
@@ -98,21 +101,35 @@ ClientResult<Client::Ready> Client::wait_readable(int interrupt_fd, std::chrono:
 }
 
 ClientResult<proto::ClientResponse> Client::receive_one() {
-  auto packet = channel_.receive();
-  if (!packet && packet.error().code == ECONNRESET) {
-    // A core that hangs up with our request unread (a refusal at accept) resets the connection,
-    // and the kernel reports the reset before the packet it sent last, which says why: read on.
-    packet = channel_.receive();
+  // An answer over one packet comes as several in a row (ClientResponse.more): join them. The
+  // rest of an answer is on its way once its first packet is in, so it gets one timeout.
+  ipc::AnswerJoiner joiner;
+  const auto deadline = std::chrono::steady_clock::now() + timeout_;
+  for (;;) {
+    auto packet = channel_.receive();
+    if (!packet && packet.error().code == ECONNRESET && !joiner.pending()) {
+      // A core that hangs up with our request unread (a refusal at accept) resets the connection,
+      // and the kernel reports the reset before the packet it sent last, which says why: read on.
+      packet = channel_.receive();
+    }
+    if (!packet) {
+      if (packet.error().code == ECONNRESET) return lost("floe-core closed the connection");
+      return lost("receiving from floe-core: " + packet.error().to_string());
+    }
+    proto::ClientResponse response;
+    if (!response.ParseFromArray(packet->bytes.data(), static_cast<int>(packet->bytes.size()))) {
+      return fail(ExitCode::kGeneric, "floe-core sent a packet that is not a ClientResponse");
+    }
+    auto whole = joiner.add(std::move(response), packet->bytes.size());
+    if (!whole) return fail(ExitCode::kGeneric, "floe-core sent a broken split answer: " + whole.error().message);
+    if (*whole) return std::move(**whole);
+    auto ready = wait_readable(-1, deadline, false);
+    if (!ready) return tl::unexpected(std::move(ready.error()));
+    if (*ready == Ready::kTimedOut) {
+      return fail(ExitCode::kTimeout,
+                  "floe-core sent part of an answer, and not the rest within " + std::to_string(timeout_.count()) + " ms");
+    }
   }
-  if (!packet) {
-    if (packet.error().code == ECONNRESET) return lost("floe-core closed the connection");
-    return lost("receiving from floe-core: " + packet.error().to_string());
-  }
-  proto::ClientResponse response;
-  if (!response.ParseFromArray(packet->bytes.data(), static_cast<int>(packet->bytes.size()))) {
-    return fail(ExitCode::kGeneric, "floe-core sent a packet that is not a ClientResponse");
-  }
-  return response;
 }
 
 ClientResult<proto::ClientResponse> Client::call(proto::ClientRequest& request, std::chrono::milliseconds timeout) {

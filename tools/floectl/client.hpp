@@ -124,6 +124,7 @@ class Client {
   enum class Ready { kReadable, kInterrupted, kTimedOut };
   [[nodiscard]] ClientResult<Ready> wait_readable(int interrupt_fd, std::chrono::steady_clock::time_point deadline,
                                                   bool forever);
+  /// One answer or event: the packets of a split answer are joined (ClientResponse.more).
   [[nodiscard]] ClientResult<proto::ClientResponse> receive_one();
 
   ipc::Channel channel_;
