@@ -220,6 +220,10 @@ bool ClientSession::queue_locked(std::span<std::string> parts, std::uint64_t wat
     // the outbox stays bounded by its watches (plus answers) however fast the values change.
     if (auto it = queued_event_.find(watch_id); it != queued_event_.end()) {
       const QueuedEvent old = it->second;
+      if (outbox_.size() - old.count + count > kMaxOutbox) {
+        outbox_overflow_ = true;  // split events that grew: the outbox's bound holds for them too
+        return true;
+      }
       if (old.count == count) {
         std::move(from, to, outbox_.begin() + static_cast<std::ptrdiff_t>(old.at));
       } else {

@@ -236,6 +236,26 @@ TEST(FloectlClient, AnAnswerCutShortIsATimeoutThatSaysSo) {
   ASSERT_FALSE(d);
   EXPECT_EQ(d.error().exit, ExitCode::kTimeout);
   EXPECT_NE(d.error().message.find("part of an answer"), std::string::npos) << d.error().message;
+  // The rest could still come and be taken for the next answer: the connection is given up.
+  EXPECT_TRUE(d.error().connection_lost);
+  auto again = c->list_devices();
+  ASSERT_FALSE(again);
+  EXPECT_TRUE(again.error().connection_lost) << again.error().message;
+}
+
+TEST(FloectlClient, AFatalErrorInsteadOfTheRestOfAnAnswerIsWhatTheClientSees) {
+  FakeCore core([](ipc::Channel& ch, const proto::ClientRequest& req) {
+    if (req.has_hello()) return welcome(ch, req);
+    auto parts = ipc::split_answer(many_devices(req.id(), 4000));
+    EXPECT_TRUE(parts);
+    parts->resize(1);
+    return send_packets(ch, *parts) && error(ch, 0, proto::ERROR_CODE_MALFORMED, "8 malformed requests in a row", true);
+  });
+  auto c = Client::connect(core.options());
+  ASSERT_TRUE(c) << c.error().message;
+  auto d = c->list_devices();
+  ASSERT_FALSE(d);
+  EXPECT_NE(d.error().message.find("8 malformed requests in a row"), std::string::npos) << d.error().message;
 }
 
 TEST(FloectlClient, SomethingElseBetweenThePacketsOfAnAnswerIsAnError) {
@@ -255,6 +275,7 @@ TEST(FloectlClient, SomethingElseBetweenThePacketsOfAnAnswerIsAnError) {
   ASSERT_FALSE(d);
   EXPECT_EQ(d.error().exit, ExitCode::kGeneric);
   EXPECT_NE(d.error().message.find("broken split answer"), std::string::npos) << d.error().message;
+  EXPECT_TRUE(d.error().connection_lost);
 }
 
 TEST(FloectlClient, WatchEventsArrivingDuringARequestAreQueuedInOrder) {

@@ -1,6 +1,7 @@
 #include "client.hpp"
 
 #include <poll.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -100,14 +101,14 @@ ClientResult<Client::Ready> Client::wait_readable(int interrupt_fd, std::chrono:
   }
 }
 
-ClientResult<proto::ClientResponse> Client::receive_one() {
+ClientResult<proto::ClientResponse> Client::receive_one(std::chrono::steady_clock::time_point deadline) {
   // An answer over one packet comes as several in a row (ClientResponse.more): join them. The
-  // rest of an answer is on its way once its first packet is in, so it gets one timeout.
+  // rest of an answer is on its way once its first packet is in: it gets at most one timeout.
   ipc::AnswerJoiner joiner;
-  const auto deadline = std::chrono::steady_clock::now() + timeout_;
+  deadline = std::min(deadline, std::chrono::steady_clock::now() + timeout_);
   for (;;) {
     auto packet = channel_.receive();
-    if (!packet && packet.error().code == ECONNRESET && !joiner.pending()) {
+    if (!packet && packet.error().code == ECONNRESET) {
       // A core that hangs up with our request unread (a refusal at accept) resets the connection,
       // and the kernel reports the reset before the packet it sent last, which says why: read on.
       packet = channel_.receive();
@@ -120,16 +121,27 @@ ClientResult<proto::ClientResponse> Client::receive_one() {
     if (!response.ParseFromArray(packet->bytes.data(), static_cast<int>(packet->bytes.size()))) {
       return fail(ExitCode::kGeneric, "floe-core sent a packet that is not a ClientResponse");
     }
+    if (joiner.pending() && response.has_error() && response.error().fatal()) {
+      // The core's last word (e.g. it is closing the session) ends an answer it had begun.
+      return response;
+    }
     auto whole = joiner.add(std::move(response), packet->bytes.size());
-    if (!whole) return fail(ExitCode::kGeneric, "floe-core sent a broken split answer: " + whole.error().message);
+    if (!whole) return abandon(ExitCode::kGeneric, "floe-core sent a broken split answer: " + whole.error().message);
     if (*whole) return std::move(**whole);
     auto ready = wait_readable(-1, deadline, false);
     if (!ready) return tl::unexpected(std::move(ready.error()));
     if (*ready == Ready::kTimedOut) {
-      return fail(ExitCode::kTimeout,
-                  "floe-core sent part of an answer, and not the rest within " + std::to_string(timeout_.count()) + " ms");
+      return abandon(ExitCode::kTimeout, "floe-core sent part of an answer, and not the rest within " +
+                                             std::to_string(timeout_.count()) + " ms");
     }
   }
+}
+
+tl::unexpected<ClientError> Client::abandon(ExitCode code, std::string why) {
+  // The rest of the answer may still come, and would be taken for the next one: this
+  // connection cannot be followed any more. Whoever holds it sees it lost (and may reconnect).
+  ::shutdown(channel_.fd(), SHUT_RDWR);
+  return tl::unexpected(ClientError{code, std::move(why), /*connection_lost=*/true});
 }
 
 ClientResult<proto::ClientResponse> Client::call(proto::ClientRequest& request, std::chrono::milliseconds timeout) {
@@ -142,7 +154,7 @@ ClientResult<proto::ClientResponse> Client::call(proto::ClientRequest& request, 
     // The core hung up (e.g. it refused our uid at accept); it may have said why first.
     if (auto ready = wait_readable(-1, std::chrono::steady_clock::now() + kCoreVerdictGrace, false);
         ready && *ready == Ready::kReadable) {
-      if (auto last = receive_one(); last && last->has_error()) {
+      if (auto last = receive_one(std::chrono::steady_clock::now() + kCoreVerdictGrace); last && last->has_error()) {
         return fail(exit_code_for(last->error().code()), last->error().message());
       }
     }
@@ -155,7 +167,7 @@ ClientResult<proto::ClientResponse> Client::call(proto::ClientRequest& request, 
     if (*ready == Ready::kTimedOut) {
       return fail(ExitCode::kTimeout, "no answer from floe-core within " + std::to_string(timeout.count()) + " ms");
     }
-    auto response = receive_one();
+    auto response = receive_one(deadline);
     if (!response) return response;
     if (response->has_watch_event()) {
       pending_events_.push_back(std::move(*response->mutable_watch_event()));

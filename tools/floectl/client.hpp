@@ -124,8 +124,13 @@ class Client {
   enum class Ready { kReadable, kInterrupted, kTimedOut };
   [[nodiscard]] ClientResult<Ready> wait_readable(int interrupt_fd, std::chrono::steady_clock::time_point deadline,
                                                   bool forever);
-  /// One answer or event: the packets of a split answer are joined (ClientResponse.more).
-  [[nodiscard]] ClientResult<proto::ClientResponse> receive_one();
+  /// One answer or event: the packets of a split answer are joined (ClientResponse.more), the
+  /// rest of one awaited until `deadline` (at most the client's timeout).
+  [[nodiscard]] ClientResult<proto::ClientResponse> receive_one(
+      std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max());
+  /// A split answer broke off: shuts the connection down (what is left of the answer would be
+  /// taken for the next one) and returns the loss.
+  [[nodiscard]] tl::unexpected<ClientError> abandon(ExitCode code, std::string why);
 
   ipc::Channel channel_;
   std::string socket_path_;
