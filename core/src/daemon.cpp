@@ -163,6 +163,15 @@ struct ProviderSession {
   std::uint64_t region_bytes = 0;    // over `devices`
   TokenBucket messages;      // limits.provider_messages_per_second / provider_message_burst
   std::shared_ptr<ProviderBells> bells;  // doorbells, if the provider asked and the core offers them
+  /// While the daemon handles a burst of this provider's packets, what it sends the provider
+  /// waits here and goes, in order, once the registry has published the burst's changes (one
+  /// snapshot for the burst): a grant never reaches the provider before clients can see its device.
+  struct Held {
+    std::string bytes;
+    std::vector<ipc::Fd> fds;
+  };
+  bool holding = false;
+  std::vector<Held> held;
   std::unordered_map<std::string, std::uint32_t> slots;  // doorbell slot of each device declared here
   std::vector<std::uint32_t> free_slots;
   std::uint32_t next_slot = 0;
@@ -219,6 +228,11 @@ class Daemon {
   void set_availability(ProviderSession& s, std::uint64_t msg_id, const proto::DeviceAvailability& a);
   void check_provider_liveness();
   void provider_error(ProviderSession& s, std::uint64_t id, proto::ErrorCode code, const std::string& msg, bool fatal);
+  /// Sends `env` with `fds` (duplicated) to the provider, or holds it while `s.holding`.
+  Status send_to(ProviderSession& s, const proto::Envelope& env, std::span<const int> fds = {});
+  /// Ends a burst: publishes the registry's deferred changes, re-evaluates watches, then sends
+  /// what was held, in order.
+  void release_held(ProviderSession& s);
   void close_provider(std::uint64_t sid, const std::string& why);
   void offline_device(Device& d);
   void shutdown();
@@ -588,6 +602,23 @@ void Daemon::accept_client() {
 }
 
 void Daemon::on_provider_readable(std::uint64_t sid) {
+  // The burst's registry changes publish once at its end (declaring N devices one snapshot each
+  // was O(N^2)), and what the provider is sent waits until then (release_held).
+  if (auto it = providers_.find(sid); it != providers_.end()) {
+    it->second->holding = true;
+    core_.registry.defer_publication();
+  }
+  struct EndBurst {
+    Daemon& d;
+    std::uint64_t sid;
+    ~EndBurst() {
+      if (auto it = d.providers_.find(sid); it != d.providers_.end()) {
+        d.release_held(*it->second);
+      } else {
+        d.core_.registry.publish_deferred();  // closed meanwhile (close_provider released it first)
+      }
+    }
+  } end_burst{*this, sid};
   for (int budget = 0; budget < 64; ++budget) {
     auto it = providers_.find(sid);
     if (it == providers_.end()) return;
@@ -635,11 +666,39 @@ void Daemon::provider_error(ProviderSession& s, std::uint64_t id, proto::ErrorCo
   env.mutable_error()->set_code(code);
   env.mutable_error()->set_message(msg);
   env.mutable_error()->set_fatal(fatal);
-  (void)s.channel.send(env);
+  (void)send_to(s, env);
   if (fatal) {
     close_provider(s.id, msg);
   } else {
     spdlog::warn("{}: {}", s.who(), msg);
+  }
+}
+
+Status Daemon::send_to(ProviderSession& s, const proto::Envelope& env, std::span<const int> fds) {
+  if (!s.holding) return s.channel.send(env, fds);
+  ProviderSession::Held h{.bytes = env.SerializeAsString(), .fds = {}};
+  for (int fd : fds) {
+    const int dup = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (dup < 0) return sys_error("fcntl(F_DUPFD_CLOEXEC)", "holding a descriptor for the provider");
+    h.fds.emplace_back(dup);
+  }
+  s.held.push_back(std::move(h));
+  return {};
+}
+
+void Daemon::release_held(ProviderSession& s) {
+  if (!s.holding) return;
+  s.holding = false;
+  core_.registry.publish_deferred();
+  core_.hub.flush();
+  std::vector<ProviderSession::Held> held;
+  held.swap(s.held);
+  for (const auto& h : held) {
+    std::vector<int> fds;
+    for (const auto& fd : h.fds) fds.push_back(fd.get());
+    if (auto r = s.channel.send(std::as_bytes(std::span(h.bytes)), fds); !r) {
+      spdlog::warn("{}: sending an answer: {}", s.who(), r.error().to_string());
+    }
   }
 }
 
@@ -701,7 +760,7 @@ void Daemon::handle_provider(ProviderSession& s, const proto::Envelope& env, std
         spdlog::warn("{}: no doorbells ({}); signal pipes per device instead", s.who(), bells.error().to_string());
       }
     }
-    if (auto r = s.channel.send(w, welcome_fds); !r) spdlog::warn("{}: sending Welcome: {}", s.who(), r.error().to_string());
+    if (auto r = send_to(s, w, welcome_fds); !r) spdlog::warn("{}: sending Welcome: {}", s.who(), r.error().to_string());
     spdlog::info("provider '{}' connected (pid {}{})", s.name, s.peer.pid, s.bells ? "" : ", no doorbells");
     return;
   }
@@ -714,7 +773,7 @@ void Daemon::handle_provider(ProviderSession& s, const proto::Envelope& env, std
       proto::Envelope hb;
       hb.set_id(env.id());
       hb.mutable_heartbeat()->set_sequence(env.heartbeat().sequence());
-      (void)s.channel.send(hb);
+      (void)send_to(s, hb);
       break;
     }
     default:
@@ -966,7 +1025,7 @@ void Daemon::add_device(ProviderSession& s, std::uint64_t msg_id, const proto::A
   rg->mutable_rx()->set_notify_mode(static_cast<std::uint32_t>(dev->layout.options.notify));
   // The provider's ends, closed here once sent.
   const int fds[] = {share->get(), tx->read.get(), rx->write.get()};
-  if (auto r = s.channel.send(env, std::span<const int>(fds, s.bells ? 1 : 3)); !r) {
+  if (auto r = send_to(s, env, std::span<const int>(fds, s.bells ? 1 : 3)); !r) {
     spdlog::warn("provider '{}': sending the grant of '{}': {}", s.name, id, r.error().to_string());
   }
   spdlog::info("device '{}' online ({} entities, provider '{}'{})", id, add.entities_size(), s.name,
@@ -1012,7 +1071,7 @@ void Daemon::remove_device(ProviderSession& s, std::uint64_t msg_id, const std::
   proto::Envelope env;
   env.set_id(msg_id);
   env.mutable_device_removed()->set_device_id(device_id);
-  (void)s.channel.send(env);
+  (void)send_to(s, env);
   spdlog::info("device '{}' removed by provider '{}'", device_id, s.name);
   core_.save_state_locked();
   core_.hub.flush();
@@ -1078,6 +1137,7 @@ void Daemon::offline_device(Device& d) {
 void Daemon::close_provider(std::uint64_t sid, const std::string& why) {
   auto it = providers_.find(sid);
   if (it == providers_.end()) return;
+  release_held(*it->second);  // what it was told before (e.g. a fatal error's reason) still goes
   std::unique_ptr<ProviderSession> s = std::move(it->second);
   providers_.erase(it);
   core_.main.loop().cancel(s->watch);

@@ -226,8 +226,19 @@ Registry::GroupSlot* Registry::live_group(GroupId id) noexcept {
   return s.live && s.generation == id.generation ? &s : nullptr;
 }
 
+void Registry::defer_publication() {
+  std::lock_guard lock(writer_);
+  deferring_ = std::this_thread::get_id();
+}
+
+void Registry::publish_deferred() {
+  std::lock_guard lock(writer_);
+  deferring_ = {};
+  publish_if_dirty();
+}
+
 void Registry::publish_if_dirty() {
-  if (!dirty_) return;
+  if (!dirty_ || deferring_ == std::this_thread::get_id()) return;
   dirty_ = false;
   ++version_;
   std::unique_ptr<Snapshot> next = build();

@@ -6,6 +6,7 @@
 
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "floe/ipc/region.hpp"
@@ -441,6 +442,35 @@ TEST(Registry, RetiredSnapshotsAreFreedOnceNoReaderHoldsThem) {
     EXPECT_EQ(Snapshot::live_count(), base + 1) << "only the current snapshot is left";
   }
   EXPECT_EQ(Snapshot::live_count(), base);
+}
+
+TEST(Registry, DeferredEditsOfOneThreadPublishOnceAndAnotherThreadsEditPublishesThemToo) {
+  Registry r;
+  std::vector<TestTree> trees;
+  for (int i = 0; i < 6; ++i) trees.push_back(make_tree(lights(1)));
+  const std::uint64_t v0 = r.snapshot()->version();
+  r.defer_publication();
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(r.add_device(spec("d" + std::to_string(i), {"e" + std::to_string(i)}, trees[i])));
+  EXPECT_EQ(r.snapshot()->version(), v0) << "the deferring thread's edits published";
+  EXPECT_TRUE(r.snapshot()->devices().empty());
+  r.publish_deferred();
+  auto s = r.snapshot();
+  EXPECT_EQ(s->version(), v0 + 1) << "three deferred edits, one snapshot";
+  EXPECT_EQ(s->devices().size(), 3U);
+
+  // Another thread's edit publishes at once, and what the deferring thread had waiting with it.
+  r.defer_publication();
+  ASSERT_TRUE(r.add_device(spec("d3", {"e3"}, trees[3])));
+  std::thread other([&] { ASSERT_TRUE(r.add_device(spec("d4", {"e4"}, trees[4]))); });
+  other.join();
+  EXPECT_EQ(r.snapshot()->devices().size(), 5U);
+  ASSERT_TRUE(r.add_device(spec("d5", {"e5"}, trees[5])));
+  EXPECT_EQ(r.snapshot()->devices().size(), 5U) << "still deferring on this thread";
+  r.publish_deferred();
+  EXPECT_EQ(r.snapshot()->devices().size(), 6U);
+  // Once ended, this thread's edits publish again.
+  ASSERT_TRUE(r.set_online(r.snapshot()->device("d0")->id, false));
+  EXPECT_FALSE(r.snapshot()->device("d0")->online);
 }
 
 }  // namespace

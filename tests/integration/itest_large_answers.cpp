@@ -116,7 +116,7 @@ TEST(LargeAnswers, ListsQueriesSetsAndWatchesOverOnePacketArriveWhole) {
     }
     auto n = c->query("count where Light");
     return n && n->count() == lights;
-  })) << "the lights did not all come online: " << test::slurp(dir / "core.log");
+  }, 5 * test::kHangGuard)) << "the lights did not all come online: " << test::slurp(dir / "core.log");
 
   // The device list: every device, once, online.
   auto devices = c->list_devices();

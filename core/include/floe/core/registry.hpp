@@ -29,6 +29,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -312,6 +313,14 @@ class Registry {
   /// also do this on every publish.
   std::size_t collect();
 
+  /// Until publish_deferred(), changes made on the calling thread are not published when its
+  /// edits return: a burst of them (a provider declaring its devices) costs one snapshot instead
+  /// of one each, which made declaring N devices O(N^2). Another thread's edit publishes as
+  /// usual, and with it what waits. One deferring thread at a time.
+  void defer_publication();
+  /// Ends defer_publication() and publishes what waits. Any thread (a no-op if nothing was deferred).
+  void publish_deferred();
+
   /// True if `id` is a valid entity id (1..64 characters of [a-z0-9_.-]).
   [[nodiscard]] static bool valid_entity_id(std::string_view id) noexcept;
 
@@ -353,6 +362,7 @@ class Registry {
   std::vector<Retired> retired_;
   std::uint64_t version_ = 0;
   bool dirty_ = false;
+  std::thread::id deferring_;  // writer_: the thread whose edits do not publish (defer_publication)
 
   // SYNC(snapshot-publish): the writer stores a fully built snapshot (seq_cst); readers load it
   // (seq_cst) after pinning the epoch, so they see every byte of it.
