@@ -233,6 +233,8 @@ class Daemon {
   /// Ends a burst: publishes the registry's deferred changes, re-evaluates watches, then sends
   /// what was held, in order.
   void release_held(ProviderSession& s);
+  /// Within a burst of `s`: publishes what waits now, and goes on deferring.
+  void publish_now(const ProviderSession& s);
   void close_provider(std::uint64_t sid, const std::string& why);
   void offline_device(Device& d);
   void shutdown();
@@ -612,10 +614,14 @@ void Daemon::on_provider_readable(std::uint64_t sid) {
     Daemon& d;
     std::uint64_t sid;
     ~EndBurst() {
-      if (auto it = d.providers_.find(sid); it != d.providers_.end()) {
-        d.release_held(*it->second);
-      } else {
-        d.core_.registry.publish_deferred();  // closed meanwhile (close_provider released it first)
+      try {
+        if (auto it = d.providers_.find(sid); it != d.providers_.end()) {
+          d.release_held(*it->second);
+        } else {
+          d.core_.registry.publish_deferred();  // closed meanwhile (close_provider released it first)
+        }
+      } catch (const std::exception& e) {
+        spdlog::error("ending a burst of provider messages: {}", e.what());
       }
     }
   } end_burst{*this, sid};
@@ -679,7 +685,15 @@ Status Daemon::send_to(ProviderSession& s, const proto::Envelope& env, std::span
   ProviderSession::Held h{.bytes = env.SerializeAsString(), .fds = {}};
   for (int fd : fds) {
     const int dup = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
-    if (dup < 0) return sys_error("fcntl(F_DUPFD_CLOEXEC)", "holding a descriptor for the provider");
+    if (dup < 0) {
+      // Out of descriptors: no holding this one. What waits goes now (published first), then
+      // this packet, and the burst goes on holding.
+      release_held(s);
+      auto sent = s.channel.send(env, fds);
+      s.holding = true;
+      core_.registry.defer_publication();
+      return sent;
+    }
     h.fds.emplace_back(dup);
   }
   s.held.push_back(std::move(h));
@@ -690,6 +704,9 @@ void Daemon::release_held(ProviderSession& s) {
   if (!s.holding) return;
   s.holding = false;
   core_.registry.publish_deferred();
+  // The state saver may have written while the burst's changes waited: it writes again (mark()
+  // needs no meta_mu, which a caller here may hold: send_to from add_device).
+  core_.saver.mark();
   core_.hub.flush();
   std::vector<ProviderSession::Held> held;
   held.swap(s.held);
@@ -697,9 +714,18 @@ void Daemon::release_held(ProviderSession& s) {
     std::vector<int> fds;
     for (const auto& fd : h.fds) fds.push_back(fd.get());
     if (auto r = s.channel.send(std::as_bytes(std::span(h.bytes)), fds); !r) {
-      spdlog::warn("{}: sending an answer: {}", s.who(), r.error().to_string());
+      spdlog::warn("{}: sending {} answers: {}", s.who(), held.size(), r.error().to_string());
+      if (r.error().code == EPIPE || r.error().code == ECONNRESET) break;  // gone: the rest cannot go either
     }
   }
+}
+
+void Daemon::publish_now(const ProviderSession& s) {
+  // A device that becomes unreachable, or is replaced by a new region, is published at once, not
+  // at the end of the burst: clients stop sending it sets, and a group edit finds the new record.
+  if (!s.holding) return;  // not in a burst: the edit published already
+  core_.registry.publish_deferred();
+  core_.registry.defer_publication();
 }
 
 void Daemon::handle_provider(ProviderSession& s, const proto::Envelope& env, std::vector<ipc::Fd>& fds) {
@@ -891,6 +917,7 @@ void Daemon::add_device(ProviderSession& s, std::uint64_t msg_id, const proto::A
         if (const GroupRecord* gr = snap->group(g)) keep_groups.push_back(gr->name);
       }
       if (auto r = core_.registry.remove_device(old.reg); !r) spdlog::warn("remove {}: {}", id, r.error().to_string());
+      publish_now(s);
       core_.shard_of(old.reg).detach(old.reg);
       devices_.erase(it);
       core_.meta.erase(id);
@@ -1063,6 +1090,8 @@ void Daemon::remove_device(ProviderSession& s, std::uint64_t msg_id, const std::
   }
   core_.shard_of(d.reg).detach(d.reg);
   core_.pending.fail_device(d.reg, {proto::ERROR_CODE_OFFLINE, "the device was removed"});
+  // Published with the burst (a provider removing all its devices costs one snapshot); its
+  // acknowledgement waits for that, and a set racing the removal is failed by the detach.
   if (auto r = core_.registry.remove_device(d.reg); !r) spdlog::warn("remove {}: {}", device_id, r.error().to_string());
   devices_.erase(it);
   core_.meta.erase(device_id);
@@ -1090,6 +1119,7 @@ void Daemon::set_availability(ProviderSession& s, std::uint64_t msg_id, const pr
   // Offline in the registry, as for a lost provider, but the grant and the rings stay: the
   // provider may still write values and answer what it already received.
   if (auto r = core_.registry.set_online(d.reg, d.available); !r) spdlog::warn("availability {}: {}", d.id, r.error().to_string());
+  if (!d.available) publish_now(s);
   const std::string why = a.reason().empty() ? std::string() : fmt::format(" ({})", a.reason().substr(0, 512));
   if (!d.available) {
     core_.pending.fail_device(d.reg, {proto::ERROR_CODE_OFFLINE, fmt::format("device '{}' is unreachable{}", d.id, why)});
@@ -1143,9 +1173,12 @@ void Daemon::close_provider(std::uint64_t sid, const std::string& why) {
   core_.main.loop().cancel(s->watch);
   {
     std::lock_guard lock(core_.meta_mu);
+    // One snapshot for all its devices going offline, not one each (O(devices^2)).
+    core_.registry.defer_publication();
     for (const auto& id : s->devices) {
       if (auto d = devices_.find(id); d != devices_.end() && d->second->owner == sid) offline_device(*d->second);
     }
+    core_.registry.publish_deferred();
   }
   if (s->bells) {
     for (auto& shard : core_.shards) shard->forget_bells(s->bells);
