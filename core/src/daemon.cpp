@@ -1131,6 +1131,10 @@ void Daemon::set_availability(ProviderSession& s, std::uint64_t msg_id, const pr
 }
 
 void Daemon::check_provider_liveness() {
+  // A snapshot retired while a reader held it is freed at the next publication. A quiet home may
+  // not have one for long (a burst publishes once), and such a snapshot keeps the regions of
+  // removed devices open: free it here.
+  core_.registry.collect();
   const auto now = std::chrono::steady_clock::now();
   const auto timeout = core_.config.provider_timeout;
   std::vector<std::pair<std::uint64_t, std::string>> silent;
