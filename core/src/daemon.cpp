@@ -703,10 +703,10 @@ Status Daemon::send_to(ProviderSession& s, const proto::Envelope& env, std::span
 void Daemon::release_held(ProviderSession& s) {
   if (!s.holding) return;
   s.holding = false;
-  core_.registry.publish_deferred();
   // The state saver may have written while the burst's changes waited: it writes again (mark()
-  // needs no meta_mu, which a caller here may hold: send_to from add_device).
-  core_.saver.mark();
+  // needs no meta_mu, which a caller here may hold: send_to from add_device). A burst that changed
+  // nothing (heartbeats) writes nothing.
+  if (core_.registry.publish_deferred()) core_.saver.mark();
   core_.hub.flush();
   std::vector<ProviderSession::Held> held;
   held.swap(s.held);

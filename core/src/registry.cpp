@@ -231,14 +231,14 @@ void Registry::defer_publication() {
   deferring_ = std::this_thread::get_id();
 }
 
-void Registry::publish_deferred() {
+bool Registry::publish_deferred() {
   std::lock_guard lock(writer_);
   deferring_ = {};
-  publish_if_dirty();
+  return publish_if_dirty();
 }
 
-void Registry::publish_if_dirty() {
-  if (!dirty_ || deferring_ == std::this_thread::get_id()) return;
+bool Registry::publish_if_dirty() {
+  if (!dirty_ || deferring_ == std::this_thread::get_id()) return false;
   dirty_ = false;
   ++version_;
   std::unique_ptr<Snapshot> next = build();
@@ -249,6 +249,7 @@ void Registry::publish_if_dirty() {
     retired_.push_back({old, tag});
   }
   collect_locked();
+  return true;
 }
 
 std::size_t Registry::collect() {

@@ -318,8 +318,9 @@ class Registry {
   /// of one each, which made declaring N devices O(N^2). Another thread's edit publishes as
   /// usual, and with it what waits. One deferring thread at a time.
   void defer_publication();
-  /// Ends defer_publication() and publishes what waits. Any thread (a no-op if nothing was deferred).
-  void publish_deferred();
+  /// Ends defer_publication() and publishes what waits; true if that published a snapshot. Any
+  /// thread (a no-op if nothing was deferred).
+  bool publish_deferred();
 
   /// True if `id` is a valid entity id (1..64 characters of [a-z0-9_.-]).
   [[nodiscard]] static bool valid_entity_id(std::string_view id) noexcept;
@@ -346,7 +347,7 @@ class Registry {
 
   [[nodiscard]] DeviceSlot* live_device(DeviceId id) noexcept;
   [[nodiscard]] GroupSlot* live_group(GroupId id) noexcept;
-  void publish_if_dirty();
+  bool publish_if_dirty();  // true if it published
   [[nodiscard]] std::unique_ptr<Snapshot> build() const;
   std::size_t collect_locked();
 
