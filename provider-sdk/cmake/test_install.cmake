@@ -1,7 +1,7 @@
 # CTest script test (label integration): installs the SDK into a temporary prefix, builds
 # examples/virtual-lights out of tree against it with find_package(floe), runs `--help`, and
 # checks that the pkg-config file resolves.
-#   -DFLOE_BUILD_DIR -DFLOE_EXAMPLE_DIR -DFLOE_WORK_DIR -DFLOE_SANITIZE -DFLOE_GENERATOR -DFLOE_BUILD_TYPE
+#   -DFLOE_BUILD_DIR -DFLOE_EXAMPLE_DIR -DFLOE_WORK_DIR -DFLOE_GENERATOR -DFLOE_BUILD_TYPE
 cmake_minimum_required(VERSION 3.25)
 
 function(run what)
@@ -28,16 +28,8 @@ if(NOT config OR NOT pc)
   message(FATAL_ERROR "package files missing: config='${config}' pc='${pc}'")
 endif()
 
-# The installed libraries carry the sanitizer's instrumentation: so must the example.
-set(flags "")
-if(FLOE_SANITIZE STREQUAL "address")
-  set(flags "-fsanitize=address,undefined")
-elseif(FLOE_SANITIZE STREQUAL "thread")
-  set(flags "-fsanitize=thread")
-endif()
 run("configure the example" ${CMAKE_COMMAND} -S ${FLOE_EXAMPLE_DIR} -B ${build} -G ${FLOE_GENERATOR}
-    -DCMAKE_BUILD_TYPE=${FLOE_BUILD_TYPE} -DCMAKE_PREFIX_PATH=${prefix}
-    "-DCMAKE_CXX_FLAGS=${flags}" "-DCMAKE_EXE_LINKER_FLAGS=${flags}")
+    -DCMAKE_BUILD_TYPE=${FLOE_BUILD_TYPE} -DCMAKE_PREFIX_PATH=${prefix})
 run("build the example" ${CMAKE_COMMAND} --build ${build} -j 2)
 run("virtual-lights --help" ${build}/virtual-lights --help)
 if(NOT last_output MATCHES "--count")

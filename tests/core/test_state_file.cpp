@@ -22,7 +22,7 @@ struct TempDir {
 
 StoredState sample() {
   StoredState st;
-  StoredDevice d{.id = "lamp", .name = "Lamp", .provider = "lights", .entities = {}, .groups = {"kitchen"}};
+  StoredDevice d{.id = "lamp", .name = "Lamp", .provider = "lights", .uid = {}, .entities = {}, .groups = {"kitchen"}};
   d.entities.push_back({.id = "lamp_light", .name = "Lamp light",
                         .components = {{ipc::Component::Light, 0}, {ipc::Component::Dimmer, 0},
                                        {ipc::Component::Text, 64}}});
