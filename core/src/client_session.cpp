@@ -328,10 +328,17 @@ void ClientSession::deliver(const proto::ClientResponse& resp, std::uint64_t wat
         "or say Hello with split_answers",
         bytes.size(), ipc::kMaxPacketBytes);
   }
+  // A watch event is refused as an event of its watch carrying the reason, so the client's event
+  // stream shows it (an ErrorReply matches no request the client waits for).
   proto::ClientResponse too_big;
   too_big.set_id(resp.id());
-  too_big.mutable_error()->set_code(proto::ERROR_CODE_LIMIT);
-  too_big.mutable_error()->set_message(why);
+  if (resp.has_watch_event()) {
+    too_big.mutable_watch_event()->set_watch_id(resp.watch_event().watch_id());
+    too_big.mutable_watch_event()->set_error(why);
+  } else {
+    too_big.mutable_error()->set_code(proto::ERROR_CODE_LIMIT);
+    too_big.mutable_error()->set_message(why);
+  }
   spdlog::warn("client pid {}: {}", peer_.pid, why);
   enqueue(too_big.SerializeAsString(), watch_id);
 }

@@ -10,7 +10,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstdio>
 #include <memory>
 #include <set>
 #include <string>
@@ -32,17 +31,8 @@ using namespace std::chrono_literals;
 // Entity ids up to the 64-character limit make each entry of a list long.
 const std::string kPrefix = "a-light-with-a-deliberately-long-entity-id-number-";
 
-std::string floectl(const std::string& sockets, const std::string& args, int& code) {
-  const std::string cmd = std::string(FLOECTL_BIN) + " --socket-dir " + sockets + " --timeout 10 " + args + " 2>&1";
-  std::string text;
-  FILE* p = ::popen(cmd.c_str(), "r");
-  if (p == nullptr) return text;
-  char buf[4096];
-  std::size_t n = 0;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) text.append(buf, n);
-  const int status = ::pclose(p);
-  code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return text;
+test::ShellOutput floectl(const std::string& sockets, const std::string& args) {
+  return test::run_shell(std::string(FLOECTL_BIN) + " --socket-dir " + sockets + " --timeout 10 " + args + " 2>&1");
 }
 
 std::size_t occurrences(const std::string& text, const std::string& what) {
@@ -71,6 +61,11 @@ class PlainClient {
     if (!channel_) return resp;
     req.set_id(next_id_++);
     EXPECT_TRUE(channel_->send(req));
+    return receive();
+  }
+  proto::ClientResponse receive() {
+    proto::ClientResponse resp;
+    if (!channel_) return resp;
     auto got = channel_->receive(resp);
     EXPECT_TRUE(got) << got.error().to_string();
     EXPECT_FALSE(resp.more()) << "split although the client did not ask for it";
@@ -194,13 +189,12 @@ TEST(LargeAnswers, ListsQueriesSetsAndWatchesOverOnePacketArriveWhole) {
   EXPECT_LE(events, kRounds) << "an event per round reached the watcher: nothing was replaced";
 
   // floectl joins them too.
-  int code = -1;
-  const std::string json = floectl(sockets, "--json devices", code);
-  EXPECT_EQ(code, 0) << json.substr(0, 400);
-  EXPECT_EQ(occurrences(json, "\"online\": true"), lights);
-  const std::string text = floectl(sockets, "query 'list where Light'", code);
-  EXPECT_EQ(code, 0) << text.substr(0, 400);
-  EXPECT_EQ(occurrences(text, kPrefix), lights);
+  const auto json = floectl(sockets, "--json devices");
+  EXPECT_EQ(json.code, 0) << json.text.substr(0, 400);
+  EXPECT_EQ(occurrences(json.text, "\"online\": true"), lights);
+  const auto text = floectl(sockets, "query 'list where Light'");
+  EXPECT_EQ(text.code, 0) << text.text.substr(0, 400);
+  EXPECT_EQ(occurrences(text.text, kPrefix), lights);
 
   // A client that did not ask for split answers is refused, told why, and served on.
   PlainClient plain(sockets);
@@ -213,6 +207,22 @@ TEST(LargeAnswers, ListsQueriesSetsAndWatchesOverOnePacketArriveWhole) {
   req.Clear();
   req.mutable_query()->set_text("count where Light");
   auto counted = plain.call(req);
+  ASSERT_TRUE(counted.has_query()) << counted.ShortDebugString();
+  EXPECT_EQ(counted.query().count(), lights);
+  // Its watch's event that does not fit arrives as that watch's event, with the reason.
+  req.Clear();
+  req.mutable_watch()->set_text("list where Light");
+  auto started = plain.call(req);
+  ASSERT_TRUE(started.has_watch_started()) << started.ShortDebugString();
+  auto refused_event = plain.receive();
+  ASSERT_TRUE(refused_event.has_watch_event()) << refused_event.ShortDebugString().substr(0, 300);
+  EXPECT_EQ(refused_event.watch_event().watch_id(), started.watch_started().watch_id());
+  EXPECT_FALSE(refused_event.watch_event().has_result());
+  EXPECT_NE(refused_event.watch_event().error().find("split_answers"), std::string::npos)
+      << refused_event.watch_event().error();
+  req.Clear();
+  req.mutable_query()->set_text("count where Light");
+  counted = plain.call(req);
   ASSERT_TRUE(counted.has_query()) << counted.ShortDebugString();
   EXPECT_EQ(counted.query().count(), lights);
 

@@ -2,10 +2,8 @@
 // sets them, and after the core is killed and restarted the provider reconnects by itself and the
 // new core has its last state.
 #include <signal.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <sys/resource.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -20,6 +18,7 @@
 
 #include "floe/ipc/channel.hpp"
 #include "support/child_process.hpp"
+#include "support/process.hpp"
 
 namespace floe::sdk {
 namespace {
@@ -52,22 +51,10 @@ struct TempDir {
   }
 };
 
-struct Output {
-  int code = -1;
-  std::string text;  // stdout and stderr
-};
+using Output = test::ShellOutput;
 
 Output floectl(const std::string& args) {
-  Output out;
-  const std::string cmd = std::string(FLOECTL_BIN) + " --timeout 5 " + args + " 2>&1";
-  FILE* p = ::popen(cmd.c_str(), "r");
-  if (p == nullptr) return out;
-  char buf[512];
-  std::size_t n = 0;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.text.append(buf, n);
-  const int status = ::pclose(p);
-  out.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return out;
+  return test::run_shell(std::string(FLOECTL_BIN) + " --timeout 5 " + args + " 2>&1");
 }
 
 bool eventually(const std::function<bool()>& pred, std::chrono::milliseconds timeout = 15s) {

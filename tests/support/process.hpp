@@ -1,12 +1,14 @@
 // A program of the build (floe-core, floe-esphome, floectl, ...) run by an integration test as a
 // real process: posix_spawn, stdin from /dev/null, output appended to a log file, SIGKILLed and
-// reaped if still running when the handle goes. Header-only so a test that needs it pays nothing
-// in the shared support library.
+// reaped if still running when the handle goes; or a short command run to its end with its output
+// captured (run_shell). Header-only so a test that needs it pays nothing in the shared support
+// library.
 #pragma once
 
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
+#include <stdio.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 
@@ -77,5 +79,24 @@ class Process {
   pid_t pid_ = -1;
   int code_ = -1;
 };
+
+/// What a command run by run_shell printed, and how it ended.
+struct ShellOutput {
+  int code = -1;     // its exit code; -1 if it could not run or was killed
+  std::string text;  // what it wrote to stdout (and to stderr when the command says 2>&1)
+};
+
+/// Runs `command` with /bin/sh to its end and captures its standard output.
+inline ShellOutput run_shell(const std::string& command) {
+  ShellOutput out;
+  FILE* p = ::popen(command.c_str(), "r");
+  if (p == nullptr) return out;
+  char buf[4096];
+  std::size_t n = 0;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.text.append(buf, n);
+  const int status = ::pclose(p);
+  out.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return out;
+}
 
 }  // namespace floe::test
