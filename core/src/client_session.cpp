@@ -339,7 +339,12 @@ void ClientSession::deliver(const proto::ClientResponse& resp, std::uint64_t wat
     too_big.mutable_error()->set_code(proto::ERROR_CODE_LIMIT);
     too_big.mutable_error()->set_message(why);
   }
-  spdlog::warn("client pid {}: {}", peer_.pid, why);
+  // Logged at the 1st, 2nd, 4th, 8th, ... refusal: a watch whose big result changes often is
+  // refused on every change, and one line per change would flood the log.
+  const std::uint64_t refused = refused_answers_.fetch_add(1, std::memory_order_relaxed) + 1;
+  if ((refused & (refused - 1)) == 0) {
+    spdlog::warn("client pid {}: {} ({} refused so far)", peer_.pid, why, refused);
+  }
   enqueue(too_big.SerializeAsString(), watch_id);
 }
 

@@ -387,6 +387,7 @@ class ClientSession {
   unsigned malformed_in_a_row_ = 0;
   TokenBucket requests_;
   std::uint64_t refused_in_a_row_ = 0;  // by the bucket: logged when it starts and when it ends
+  std::atomic<std::uint64_t> refused_answers_{0};  // too big to send (deliver): logged at 1, 2, 4, 8, ...
   std::uint64_t next_watch_id_ = 1;
   std::map<std::uint64_t, WatchHandle> watches_;
   /// Sets in flight, by pending request id: their deadlines. The loop's thread only.

@@ -225,6 +225,14 @@ TEST(LargeAnswers, ListsQueriesSetsAndWatchesOverOnePacketArriveWhole) {
   counted = plain.call(req);
   ASSERT_TRUE(counted.has_query()) << counted.ShortDebugString();
   EXPECT_EQ(counted.query().count(), lights);
+  // Refusals keep coming (a watch of a big result changing often): the log gets the 1st, 2nd,
+  // 4th, 8th, ... of them, not a line each.
+  for (int i = 0; i < 6; ++i) {
+    req.Clear();
+    req.mutable_list_devices();
+    refused = plain.call(req);
+    ASSERT_TRUE(refused.has_error()) << refused.ShortDebugString().substr(0, 300);
+  }
 
   for (auto& p : providers) {
     p->signal(SIGTERM);
@@ -232,6 +240,19 @@ TEST(LargeAnswers, ListsQueriesSetsAndWatchesOverOnePacketArriveWhole) {
   }
   core.signal(SIGTERM);
   EXPECT_EQ(core.finish(), 0);
+  // At least 8 refusals (more if the watch's result changed): logged as "(N refused so far)" with
+  // N = 1, 2, 4, 8, ...
+  const std::string log = test::slurp(dir / "core.log");
+  std::vector<unsigned long> logged;
+  const std::string tag = " refused so far)";
+  for (auto at = log.find(tag); at != std::string::npos; at = log.find(tag, at + 1)) {
+    const auto open = log.rfind('(', at);
+    ASSERT_NE(open, std::string::npos);
+    logged.push_back(std::stoul(log.substr(open + 1, at - open - 1)));
+  }
+  ASSERT_GE(logged.size(), 4U) << log;
+  for (std::size_t i = 0; i < logged.size(); ++i) EXPECT_EQ(logged[i], 1UL << i) << log;
+  EXPECT_EQ(occurrences(log, "or say Hello with split_answers"), logged.size()) << log;
 }
 
 #endif
