@@ -413,5 +413,35 @@ TEST(EsphomeMapping, EntityIdsAreStableUniqueAndValid) {
   EXPECT_EQ(object_id_from_name("!!!"), "entity");
 }
 
+TEST(EsphomeMapping, ThousandsOfClashingObjectIdsGetTheSuffixesInOrder) {
+  // A device may list the same object id over and over: every one gets the next free suffix,
+  // including past ids the device chose itself ("thing_3").
+  std::vector<EntityInfo> es(4096, entity(EntityKind::kSwitch));
+  es[1].object_id = "thing_3";
+  es[4095].object_id = std::string(80, 'x');
+  const auto ids = entity_ids("kitchen", es);
+  ASSERT_EQ(ids.size(), es.size());
+  EXPECT_EQ(ids[0], "kitchen.thing");
+  EXPECT_EQ(ids[1], "kitchen.thing_3");
+  EXPECT_EQ(ids[2], "kitchen.thing_2");
+  EXPECT_EQ(ids[3], "kitchen.thing_4");
+  EXPECT_EQ(ids[4094], "kitchen.thing_4095");
+  EXPECT_EQ(std::set<std::string>(ids.begin(), ids.end()).size(), es.size());
+  for (const auto& id : ids) EXPECT_TRUE(is_valid_id(id)) << id;
+}
+
+TEST(EsphomeMapping, SubDeviceIdsDifferFromTheirNodesEvenAtTheLengthLimit) {
+  EXPECT_EQ(sub_device_id("kitchen", "Back Porch"), "kitchen-back_porch");
+  EXPECT_EQ(sub_device_id("kitchen", "5"), "kitchen-5");
+  const std::string long_node(64, 'n');
+  const std::string id = sub_device_id(long_node, "porch");
+  EXPECT_NE(id, long_node);
+  EXPECT_TRUE(id.ends_with("-porch")) << id;
+  EXPECT_TRUE(is_valid_id(id)) << id;
+  const std::string long_sub = sub_device_id(long_node, std::string(100, 's'));
+  EXPECT_NE(long_sub, long_node);
+  EXPECT_TRUE(is_valid_id(long_sub)) << long_sub;
+}
+
 }  // namespace
 }  // namespace floe::esphome

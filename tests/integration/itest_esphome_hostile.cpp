@@ -87,7 +87,8 @@ class EsphomeHostile : public ::testing::Test {
     std::ofstream yaml(dir_ / "floe-esphome.yaml");
     yaml << "reconnect: {min_ms: 100, max_ms: 800}\nkeepalive_ms: 200\nrequest_timeout_ms: 20000\ndevices:\n";
     for (const auto& d : devices) {
-      yaml << "  - host: 127.0.0.1\n    port: " << d.port << "\n    name: " << d.name << "\n";
+      yaml << "  - host: 127.0.0.1\n    port: " << d.port << "\n";
+      if (!d.name.empty()) yaml << "    name: " << d.name << "\n";
       if (d.key) yaml << "    encryption_key: \"" << esphome::encode_psk(*d.key) << "\"\n";
     }
     yaml.close();
@@ -307,6 +308,112 @@ TEST_F(EsphomeHostile, ADeviceThatHangsUpRightAfterConnectingIsRetriedWithGrowin
   EXPECT_TRUE(eventually([&] { return online("bad"); }));
   auto r = client_->set("bad.relay", "Switch", "true");
   EXPECT_TRUE(r) << r.error().message;
+}
+
+/// The standard listing plus a switch "Relay" (key 2) on sub-device `device_id`.
+void add_relay(FakeDevice::Listing& l, std::uint32_t device_id) {
+  esphome::api::ListEntitiesSwitchResponse relay;
+  relay.set_key(2);
+  relay.set_name("Relay");
+  relay.set_device_id(device_id);
+  l.entities.emplace_back(esphome::to_u16(MsgType::ListEntitiesSwitchResponse), relay.SerializeAsString());
+}
+
+TEST_F(EsphomeHostile, PartsOfANodeThatWouldShareAnIdEachGetTheirOwn) {
+  FakeDevice good("good-node", std::nullopt);
+  // Sub-devices "Porch" (5, standard) and "porch" (6) both slugify to "twins-porch".
+  FakeDevice twins("twins-node", std::nullopt);
+  twins.set_listing([](FakeDevice::Listing& l) {
+    auto* porch = l.info.add_devices();
+    porch->set_device_id(6);
+    porch->set_name("porch");
+    add_relay(l, 6);
+  });
+  // A 64-character configured name: "<name>-porch" cut to 64 characters was the name itself.
+  const std::string longest(64, 'l');
+  FakeDevice tall("tall-node", std::nullopt);
+  ASSERT_NO_FATAL_FAILURE(start({{"good", good.port(), std::nullopt},
+                                 {"twins", twins.port(), std::nullopt},
+                                 {longest, tall.port(), std::nullopt}},
+                                {"good", "twins"}));
+  EXPECT_TRUE(eventually([&] { return online("twins-porch") && online("twins-porch-6"); }))
+      << slurp(dir_ / "esphome.log");
+  EXPECT_TRUE(eventually([&] { return online(longest) && online(std::string(58, 'l') + "-porch"); }))
+      << slurp(dir_ / "esphome.log");
+  // Each relay is its own: the states that arrived after declaring found their devices.
+  for (const char* relay : {"twins-porch.relay", "twins-porch-6.relay", "twins.relay"}) {
+    auto r = client_->set(relay, "Switch", "true");
+    EXPECT_TRUE(r) << relay << ": " << r.error().message;
+  }
+  EXPECT_TRUE(twins.porch_relay());
+  EXPECT_TRUE(provider_->alive());
+  expect_good_serves(true);
+}
+
+TEST_F(EsphomeHostile, ANodeListingMoreThanANodeMayIsDroppedWithAReason) {
+  FakeDevice good("good-node", std::nullopt);
+  FakeDevice many("many-node", std::nullopt);
+  many.set_listing([](FakeDevice::Listing& l) {
+    for (std::uint32_t i = 0; i < 5000; ++i) {
+      esphome::api::ListEntitiesSwitchResponse s;
+      s.set_key(100 + i);
+      s.set_object_id("same");  // every one clashes with the others
+      s.set_name("Same");
+      l.entities.emplace_back(esphome::to_u16(MsgType::ListEntitiesSwitchResponse), s.SerializeAsString());
+    }
+  });
+  FakeDevice crowd("crowd-node", std::nullopt);
+  crowd.set_listing([](FakeDevice::Listing& l) {
+    for (std::uint32_t i = 0; i < 300; ++i) {
+      auto* d = l.info.add_devices();
+      d->set_device_id(100 + i);
+      d->set_name("sub " + std::to_string(i));
+    }
+  });
+  ASSERT_NO_FATAL_FAILURE(start({{"good", good.port(), std::nullopt},
+                                 {"many", many.port(), std::nullopt},
+                                 {"crowd", crowd.port(), std::nullopt}},
+                                {"good"}));
+  EXPECT_TRUE(eventually([&] { return lines_about("many", "the device lists more than 4096 entities") > 0; }))
+      << slurp(dir_ / "esphome.log");
+  EXPECT_TRUE(eventually([&] { return lines_about("crowd", "the device lists 301 sub-devices") > 0; }))
+      << slurp(dir_ / "esphome.log");
+  expect_good_serves(true);
+  expect_good_serves(false);
+  EXPECT_FALSE(online("many"));
+  EXPECT_FALSE(online("crowd"));
+}
+
+TEST_F(EsphomeHostile, ANodeWhoseEntitiesAreAllOnSubDevicesDeclaresOnlyThose) {
+  FakeDevice good("good-node", std::nullopt);
+  FakeDevice split("split-node", std::nullopt);
+  split.set_listing([](FakeDevice::Listing& l) {
+    l.entities.clear();
+    add_relay(l, 5);
+  });
+  ASSERT_NO_FATAL_FAILURE(
+      start({{"good", good.port(), std::nullopt}, {"split", split.port(), std::nullopt}}, {"good"}));
+  ASSERT_TRUE(eventually([&] { return online("split-porch"); })) << slurp(dir_ / "esphome.log");
+  auto r = client_->set("split-porch.relay", "Switch", "true");
+  EXPECT_TRUE(r) << r.error().message;
+  EXPECT_TRUE(split.porch_relay());
+  auto list = client_->list_devices();
+  ASSERT_TRUE(list) << list.error().message;
+  for (const auto& d : list->devices()) EXPECT_NE(d.name(), "split") << "a node without entities of its own";
+  EXPECT_EQ(slurp(dir_ / "core.log").find("declares no entities"), std::string::npos) << slurp(dir_ / "core.log");
+}
+
+TEST_F(EsphomeHostile, ANodeNamedLikeAConfiguredDeviceDoesNotTakeItsId) {
+  FakeDevice good("good-node", std::nullopt);
+  FakeDevice impostor("good", std::nullopt);  // no name: in the configuration, so its node name "good" counts
+  ASSERT_NO_FATAL_FAILURE(start({{"good", good.port(), std::nullopt}, {"", impostor.port(), std::nullopt}}, {"good"}));
+  const std::string moved = "good-127.0.0.1_" + std::to_string(impostor.port());
+  EXPECT_TRUE(eventually([&] { return online(moved); })) << slurp(dir_ / "esphome.log");
+  // "good" is the configured device, whichever connected first.
+  const int before = good.commands();
+  expect_good_serves(true);
+  EXPECT_GT(good.commands(), before);
+  EXPECT_EQ(impostor.commands(), 0);
 }
 
 }  // namespace

@@ -20,6 +20,7 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "floe/esphome/messages.hpp"
@@ -108,6 +109,18 @@ class FakeDevice {
     }
     misdeed_now_ = true;
     poke();
+  }
+  /// What the device lists: its DeviceInfo and its entity messages (type, encoded message), which
+  /// ListEntities sends in order before Done.
+  struct Listing {
+    esphome::api::DeviceInfoResponse info;
+    std::vector<std::pair<std::uint16_t, std::string>> entities;
+  };
+  /// Changes what the device lists, from the next DeviceInfo request on (the standard listing
+  /// above is passed in to be edited).
+  void set_listing(std::function<void(Listing&)> edit) {
+    std::lock_guard lock(mu_);
+    edit_listing_ = std::move(edit);
   }
   /// Writes all of `bytes` (blocking); false if the peer is gone.
   static bool write_all(int fd, std::string_view bytes) {
@@ -219,6 +232,43 @@ class FakeDevice {
     return s;
   }
 
+  Listing listing() {
+    Listing l;
+    l.info.set_name(name_);
+    l.info.set_mac_address("01:23:45:67:89:AB");
+    l.info.set_esphome_version("2026.1.0");
+    auto* porch = l.info.add_devices();
+    porch->set_device_id(5);
+    porch->set_name("Porch");
+    esphome::api::ListEntitiesLightResponse light;
+    light.set_object_id("light");
+    light.set_key(1);
+    light.set_name("Light");
+    light.add_supported_color_modes(esphome::api::COLOR_MODE_RGB);
+    l.entities.emplace_back(to_u16(MsgType::ListEntitiesLightResponse), light.SerializeAsString());
+    esphome::api::ListEntitiesSwitchResponse relay;
+    relay.set_key(2);
+    relay.set_name("Relay");  // no object_id: derived from the name
+    l.entities.emplace_back(to_u16(MsgType::ListEntitiesSwitchResponse), relay.SerializeAsString());
+    relay.set_device_id(5);
+    l.entities.emplace_back(to_u16(MsgType::ListEntitiesSwitchResponse), relay.SerializeAsString());
+    esphome::api::ListEntitiesSensorResponse temp;
+    temp.set_object_id("temperature");
+    temp.set_key(3);
+    temp.set_name("Temperature");
+    temp.set_unit_of_measurement("°C");
+    temp.set_accuracy_decimals(1);
+    temp.set_device_class("temperature");
+    l.entities.emplace_back(to_u16(MsgType::ListEntitiesSensorResponse), temp.SerializeAsString());
+    std::function<void(Listing&)> edit;
+    {
+      std::lock_guard lock(mu_);
+      edit = edit_listing_;
+    }
+    if (edit) edit(l);
+    return l;
+  }
+
   // False: close the client.
   bool receive(Client& c) {
     char buf[4096];
@@ -247,41 +297,16 @@ class FakeDevice {
         send(c, to_u16(MsgType::HelloResponse), r);
         return true;
       }
-      case MsgType::DeviceInfoRequest: {
-        esphome::api::DeviceInfoResponse r;
-        r.set_name(name_);
-        r.set_mac_address("01:23:45:67:89:AB");
-        r.set_esphome_version("2026.1.0");
-        auto* porch = r.add_devices();
-        porch->set_device_id(5);
-        porch->set_name("Porch");
-        send(c, to_u16(MsgType::DeviceInfoResponse), r);
+      case MsgType::DeviceInfoRequest:
+        send(c, to_u16(MsgType::DeviceInfoResponse), listing().info);
         return true;
-      }
-      case MsgType::ListEntitiesRequest: {
-        esphome::api::ListEntitiesLightResponse light;
-        light.set_object_id("light");
-        light.set_key(1);
-        light.set_name("Light");
-        light.add_supported_color_modes(esphome::api::COLOR_MODE_RGB);
-        send(c, to_u16(MsgType::ListEntitiesLightResponse), light);
-        esphome::api::ListEntitiesSwitchResponse relay;
-        relay.set_key(2);
-        relay.set_name("Relay");  // no object_id: derived from the name
-        send(c, to_u16(MsgType::ListEntitiesSwitchResponse), relay);
-        relay.set_device_id(5);
-        send(c, to_u16(MsgType::ListEntitiesSwitchResponse), relay);
-        esphome::api::ListEntitiesSensorResponse temp;
-        temp.set_object_id("temperature");
-        temp.set_key(3);
-        temp.set_name("Temperature");
-        temp.set_unit_of_measurement("°C");
-        temp.set_accuracy_decimals(1);
-        temp.set_device_class("temperature");
-        send(c, to_u16(MsgType::ListEntitiesSensorResponse), temp);
+      case MsgType::ListEntitiesRequest:
+        for (const auto& [type, bytes] : listing().entities) {
+          auto frame = c.transport->encode(type, bytes);
+          if (frame && !write_all(c.fd.get(), *frame)) return false;
+        }
         send(c, to_u16(MsgType::ListEntitiesDoneResponse), esphome::api::ListEntitiesDoneResponse{});
         return true;
-      }
       case MsgType::SubscribeStatesRequest:
         c.subscribed = true;
         send(c, to_u16(MsgType::LightStateResponse), light_state());
@@ -345,6 +370,7 @@ class FakeDevice {
   std::atomic<bool> misdeed_now_{false};
   Misdeed misdeed_;  // mu_
   bool misdeed_at_connect_ = false;  // mu_
+  std::function<void(Listing&)> edit_listing_;  // mu_
   std::mutex mu_;
   bool light_on_ = false;
   float brightness_ = 1.0F;

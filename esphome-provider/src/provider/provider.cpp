@@ -16,6 +16,7 @@
 #include <ctime>
 #include <deque>
 #include <map>
+#include <set>
 #include <unordered_map>
 
 #include <fmt/format.h>
@@ -25,6 +26,7 @@
 #include "floe/esphome/messages.hpp"
 #include "floe/esphome/transport.hpp"
 #include "floe/ipc/fd.hpp"
+#include "floe/ipc/tree.hpp"
 #include "floe/sdk/backoff.hpp"
 #include "floe/sdk/provider.hpp"
 
@@ -49,6 +51,12 @@ constexpr std::uint32_t kApiMinor = 14;
 constexpr std::uint64_t kProviderTag = 0;
 constexpr std::uint64_t kStopTag = 1;
 constexpr std::uint64_t kFirstConnectionTag = 2;
+// What one node may list. A real node has tens of entities and a few sub-devices; a device that
+// lists without end (or thousands of sub-devices, each a floe device) is dropped with a reason
+// before it costs the provider memory, time, or the core's per-provider limits.
+constexpr std::size_t kMaxNodeEntities = ipc::kTreeMaxEntities;
+constexpr std::size_t kMaxNodeSubDevices = 256;
+constexpr std::size_t kMaxListingBytes = std::size_t{4} << 20;
 
 constexpr std::uint16_t id(MsgType t) noexcept { return static_cast<std::uint16_t>(t); }
 
@@ -108,6 +116,7 @@ struct Connection {
   std::string node_name;
   pb::DeviceInfoResponse info;
   std::vector<EntityInfo> listing;
+  std::size_t listing_bytes = 0;  // the payloads of `listing`'s messages
   std::vector<std::unique_ptr<FloeDevice>> devices;  // declared floe devices; kept across reconnects
   std::map<std::pair<std::uint32_t, std::uint32_t>, std::pair<FloeDevice*, sdk::EntityIndex>> by_key;
   std::deque<Pending> pending;
@@ -501,6 +510,7 @@ struct EsphomeProvider::Impl {
   void on_message(Connection& c, const Message& m) {
     switch (static_cast<MsgType>(m.type)) {
       case MsgType::HelloResponse: {
+        if (c.phase != Phase::kHello) return;  // one per connection; a second must not restart the steps
         pb::HelloResponse r;
         if (!parse(c, m, r, "HelloResponse")) return;
         if (r.api_version_major() != kApiMajor) {
@@ -519,18 +529,23 @@ struct EsphomeProvider::Impl {
       case MsgType::DeviceInfoResponse: {
         if (c.phase != Phase::kDeviceInfo) return;
         if (!parse(c, m, c.info, "DeviceInfoResponse")) return;
+        if (static_cast<std::size_t>(c.info.devices_size()) > kMaxNodeSubDevices) {
+          return drop(c, fmt::format("the device lists {} sub-devices; floe-esphome takes at most {} per node",
+                                     c.info.devices_size(), kMaxNodeSubDevices));
+        }
         if (!c.info.name().empty()) c.node_name = c.info.name();
         if (c.config->name.empty() && !c.node_name.empty()) {
           c.label = fmt::format("{} ({})", c.node_name, c.config->address());
         }
         c.listing.clear();
+        c.listing_bytes = 0;
         enter(c, Phase::kListing);
         (void)send(c, id(MsgType::ListEntitiesRequest), {});
         return;
       }
       case MsgType::ListEntitiesDoneResponse: {
         if (c.phase != Phase::kListing) return;
-        declare(c);
+        if (!declare(c)) return;
         enter(c, Phase::kLive);
         c.live_since = Clock::now();  // the backoff resets once it has lasted (drop())
         c.last_error.clear();
@@ -559,7 +574,18 @@ struct EsphomeProvider::Impl {
     if (c.phase == Phase::kListing) {
       auto e = parse_list_entity(m.type, m.payload);
       if (!e) return drop(c, e.error().message);
-      if (*e) c.listing.push_back(std::move(**e));
+      if (!*e) return;
+      c.listing_bytes += m.payload.size();
+      if (c.listing.size() == kMaxNodeEntities) {
+        return drop(c, fmt::format("the device lists more than {} entities; floe-esphome takes at most {} per node",
+                                   kMaxNodeEntities, kMaxNodeEntities));
+      }
+      if (c.listing_bytes > kMaxListingBytes) {
+        return drop(c, fmt::format("the device's entity list exceeds {} bytes; floe-esphome takes at most that much "
+                                   "per node",
+                                   kMaxListingBytes));
+      }
+      c.listing.push_back(std::move(**e));
       return;
     }
     if (c.phase == Phase::kLive) on_state(c, m);
@@ -619,60 +645,94 @@ struct EsphomeProvider::Impl {
 
   std::string base_id(const Connection& c) const {
     if (!c.config->name.empty()) return c.config->name;
-    if (!c.node_name.empty()) return slugify(c.node_name);
-    return slugify(c.config->host);
+    std::string id = slugify(!c.node_name.empty() ? std::string_view(c.node_name) : std::string_view(c.config->host));
+    // The node's own name is the device's to choose: it must not take the id of a device
+    // configured by name (nor of that device's sub-devices, "<name>-..."). Configured names win,
+    // whichever connects first; the node gets its address appended.
+    const bool configured = std::any_of(connections.begin(), connections.end(), [&](const auto& other) {
+      const std::string& name = other->config->name;
+      return !name.empty() && id.starts_with(name) && (id.size() == name.size() || id[name.size()] == '-');
+    });
+    if (!configured) return id;
+    std::string unique = sub_device_id(id, c.config->address());
+    spdlog::warn("ESPHome device {}: its name '{}' is a configured device's id; it is declared as '{}' (give it "
+                 "a name: in the configuration)",
+                 c.label, id, unique);
+    return unique;
   }
 
-  /// Declares (first time) or re-binds (reconnect) the node's floe devices from c.listing.
-  void declare(Connection& c) {
+  /// Declares (first time) or re-binds (reconnect) the node's floe devices from c.listing. False
+  /// if the node was dropped instead (too many sub-devices).
+  bool declare(Connection& c) {
     const std::string base = base_id(c);
     // The node first, then its sub-devices in the order it lists them, then any device_id an
     // entity names that DeviceInfo did not list.
-    std::vector<std::pair<std::uint32_t, std::string>> parts{{0, {}}};
+    struct Part {
+      std::uint32_t device_id = 0;
+      std::string name;
+      std::vector<EntityInfo> entities;
+      std::string floe_id;
+    };
+    std::vector<Part> parts(1);
+    std::unordered_map<std::uint32_t, std::size_t> by_device_id{{0, 0}};
     for (const auto& sd : c.info.devices()) {
-      if (sd.device_id() != 0) parts.emplace_back(sd.device_id(), sd.name());
+      if (by_device_id.try_emplace(sd.device_id(), parts.size()).second) {
+        parts.push_back({.device_id = sd.device_id(), .name = sd.name(), .entities = {}, .floe_id = {}});
+      }
     }
     for (const auto& e : c.listing) {
-      if (std::none_of(parts.begin(), parts.end(), [&](const auto& p) { return p.first == e.device_id; })) {
-        parts.emplace_back(e.device_id, std::string{});
+      auto [at, added] = by_device_id.try_emplace(e.device_id, parts.size());
+      if (added) parts.push_back({.device_id = e.device_id, .name = {}, .entities = {}, .floe_id = {}});
+      parts[at->second].entities.push_back(e);
+    }
+    if (parts.size() > kMaxNodeSubDevices + 1) {
+      drop(c, fmt::format("the device's entities name {} sub-devices; floe-esphome takes at most {} per node",
+                          parts.size() - 1, kMaxNodeSubDevices));
+      return false;
+    }
+    // Every part with entities gets an id of its own, before any is bound: two sub-devices whose
+    // names differ only in case, or ids cut at 64 characters, must not land on one floe device
+    // (binding the second would withdraw the first while its entities still point at it).
+    std::set<std::string> taken;
+    for (auto& p : parts) {
+      if (p.entities.empty()) continue;  // a node whose entities are all on sub-devices declares none itself
+      const std::string number = std::to_string(p.device_id);
+      p.floe_id = p.device_id == 0 ? base : sub_device_id(base, p.name.empty() ? number : p.name);
+      for (int n = 2; !taken.insert(p.floe_id).second; ++n) {
+        const std::string wanted = p.floe_id;
+        p.floe_id = sub_device_id(wanted, n == 2 ? number : fmt::format("{}-{}", number, n));
+        spdlog::warn("ESPHome device {}: sub-device {} would be '{}' like another part of the node; it is '{}'",
+                     c.label, p.device_id, wanted, p.floe_id);
       }
     }
     c.by_key.clear();
-    std::vector<std::string> bound;
-    for (const auto& [device_id, sub_name] : parts) {
-      std::vector<EntityInfo> entities;
-      for (const auto& e : c.listing) {
-        if (e.device_id == device_id) entities.push_back(e);
+    for (auto& p : parts) {
+      if (p.entities.empty()) continue;
+      std::string display =
+          !c.info.friendly_name().empty() ? c.info.friendly_name() : (c.node_name.empty() ? base : c.node_name);
+      if (p.device_id != 0) display = p.name.empty() ? p.floe_id : p.name;
+      sdk::DeviceSpec spec{.id = p.floe_id, .name = display, .groups = c.config->groups, .entities = {}};
+      const auto ids = entity_ids(p.floe_id, p.entities);
+      for (std::size_t i = 0; i < p.entities.size(); ++i) {
+        spec.entities.push_back({.id = ids[i], .name = p.entities[i].name, .components = components_for(p.entities[i])});
       }
-      if (entities.empty() && device_id != 0) continue;
-      std::string floe_id = base;
-      std::string display = !c.info.friendly_name().empty() ? c.info.friendly_name() : (c.node_name.empty() ? base : c.node_name);
-      if (device_id != 0) {
-        floe_id = slugify(fmt::format("{}-{}", base, sub_name.empty() ? std::to_string(device_id) : sub_name));
-        display = sub_name.empty() ? floe_id : sub_name;
-      }
-      sdk::DeviceSpec spec{.id = floe_id, .name = display, .groups = c.config->groups, .entities = {}};
-      const auto ids = entity_ids(floe_id, entities);
-      for (std::size_t i = 0; i < entities.size(); ++i) {
-        spec.entities.push_back({.id = ids[i], .name = entities[i].name, .components = components_for(entities[i])});
-      }
-      bound.push_back(spec.id);
-      FloeDevice* fd = bind(c, std::move(spec), std::move(entities));
+      FloeDevice* fd = bind(c, std::move(spec), std::move(p.entities));
       if (fd == nullptr) continue;
       for (sdk::EntityIndex i = 0; i < fd->entities.size(); ++i) {
         c.by_key[{fd->entities[i].key, fd->entities[i].device_id}] = {fd, i};
         for (const auto& w : static_writes(fd->entities[i])) write(*fd->device, i, w);
       }
     }
-    // A sub-device the node no longer lists is withdrawn.
+    // A part the node no longer lists (or that has no entities now) is withdrawn.
     for (auto it = c.devices.begin(); it != c.devices.end();) {
-      if (std::find(bound.begin(), bound.end(), (*it)->device->id()) == bound.end()) {
+      if (!taken.contains((*it)->device->id())) {
         withdraw(c, it);
         it = c.devices.begin();
       } else {
         ++it;
       }
     }
+    return true;
   }
 
   FloeDevice* bind(Connection& c, sdk::DeviceSpec spec, std::vector<EntityInfo> entities) {

@@ -107,5 +107,10 @@ struct Command {
 /// Home-wide entity ids "<device>.<object_id>" for `entities` of floe device `device`, unique and
 /// valid (shortened to 64 characters, a numeric suffix on a clash). Same input, same ids.
 [[nodiscard]] std::vector<std::string> entity_ids(std::string_view device, std::span<const EntityInfo> entities);
+/// The floe id of sub-device `sub` (its name, or its number) of the node whose id is `node`:
+/// "<node>-<sub>" as a valid id. Over 64 characters the node's part is shortened, so the result
+/// always differs from `node`. Two sub-devices may still come out the same ("Porch", "porch"):
+/// the caller makes them unique.
+[[nodiscard]] std::string sub_device_id(std::string_view node, std::string_view sub);
 
 }  // namespace floe::esphome
