@@ -5,6 +5,7 @@
 #include "daemon_internal.hpp"
 #include "floe/ipc/notify.hpp"
 #include "floe/ipc/ring.hpp"
+#include "floe/ipc/text.hpp"
 
 namespace floe::core::detail {
 
@@ -472,8 +473,10 @@ Shard::Drained Shard::drain_rx(Attached& d) {
           auto res = ipc::read_record<ipc::RequestResult>(v.payload);
           if (!res) return;
           const std::size_t avail = v.payload.size() - sizeof(ipc::RequestResult);
-          const std::size_t n = std::min<std::size_t>({res->message_length, avail, 1024});
-          std::string msg(reinterpret_cast<const char*>(v.payload.data()) + sizeof(ipc::RequestResult), n);
+          const std::size_t n = std::min<std::size_t>(res->message_length, avail);
+          // It goes into the client's answer (a protobuf string): valid UTF-8, cut at a character.
+          std::string msg = ipc::valid_utf8(
+              std::string_view(reinterpret_cast<const char*>(v.payload.data()) + sizeof(ipc::RequestResult), n), 1024);
           Outcome out;
           switch (static_cast<ipc::RequestStatus>(res->status)) {
             case ipc::RequestStatus::kOk: break;

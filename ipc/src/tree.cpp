@@ -9,6 +9,8 @@
 #include <map>
 #include <new>
 
+#include "floe/ipc/text.hpp"
+
 namespace floe::ipc {
 namespace {
 
@@ -682,7 +684,7 @@ Result<std::string> TreeReader::read_text(EntityIndex e, Component c, unsigned m
   std::size_t n = 0;
   auto buf = read_blob(e, c, Encoding::kText, max_attempts, "tree.read_text", n);
   if (!buf) return tl::unexpected(std::move(buf).error());
-  return std::string(reinterpret_cast<const char*>(buf->data()), n);
+  return valid_utf8(std::string_view(reinterpret_cast<const char*>(buf->data()), n));
 }
 
 Result<std::vector<std::string>> TreeReader::read_list(EntityIndex e, Component c, unsigned max_attempts) const {
@@ -695,6 +697,7 @@ Result<std::vector<std::string>> TreeReader::read_list(EntityIndex e, Component 
     return logic_error("tree.read_list", "entity " + std::to_string(e) + ": " + describe(c) + ": " +
                                              items.error().to_string());
   }
+  for (auto& item : *items) item = valid_utf8(item);
   return items;
 }
 

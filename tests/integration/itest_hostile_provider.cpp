@@ -390,6 +390,35 @@ FLOE_CHILD_ROLE(hostile) {
 
   if (attack == "idle") return idle_until_released();
 
+  if (attack == "not_utf8") {
+    // Bytes that are not UTF-8 in its text and in an item of its list (well-formed writes
+    // otherwise), and every request it is sent failed with a message of 1,023 ASCII bytes and
+    // then a two-byte character (valid UTF-8, but the core's 1,024-byte cut falls inside it),
+    // and a stray byte.
+    auto tree = ipc::TreeWriter::attach(g->parts.tree);
+    auto tx = ipc::RingConsumer::attach(g->parts.tx, g->tx_efd.get());
+    auto rx = ipc::RingProducer::attach(g->parts.rx, g->rx_efd.get());
+    if (!tree || !tx || !rx) return child_fail("attach the tree and rings");
+    const std::vector<std::string> items{"fine", "bad \xc3\x28 item"};
+    if (tree->set_text(1, ipc::Component::Text, "ok \xff\xfe \xc3") != ipc::TreeWriteStatus::kOk ||
+        tree->set_list(2, ipc::Component::TextList, std::span<const std::string>(items)) != ipc::TreeWriteStatus::kOk) {
+      return child_fail("write the text and the list");
+    }
+    (void)send_text(kCtl, "written");
+    const std::string message = std::string(1023, 'a') + "\xc3\xa9\xff";
+    while (!readable(kCtl, 0)) {
+      auto n = tx->drain([&](const ipc::RecordView& view) {
+        auto req = sdk::decode_request(view.type, view.payload);
+        if (!req) return;
+        const auto result = sdk::encode_result(req->id, ipc::RequestStatus::kFailed, message);
+        while (!rx->try_push(ipc::kRequestResult, result)) std::this_thread::yield();
+      });
+      if (!n) return child_fail(n.error().to_string());
+      if (*n == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    return idle_until_released();
+  }
+
   if (attack == "hang_up") {
     // Drops its connection but lives on, its region still mapped; tells the test the region's inode.
     struct stat st {};
@@ -1326,6 +1355,37 @@ TEST_F(HostileProvider, StringsThatAreNotUtf8AreAnsweredAndNotLoggedPerPacket) {
   EXPECT_TRUE(eventually([&] { return log_lines({"provider 'raw-utf8' (", ") gone (", "not a floe.proto.Envelope"}) == 5; }))
       << "the core's own report of each bad provider packet";
   EXPECT_EQ(slurp(dir_ / "core.log").find("UTF-8"), std::string::npos) << "protobuf's line, once per packet";
+  expect_honest_intact();
+}
+
+TEST_F(HostileProvider, TextsAndMessagesThatAreNotUtf8ReachClientsReadable) {
+  ASSERT_NO_FATAL_FAILURE(start());
+  start_hostile({"not_utf8"});
+  ASSERT_EQ(hostile_says(), "written");
+  // Client answers are protobuf, whose parser refuses a string that is not UTF-8: the core sends
+  // what it read from the tree with every bad byte as U+FFFD, never the raw bytes.
+  auto text = get("evil_text", "Text");
+  ASSERT_TRUE(text.has_value()) << "the answer could not be read";
+  EXPECT_EQ(text->text(), "ok \xef\xbf\xbd\xef\xbf\xbd \xef\xbf\xbd");
+  auto list = get("evil_list", "TextList");
+  ASSERT_TRUE(list.has_value()) << "the answer could not be read";
+  ASSERT_EQ(list->list().items_size(), 2);
+  EXPECT_EQ(list->list().items(0), "fine");
+  EXPECT_EQ(list->list().items(1), "bad \xef\xbf\xbd( item");
+  auto q = client_->query("list Text");
+  ASSERT_TRUE(q) << q.error().message;
+  auto watch = client_->watch("list TextList");
+  ASSERT_TRUE(watch) << watch.error().message;
+  auto event = client_->next_event(-1, std::chrono::duration_cast<std::chrono::milliseconds>(kHangGuard));
+  ASSERT_TRUE(event) << event.error().message;
+  EXPECT_TRUE(event->event.error().empty()) << event->event.error();
+  EXPECT_TRUE(event->event.has_result());
+  // Its failure message is cut at 1,024 bytes, at a character: the two-byte one does not fit.
+  auto s = client_->set("evil_light", "Switch", "true");
+  ASSERT_FALSE(s);
+  EXPECT_NE(s.error().message.find(std::string(1023, 'a')), std::string::npos) << s.error().message;
+  EXPECT_EQ(s.error().message.find("\xc3"), std::string::npos) << "half a character";
+  release_hostile();
   expect_honest_intact();
 }
 

@@ -34,5 +34,39 @@ TEST(Excerpt, CutsLongInputAndSaysHowLongItWas) {
   EXPECT_EQ(excerpt("abc", 3), "abc");
 }
 
+const std::string kFffd = "\xef\xbf\xbd";  // U+FFFD
+
+TEST(ValidUtf8, KeepsValidTextAsItIs) {
+  EXPECT_EQ(valid_utf8("kitchen"), "kitchen");
+  EXPECT_EQ(valid_utf8(""), "");
+  const std::string mixed = "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x92\xa1 \xed\x9f\xbf \xf4\x8f\xbf\xbf";  // é € 💡 U+D7FF U+10FFFF
+  EXPECT_EQ(valid_utf8(mixed), mixed);
+  EXPECT_EQ(valid_utf8(std::string("a\0b", 3)), std::string("a\0b", 3));
+}
+
+TEST(ValidUtf8, ReplacesEachByteThatStartsNoWellFormedSequence) {
+  EXPECT_EQ(valid_utf8("\xff"), kFffd);
+  EXPECT_EQ(valid_utf8("a\x80" "b"), "a" + kFffd + "b");                       // a lone continuation byte
+  EXPECT_EQ(valid_utf8("\xc3("), kFffd + "(");                              // a lead byte without its continuation
+  EXPECT_EQ(valid_utf8("\xc0\xaf"), kFffd + kFffd);                         // overlong '/'
+  EXPECT_EQ(valid_utf8("\xe0\x80\xaf"), kFffd + kFffd + kFffd);            // overlong, three bytes
+  EXPECT_EQ(valid_utf8("\xed\xa0\x80"), kFffd + kFffd + kFffd);            // a surrogate (U+D800)
+  EXPECT_EQ(valid_utf8("\xf4\x90\x80\x80"), kFffd + kFffd + kFffd + kFffd);  // past U+10FFFF
+  EXPECT_EQ(valid_utf8("\xe2\x82"), kFffd + kFffd);                         // cut short at the end
+  // Every single byte: what comes out is valid, so a second pass changes nothing.
+  for (int b = 0; b < 256; ++b) {
+    const std::string once = valid_utf8(std::string(1, static_cast<char>(b)) + "\xe2\x82\xac");
+    EXPECT_EQ(valid_utf8(once), once) << "byte " << b;
+  }
+}
+
+TEST(ValidUtf8, CutsAtACharacterBoundaryWithinTheLimit) {
+  EXPECT_EQ(valid_utf8("abcdef", 3), "abc");
+  EXPECT_EQ(valid_utf8(std::string(1023, 'a') + "\xc3\xa9", 1024), std::string(1023, 'a'));
+  EXPECT_EQ(valid_utf8(std::string(1022, 'a') + "\xc3\xa9", 1024), std::string(1022, 'a') + "\xc3\xa9");
+  EXPECT_EQ(valid_utf8("ab\xff", 4), "ab");  // the replacement is 3 bytes: it does not fit either
+  EXPECT_EQ(valid_utf8("ab\xff", 5), "ab" + kFffd);
+}
+
 }  // namespace
 }  // namespace floe::ipc

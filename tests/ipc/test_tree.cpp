@@ -278,7 +278,10 @@ TEST(Tree, TextRoundTripsUpToItsCapacityAndNotOneByteMore) {
   EXPECT_EQ(*r.read_text(1, C::Unit), "");
   const std::string binary("a\0b\xff", 4);
   EXPECT_EQ(w.set_text(1, C::DeviceClass, binary), TreeWriteStatus::kOk);
-  EXPECT_EQ(*r.read_text(1, C::DeviceClass), binary);
+  // Readers hand texts on in protobuf strings: a byte that is not UTF-8 comes back as U+FFFD.
+  EXPECT_EQ(*r.read_text(1, C::DeviceClass), std::string("a\0b\xef\xbf\xbd", 6));
+  EXPECT_EQ(w.set_text(1, C::DeviceClass, "21 \xc2\xb0" "C"), TreeWriteStatus::kOk);
+  EXPECT_EQ(*r.read_text(1, C::DeviceClass), "21 \xc2\xb0" "C");
 }
 
 TEST(Tree, ListRoundTripsAndIsRefusedWhenItsEncodingExceedsTheCapacity) {
@@ -297,6 +300,8 @@ TEST(Tree, ListRoundTripsAndIsRefusedWhenItsEncodingExceedsTheCapacity) {
   EXPECT_EQ(*r.read_list(2, C::TextList), std::vector<std::string>{std::string(120, 'z')});
   EXPECT_EQ(w.set_list(2, C::TextList, std::vector<std::string>{}), TreeWriteStatus::kOk);
   EXPECT_TRUE(r.read_list(2, C::TextList)->empty());
+  EXPECT_EQ(w.set_list(2, C::TextList, std::vector<std::string>{"caf\xc3\xa9", "caf\xe9"}), TreeWriteStatus::kOk);
+  EXPECT_EQ(*r.read_list(2, C::TextList), (std::vector<std::string>{"caf\xc3\xa9", "caf\xef\xbf\xbd"}));
 }
 
 TEST(Tree, EveryWriteBumpsOnlyItsEntitysChangeSequence) {

@@ -13,4 +13,15 @@ namespace floe::ipc {
 /// and content of what it sends; an error that quotes it must not carry 64 KiB or break a line.
 [[nodiscard]] std::string excerpt(std::string_view text, std::size_t max_bytes = 64);
 
+/// `text` as valid UTF-8, for a protobuf string field (whose parser rejects the whole message
+/// otherwise): every byte that does not start a well-formed sequence (RFC 3629: no overlongs, no
+/// surrogates, nothing past U+10FFFF) becomes U+FFFD, and the result is cut at a character
+/// boundary so that it is at most `max_bytes` long. Valid text under the limit comes back as is.
+/// A provider writes texts and messages that end up in clients' answers; one stray byte must not
+/// make every answer that carries them unreadable.
+[[nodiscard]] std::string valid_utf8(std::string_view text, std::size_t max_bytes = std::string_view::npos);
+/// The length of the well-formed UTF-8 sequence at the start of `text` (1-4), or 0 if it does not
+/// start with one.
+[[nodiscard]] std::size_t utf8_sequence(std::string_view text) noexcept;
+
 }  // namespace floe::ipc

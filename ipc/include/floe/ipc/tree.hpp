@@ -316,7 +316,8 @@ class TreeReader {
   [[nodiscard]] std::optional<Value> get(EntityIndex e, Component c) const noexcept;
   /// The stored word of a small component, unvalidated.
   [[nodiscard]] std::optional<std::uint64_t> get_raw(EntityIndex e, Component c) const noexcept;
-  /// A consistent copy of a text component. Errors: no such entity/component, not a text, the
+  /// A consistent copy of a text component, as valid UTF-8 (a writer's bytes that are not become
+  /// U+FFFD: see valid_utf8; the same for every item of a list). Errors: no such entity/component, not a text, the
   /// writer stuck mid-write or too busy for `max_attempts` tries, a length over the capacity.
   [[nodiscard]] Result<std::string> read_text(EntityIndex e, Component c,
                                               unsigned max_attempts = kSeqlockDefaultAttempts) const;
