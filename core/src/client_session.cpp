@@ -153,6 +153,8 @@ Status ClientSession::open(ClientLoop& loop) {
   ev.data.ptr = this;
   if (::epoll_ctl(loop.epoll_.get(), EPOLL_CTL_ADD, channel_.fd(), &ev) != 0) return sys_error("epoll_ctl", "add a client");
   interest_ = EPOLLIN;
+  hello_deadline_ = std::chrono::steady_clock::now() + core_.config.limits.client_hello_timeout;
+  loop.note_deadline(hello_deadline_);
   return {};
 }
 
@@ -410,6 +412,18 @@ std::chrono::steady_clock::time_point ClientSession::reap_sets() {
 
 std::chrono::steady_clock::time_point ClientSession::on_deadline(std::chrono::steady_clock::time_point now) {
   auto next = reap_sets();
+  if (!welcomed_ && !closing_ && !final_) {
+    if (now < hello_deadline_) {
+      next = std::min(next, hello_deadline_);
+    } else {
+      const auto ms = core_.config.limits.client_hello_timeout.count();
+      spdlog::warn("client pid {} uid {}: no Hello within {} ms (limits.client_hello_timeout_ms); disconnecting",
+                   peer_.pid, peer_.uid, ms);
+      send_error(0, proto::ERROR_CODE_TIMEOUT,
+                 fmt::format("no Hello within {} ms of connecting (limits.client_hello_timeout_ms)", ms), true);
+      return next;
+    }
+  }
   if (!blocked_ || closing_) return next;
   const auto stall_end = blocked_since_ + core_.config.limits.client_stall_timeout;
   if (now < stall_end) return std::min(next, stall_end);

@@ -73,6 +73,8 @@ Status parse_limits(const toml::table& t, std::string_view origin, Limits& l) {
       {"max_watches_per_client", 1, 65536, [&](std::int64_t v) { l.max_watches_per_client = static_cast<unsigned>(v); }},
       {"client_stall_timeout_ms", 100, 3'600'000,
        [&](std::int64_t v) { l.client_stall_timeout = std::chrono::milliseconds(v); }},
+      {"client_hello_timeout_ms", 100, 600'000,
+       [&](std::int64_t v) { l.client_hello_timeout = std::chrono::milliseconds(v); }},
   };
   for (const auto& [k, node] : t) {
     // A named copy: clang (Debian 12's 14) cannot capture a structured binding in a lambda.

@@ -380,6 +380,7 @@ class ClientSession {
   bool close_when_sent_ = false;
   std::uint32_t interest_ = 0;    // the events asked of epoll now
   bool welcomed_ = false;
+  std::chrono::steady_clock::time_point hello_deadline_{};  // open() + limits.client_hello_timeout
   std::atomic<bool> split_answers_{false};  // Hello.split_answers; set before any answer is due
   bool closing_ = false;
   bool closed_ = false;

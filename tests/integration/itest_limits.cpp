@@ -397,6 +397,28 @@ TEST_F(Limits, AClientOverTheRequestRateGetsLimitAndRecovers) {
   expect_logged({"back under the request rate"});
 }
 
+TEST_F(Limits, ClientsThatNeverSayHelloAreToldAndDisconnected) {
+  start("client_hello_timeout_ms = 300\n");
+  // Connections that say nothing would each hold one of the max_clients places.
+  RawClient silent_1(sock_);
+  RawClient silent_2(sock_);
+  auto told = silent_1.next();
+  ASSERT_TRUE(told && told->has_error()) << "the silent client was not told";
+  EXPECT_EQ(told->error().code(), proto::ERROR_CODE_TIMEOUT);
+  EXPECT_TRUE(told->error().fatal());
+  EXPECT_NE(told->error().message().find("no Hello within 300 ms"), std::string::npos) << told->error().message();
+  EXPECT_FALSE(silent_1.next()) << "the session is closed after the error";
+  auto also_told = silent_2.next();
+  EXPECT_TRUE(also_told && also_told->has_error());
+  // A client that says Hello is served.
+  EXPECT_TRUE(eventually([&] {
+    RawClient fresh(sock_);
+    return fresh.hello() && fresh.list_devices().has_value();
+  }));
+  expect_logged({"client pid " + std::to_string(::getpid()), "no Hello within 300 ms"});
+  expect_good_provider_serves("0.625");
+}
+
 TEST_F(Limits, AnOversizedClientRequestIsRefusedAndTheSessionStays) {
   start("max_request_bytes = 512\n");
   RawClient c(sock_);

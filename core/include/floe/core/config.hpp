@@ -52,6 +52,9 @@ struct Limits {
   /// A client whose socket stays full this long (it reads neither answers nor events) is
   /// disconnected, and its place (max_clients) is given back.
   std::chrono::milliseconds client_stall_timeout{60'000};
+  /// A client that has not said Hello this long after connecting is disconnected (told why), so
+  /// silent connections cannot hold every max_clients place.
+  std::chrono::milliseconds client_hello_timeout{5'000};
 };
 
 struct Config {
