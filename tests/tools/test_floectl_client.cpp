@@ -330,6 +330,47 @@ TEST(FloectlClient, WatchEventsArrivingDuringARequestAreQueuedInOrder) {
   EXPECT_TRUE(c->unwatch(42));
 }
 
+TEST(FloectlClient, UnwatchDropsOnlyThatWatchsQueuedEvents) {
+  FakeCore core([next_watch = std::uint64_t{42}](ipc::Channel& ch, const proto::ClientRequest& req) mutable {
+    if (req.has_hello()) return welcome(ch, req);
+    proto::ClientResponse r;
+    r.set_id(req.id());
+    if (req.has_watch()) {
+      r.mutable_watch_started()->set_watch_id(next_watch++);
+    } else if (req.has_list_groups()) {
+      for (std::uint64_t watch : {42, 43}) {  // an event of each watch overtakes the answer
+        proto::ClientResponse ev;
+        ev.mutable_watch_event()->set_watch_id(watch);
+        ev.mutable_watch_event()->mutable_result()->set_action("count");
+        ev.mutable_watch_event()->mutable_result()->set_count(watch);
+        if (!ch.send(ev)) return false;
+      }
+      r.mutable_groups();
+    } else if (req.has_unwatch()) {
+      r.mutable_ok();
+    } else {
+      return false;
+    }
+    return static_cast<bool>(ch.send(r));
+  });
+  auto c = Client::connect(core.options());
+  ASSERT_TRUE(c) << c.error().message;
+  ASSERT_EQ(c->watch("count where Light").value_or(0), 42u);
+  ASSERT_EQ(c->watch("count where Switch").value_or(0), 43u);
+  ASSERT_TRUE(c->list_groups());
+  ASSERT_TRUE(c->unwatch(42));
+  auto ev = c->next_event(-1, std::chrono::milliseconds(2000));
+  ASSERT_TRUE(ev) << ev.error().message;
+  ASSERT_EQ(ev->kind, WaitOutcome::Kind::kEvent);
+  EXPECT_EQ(ev->event.watch_id(), 43u) << "the other watch's event is still there";
+  const int efd = ::eventfd(1, EFD_CLOEXEC);
+  ASSERT_GE(efd, 0);
+  auto none = c->next_event(efd, std::chrono::milliseconds(2000));
+  ::close(efd);
+  ASSERT_TRUE(none) << none.error().message;
+  EXPECT_EQ(none->kind, WaitOutcome::Kind::kInterrupted) << "the unwatched watch's event is gone";
+}
+
 TEST(FloectlClient, BackoffDoublesFromFirstAndStopsAtMax) {
   const Backoff b{.first = std::chrono::milliseconds(50), .max = std::chrono::milliseconds(2000)};
   EXPECT_EQ(b.delay(0).count(), 50);

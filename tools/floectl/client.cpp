@@ -276,7 +276,8 @@ ClientResult<void> Client::unwatch(std::uint64_t watch_id) {
   r.mutable_unwatch()->set_watch_id(watch_id);
   auto response = call(r, timeout_);
   if (!response) return tl::unexpected(std::move(response.error()));
-  pending_events_.clear();
+  // Only this watch's queued events go; the others' are still the newest their watchers have.
+  std::erase_if(pending_events_, [&](const proto::WatchEvent& e) { return e.watch_id() == watch_id; });
   return {};
 }
 
