@@ -191,6 +191,10 @@ std::byte* RingProducer::reserve_slow(std::uint16_t type, std::uint32_t length, 
       // SYNC(overflow): release pairs with the consumer side's acquire exchange of the flag: the
       // writes the lost record announced (tree values, change sequences) are visible to its rescan.
       header_->overflow.store(1, std::memory_order_release);
+      // The consumer must come and see the flag even if nothing is published after this: it may
+      // have freed space, found no flag and gone to sleep since we read head (its watchers would
+      // stay stale until the next change). The same handshake as publish() wakes it if so.
+      if (mode_ == NotifyMode::kEventfd || mode_ == NotifyMode::kFutex) wake_consumer();
       return nullptr;
     }
   }
@@ -246,8 +250,9 @@ bool RingProducer::push_wait(std::uint16_t type, std::span<const std::byte> payl
       continue;
     }
     if (Clock::now() >= deadline) {
-      // SYNC(overflow): as in try_reserve.
+      // SYNC(overflow): as in try_reserve, and so is the wakeup.
       header_->overflow.store(1, std::memory_order_release);
+      if (mode_ == NotifyMode::kEventfd || mode_ == NotifyMode::kFutex) wake_consumer();
       return false;
     }
     if (attempt < 128) {

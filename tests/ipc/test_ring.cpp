@@ -761,6 +761,28 @@ TEST(RingWakeup, OneSleepCostsAtMostOneSignal) {
   EXPECT_EQ(memory.header().consumer_wakeups.load(), 1u);
 }
 
+TEST(RingWakeup, AFailedPushWakesAConsumerThatWentToSleepMeanwhile) {
+  // The producer found the ring full; meanwhile the consumer freed space, saw no overflow flag and
+  // went to sleep (its flag up, as prepare_sleep leaves it). The lost record's flag must bring it
+  // back to rescan, although nothing is published after it.
+  RingMemory memory(256);
+  auto efd = make_eventfd(true);
+  ASSERT_TRUE(efd.has_value());
+  Ring ring = make_ring(memory, 256, NotifyMode::kEventfd, efd->get());
+  const auto payload = make_payload(0, 24);
+  while (ring.producer.try_push(1, payload)) {
+  }
+  (void)eventfd_drain(efd->get());
+  memory.header().overflow.store(0);
+  memory.header().consumer_sleeping.store(1);  // asleep, with the ring still full (from the producer's view)
+  EXPECT_FALSE(ring.producer.try_push(1, payload));
+  EXPECT_EQ(memory.header().overflow.load(), 1u);
+  auto pending = eventfd_drain(efd->get());
+  ASSERT_TRUE(pending.has_value());
+  EXPECT_EQ(*pending, 1u) << "the sleeping consumer was not woken to see the overflow flag";
+  EXPECT_EQ(memory.header().consumer_sleeping.load(), 0u);
+}
+
 TEST(RingWakeup, PrepareSleepRefusesWhenDataIsAlreadyThere) {
   RingMemory memory(4096);
   auto efd = make_eventfd(true);
