@@ -25,6 +25,11 @@ namespace {
 
 constexpr unsigned kMaxMalformedInARow = 8;
 constexpr std::size_t kMaxOutbox = 4096;
+// Bytes one session may have queued (the outbox and what the loop took from it, not sent yet):
+// two answers of the largest size a client may get (ipc::kMaxAnswerBytes). Counting packets alone
+// let one client that stopped reading keep up to 512 MiB in floe-core (many watches of big
+// results, each event up to a packet).
+constexpr std::size_t kMaxQueuedBytes = 2 * ipc::kMaxAnswerBytes;
 // Single sets one client may have in flight; past it the session reads no more requests until one
 // is answered (back-pressure through the socket, nothing refused or lost). Also bounds how many
 // answers can wait in the outbox.
@@ -215,6 +220,9 @@ void ClientSession::enqueue_parts(std::vector<std::string> parts, std::uint64_t 
 
 bool ClientSession::queue_locked(std::span<std::string> parts, std::uint64_t watch_id) {
   const std::size_t count = parts.size();
+  std::size_t bytes = 0;
+  for (const std::string& p : parts) bytes += p.size();
+  const std::size_t taken = sending_bytes_.load(std::memory_order_relaxed);
   auto from = std::make_move_iterator(parts.begin());
   auto to = std::make_move_iterator(parts.end());
   if (watch_id != 0) {
@@ -222,10 +230,13 @@ bool ClientSession::queue_locked(std::span<std::string> parts, std::uint64_t wat
     // the outbox stays bounded by its watches (plus answers) however fast the values change.
     if (auto it = queued_event_.find(watch_id); it != queued_event_.end()) {
       const QueuedEvent old = it->second;
-      if (outbox_.size() - old.count + count > kMaxOutbox) {
+      std::size_t old_bytes = 0;
+      for (std::size_t i = old.at; i < old.at + old.count; ++i) old_bytes += outbox_[i].size();
+      if (outbox_.size() - old.count + count > kMaxOutbox || outbox_bytes_ - old_bytes + bytes + taken > kMaxQueuedBytes) {
         outbox_overflow_ = true;  // split events that grew: the outbox's bound holds for them too
         return true;
       }
+      outbox_bytes_ = outbox_bytes_ - old_bytes + bytes;
       if (old.count == count) {
         std::move(from, to, outbox_.begin() + static_cast<std::ptrdiff_t>(old.at));
       } else {
@@ -239,11 +250,12 @@ bool ClientSession::queue_locked(std::span<std::string> parts, std::uint64_t wat
       return false;
     }
   }
-  if (outbox_.size() + count > kMaxOutbox) {
+  if (outbox_.size() + count > kMaxOutbox || outbox_bytes_ + bytes + taken > kMaxQueuedBytes) {
     outbox_overflow_ = true;
   } else {
     if (watch_id != 0) queued_event_[watch_id] = QueuedEvent{outbox_.size(), count};
     outbox_.insert(outbox_.end(), from, to);
+    outbox_bytes_ += bytes;
   }
   return true;
 }
@@ -255,6 +267,8 @@ void ClientSession::flush_outbox() {
       const std::string& b = sending_[sent_];
       const ssize_t n = ::send(channel_.fd(), b.data(), b.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
       if (n == static_cast<ssize_t>(b.size())) {
+        const std::size_t left = sending_bytes_.load(std::memory_order_relaxed);  // only this thread writes it
+        sending_bytes_.store(left - std::min(left, b.size()), std::memory_order_relaxed);
         ++sent_;
         if (blocked_) blocked_since_ = std::chrono::steady_clock::now();  // reading, if slowly
         continue;
@@ -272,6 +286,7 @@ void ClientSession::flush_outbox() {
       return;
     }
     sending_.clear();
+    sending_bytes_.store(0, std::memory_order_relaxed);
     sent_ = 0;
     blocked_ = false;
     if (close_when_sent_) {
@@ -301,6 +316,8 @@ void ClientSession::flush_outbox() {
       continue;
     }
     sending_.swap(outbox_);
+    sending_bytes_.store(outbox_bytes_, std::memory_order_relaxed);
+    outbox_bytes_ = 0;
     queued_event_.clear();
     flushing_ = true;  // direct sends queue behind what is being sent here
   }
@@ -852,6 +869,7 @@ void ClientSession::on_watch(const proto::ClientRequest& req) {
       auto it = std::find(outbox_.begin(), outbox_.end(), started_bytes);  // drop the WatchStarted
       if (it != outbox_.end()) {
         const auto at = static_cast<std::size_t>(it - outbox_.begin());
+        outbox_bytes_ -= it->size();
         outbox_.erase(it);
         for (auto& [watch, queued] : queued_event_) queued.at -= queued.at > at ? 1 : 0;
       }

@@ -370,6 +370,9 @@ class ClientSession {
   };
   std::unordered_map<std::uint64_t, QueuedEvent> queued_event_;  // outbox_mu_: by watch id
   bool outbox_overflow_ = false;
+  std::size_t outbox_bytes_ = 0;  // outbox_mu_: the bytes of outbox_
+  // The bytes of sending_ not sent yet: written by the loop, read by queue_locked (the budget).
+  std::atomic<std::size_t> sending_bytes_{0};
   bool flushing_ = false;  // outbox_mu_: the loop holds taken packets not sent yet: direct sends queue
   // The loop's thread only:
   std::vector<std::string> sending_;  // taken from the outbox, sent in order from sending_[sent_]
