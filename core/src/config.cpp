@@ -56,6 +56,8 @@ Status parse_limits(const toml::table& t, std::string_view origin, Limits& l) {
   const Key keys[] = {
       {"max_providers", 1, 4096, [&](std::int64_t v) { l.max_providers = static_cast<unsigned>(v); }},
       {"max_devices_per_provider", 1, 65536, [&](std::int64_t v) { l.max_devices_per_provider = static_cast<unsigned>(v); }},
+      {"max_known_devices_per_uid", 1, 1 << 20,
+       [&](std::int64_t v) { l.max_known_devices_per_uid = static_cast<unsigned>(v); }},
       {"max_entities_per_device", 1, 65536, [&](std::int64_t v) { l.max_entities_per_device = static_cast<unsigned>(v); }},
       {"max_entities_per_provider", 1, 1 << 24, [&](std::int64_t v) { l.max_entities_per_provider = static_cast<unsigned>(v); }},
       {"max_region_bytes_per_provider", std::int64_t{1} << 20, std::int64_t{1} << 40,

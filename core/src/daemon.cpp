@@ -237,6 +237,15 @@ class Daemon {
   void publish_now(const ProviderSession& s);
   void close_provider(std::uint64_t sid, const std::string& why);
   void offline_device(Device& d);
+  /// Erases the device's metadata (under meta_mu), and its count in known_per_uid_.
+  void forget_meta(std::string_view id) {
+    auto it = core_.meta.find(id);
+    if (it == core_.meta.end()) return;
+    if (auto k = known_per_uid_.find(it->second.uid); k != known_per_uid_.end() && --k->second == 0) {
+      known_per_uid_.erase(k);
+    }
+    core_.meta.erase(it);
+  }
   void shutdown();
 
   Core& core_;
@@ -246,6 +255,8 @@ class Daemon {
   ipc::Fd spare_fd_;      // given up to refuse a newcomer when out of descriptors (shed)
   std::map<std::uint64_t, std::unique_ptr<ProviderSession>> providers_;
   std::map<std::string, std::shared_ptr<Device>, std::less<>> devices_;
+  // core_.meta's devices by their uid (max_known_devices_per_uid); none for those of old state files.
+  std::map<std::optional<std::uint32_t>, std::size_t> known_per_uid_;
   std::vector<std::unique_ptr<ClientLoop>> client_loops_;
   bool state_loaded_ = false;  // never overwrite a state file we could not read
   std::uint64_t next_probe_id_ = kProbeIdBit;
@@ -478,6 +489,7 @@ Status Daemon::restore_state() {
       }
       devices_[sd.id] = *d;
       core_.meta[sd.id] = sd;
+      ++known_per_uid_[sd.uid];
     }
     return {};
   });
@@ -831,6 +843,14 @@ void Daemon::add_device(ProviderSession& s, std::uint64_t msg_id, const proto::A
   }
   const Limits& limits = core_.config.limits;
   const bool known_here = std::find(s.devices.begin(), s.devices.end(), id) != s.devices.end();
+  if (const std::size_t known = known_per_uid_[std::optional<std::uint32_t>(s.peer.uid)];
+      !devices_.contains(id) && known >= limits.max_known_devices_per_uid) {
+    return fail(proto::ERROR_CODE_LIMIT,
+                fmt::format("device '{}' refused: uid {} already has {} devices known to floe-core, online or offline "
+                            "(limits.max_known_devices_per_uid = {}); a device stays known until its provider "
+                            "removes it",
+                            id, s.peer.uid, known, limits.max_known_devices_per_uid));
+  }
   if (!known_here && s.devices.size() >= limits.max_devices_per_provider) {
     return fail(proto::ERROR_CODE_LIMIT, fmt::format("device '{}' refused: the provider already has {} devices "
                                                      "(limits.max_devices_per_provider = {})",
@@ -920,7 +940,7 @@ void Daemon::add_device(ProviderSession& s, std::uint64_t msg_id, const proto::A
       publish_now(s);
       core_.shard_of(old.reg).detach(old.reg);
       devices_.erase(it);
-      core_.meta.erase(id);
+      forget_meta(id);
       spdlog::info("device '{}' {}: new region", id, why_new);
     }
   }
@@ -1018,6 +1038,8 @@ void Daemon::add_device(ProviderSession& s, std::uint64_t msg_id, const proto::A
   dev->granted_start = s.peer_start;
   dev->available = true;
   devices_[id] = dev;
+  forget_meta(id);
+  ++known_per_uid_[meta.uid];
   core_.meta[id] = std::move(meta);
   if (!known_here) {
     s.devices.push_back(id);
@@ -1094,7 +1116,7 @@ void Daemon::remove_device(ProviderSession& s, std::uint64_t msg_id, const std::
   // acknowledgement waits for that, and a set racing the removal is failed by the detach.
   if (auto r = core_.registry.remove_device(d.reg); !r) spdlog::warn("remove {}: {}", device_id, r.error().to_string());
   devices_.erase(it);
-  core_.meta.erase(device_id);
+  forget_meta(device_id);
   std::erase(s.devices, device_id);
   s.release_slot(device_id);
   proto::Envelope env;

@@ -264,6 +264,31 @@ TEST_F(Limits, DevicesPerProviderAreCappedWithAReasonAndTheConnectionStays) {
   expect_good_provider_serves("0.25");
 }
 
+TEST_F(Limits, DevicesLeftOfflineCountAgainstTheirUidUntilRemoved) {
+  // "good-1" (virtual-lights, this uid) is known already: two more fit.
+  start("max_known_devices_per_uid = 3\n");
+  for (const char* id : {"hit-1", "run-1"}) {  // declare, then leave it offline by hanging up
+    RawProvider p(sock_);
+    auto w = p.hello(id);
+    ASSERT_TRUE(w && w->has_welcome());
+    auto g = p.add(id, 1);
+    ASSERT_TRUE(g && g->has_device_grant()) << id;
+  }
+  RawProvider p(sock_);
+  auto w = p.hello("again");
+  ASSERT_TRUE(w && w->has_welcome());
+  expect_limit(p.add("hit-2", 1), "limits.max_known_devices_per_uid = 3");
+  // A known device may be declared again; once removed it no longer counts.
+  auto back = p.add("hit-1", 1);
+  ASSERT_TRUE(back && back->has_device_grant()) << (back ? back->DebugString() : "no answer");
+  auto removed = p.remove("hit-1");
+  ASSERT_TRUE(removed && !removed->has_error()) << (removed ? removed->DebugString() : "no answer");
+  auto fits = p.add("hit-2", 1);
+  EXPECT_TRUE(fits && fits->has_device_grant()) << (fits ? fits->DebugString() : "no answer");
+  expect_logged({"device 'hit-2' refused: uid " + std::to_string(::getuid()), "max_known_devices_per_uid"});
+  expect_good_provider_serves("0.4375");
+}
+
 TEST_F(Limits, EntitiesPerDeviceAndPerProviderAreCapped) {
   start("max_entities_per_device = 4\nmax_entities_per_provider = 6\n");
   RawProvider p(sock_);

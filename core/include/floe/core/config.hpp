@@ -28,6 +28,11 @@ struct Limits {
   unsigned max_providers = 64;
   /// Devices one provider connection may declare.
   unsigned max_devices_per_provider = 4096;
+  /// Devices floe-core knows (online or offline: a device stays known, with its region and its
+  /// descriptor, until its provider removes it) declared by providers of one uid. Without it a
+  /// provider could declare new devices, disconnect and do it again until floe-core ran out of
+  /// descriptors.
+  unsigned max_known_devices_per_uid = 8192;
   /// Entities in one AddDevice.
   unsigned max_entities_per_device = 1024;
   /// Entities over all devices of one provider connection.
