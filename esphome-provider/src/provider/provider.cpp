@@ -697,10 +697,12 @@ struct EsphomeProvider::Impl {
     for (auto& p : parts) {
       if (p.entities.empty()) continue;  // a node whose entities are all on sub-devices declares none itself
       const std::string number = std::to_string(p.device_id);
-      p.floe_id = p.device_id == 0 ? base : sub_device_id(base, p.name.empty() ? number : p.name);
+      const std::string wanted = p.device_id == 0 ? base : sub_device_id(base, p.name.empty() ? number : p.name);
+      p.floe_id = wanted;
       for (int n = 2; !taken.insert(p.floe_id).second; ++n) {
-        const std::string wanted = p.floe_id;
         p.floe_id = sub_device_id(wanted, n == 2 ? number : fmt::format("{}-{}", number, n));
+      }
+      if (p.floe_id != wanted) {
         spdlog::warn("ESPHome device {}: sub-device {} would be '{}' like another part of the node; it is '{}'",
                      c.label, p.device_id, wanted, p.floe_id);
       }
