@@ -26,10 +26,11 @@ namespace {
 constexpr unsigned kMaxMalformedInARow = 8;
 constexpr std::size_t kMaxOutbox = 4096;
 // Bytes one session may have queued (the outbox and what the loop took from it, not sent yet):
-// two answers of the largest size a client may get (ipc::kMaxAnswerBytes). Counting packets alone
-// let one client that stopped reading keep up to 512 MiB in floe-core (many watches of big
-// results, each event up to a packet).
-constexpr std::size_t kMaxQueuedBytes = 2 * ipc::kMaxAnswerBytes;
+// four answers of the largest size a client may get (ipc::kMaxAnswerBytes), so a client that asks
+// for big lists back to back while it reads the first is served. Counting packets alone let one
+// client that stopped reading keep up to 512 MiB in floe-core (many watches of big results, each
+// event up to a packet).
+constexpr std::size_t kMaxQueuedBytes = 4 * ipc::kMaxAnswerBytes;
 // Single sets one client may have in flight; past it the session reads no more requests until one
 // is answered (back-pressure through the socket, nothing refused or lost). Also bounds how many
 // answers can wait in the outbox.
