@@ -353,10 +353,12 @@ Status Daemon::setup() {
     client_loops_.push_back(std::make_unique<ClientLoop>(core_, i));
     FLOE_TRY(client_loops_.back()->start());
   }
-  core_.on_corrupt = [this](DeviceId dev, std::string why) {
-    core_.main.post([this, dev, why = std::move(why)] {
+  core_.on_corrupt = [this](DeviceId dev, std::uint64_t owner, std::string why) {
+    core_.main.post([this, dev, owner, why = std::move(why)] {
       for (auto& [id, d] : devices_) {
-        if (d->reg == dev && d->owner != 0) {
+        // Only the provider that held the rings: if it is gone and the device granted anew, the
+        // new provider did nothing wrong.
+        if (d->reg == dev && d->owner != 0 && d->owner == owner) {
           if (auto p = providers_.find(d->owner); p != providers_.end()) {
             std::lock_guard lock(core_.meta_mu);
             for (const auto& mine : p->second->devices) {
@@ -987,7 +989,7 @@ void Daemon::add_device(ProviderSession& s, std::uint64_t msg_id, const proto::A
     return core_.shard_of(reg).attach({.device = reg, .region = dev->region, .reader = dev->reader,
                                        .options = dev->layout.options, .reinit_rings = dev->ever_attached,
                                        .tx_signal = std::move(tx->write), .rx_signal = std::move(rx->read),
-                                       .bells = s.bells, .slot = slot});
+                                       .bells = s.bells, .slot = slot, .owner = s.id});
   };
   // Online only once its shard holds the rings: a client that sees it online and sets at once
   // finds the tx port (the session writes the ring itself) instead of a spurious "offline".

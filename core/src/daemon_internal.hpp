@@ -151,6 +151,7 @@ struct AttachArgs {
   ipc::Fd rx_signal;  // read end: rx); the provider holds the others
   std::shared_ptr<ProviderBells> bells;  // with doorbells: the connection's, and the device's slot
   std::uint32_t slot = 0;
+  std::uint64_t owner = 0;  // the provider session granted the rings (who a corrupt ring blames)
 };
 
 /// One SetRequest for a shard to push onto a device's tx ring.
@@ -200,7 +201,9 @@ class Shard {
   [[nodiscard]] std::shared_ptr<TxPort> port_of(std::uint64_t key);
   static void close_port(TxPort& port);
   Status attach_here(AttachArgs& args);
-  void detach_here(std::uint64_t key);
+  /// Detaches the device's attachment; with `serial`, only if it is still that attachment (a
+  /// corrupt ring's detach must not take down the next provider's attachment of the device).
+  void detach_here(std::uint64_t key, std::uint64_t serial = 0);
   void on_rx(Attached& d);
   /// Drains up to kDrainBudget records of d's rx ring and hands them on (no flag, no flush).
   Drained drain_rx(Attached& d);
@@ -216,6 +219,7 @@ class Shard {
   TaskLoop tasks_;
   std::thread thread_;
   std::unordered_map<std::uint64_t, std::unique_ptr<Attached>> devices_;  // loop thread only
+  std::uint64_t attachments_ = 0;  // loop thread only: the serial of the last attachment
   std::unordered_map<const ProviderBells*, std::unique_ptr<RxBell>> bells_;  // loop thread only
   std::vector<std::uint64_t> again_devices_;         // loop thread only
   std::vector<const ProviderBells*> again_bells_;    // loop thread only
@@ -277,7 +281,9 @@ struct Core {
   /// Builds the state from `meta` and the registry's groups and writes it now. meta_mu held.
   void write_state_locked();
   /// A shard found a device's ring corrupt: disconnect its provider (posted to the main loop).
-  std::function<void(DeviceId, std::string)> on_corrupt;
+  /// A shard found a device's rx ring corrupt: (device, the provider session its rings were
+  /// granted to, why). Runs on the shard's thread.
+  std::function<void(DeviceId, std::uint64_t, std::string)> on_corrupt;
 
   /// Last member: stopped (after a final write) before anything its writes read is destroyed.
   StateSaver saver{[this] {

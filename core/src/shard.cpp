@@ -113,6 +113,8 @@ struct Shard::Attached {
   std::shared_ptr<ProviderBells> bells;  // with doorbells: released only after `port` is closed
   std::uint32_t slot = 0;
   RxBell* rx_bell = nullptr;  // with doorbells: the shard's side of the connection's doorbell
+  std::uint64_t owner = 0;    // the provider session the rings were granted to
+  std::uint64_t serial = 0;   // this attachment, among the shard's
   bool again = false;         // on the shard's come-back list
   std::shared_ptr<TxPort> port;  // also in Shard::ports_ while attached
   std::optional<ipc::RingConsumer> rx;
@@ -236,6 +238,8 @@ Status Shard::attach_here(AttachArgs& args) {
   detach_here(key);  // a stale attachment of the same device (should not happen; be safe)
   auto d = std::make_unique<Attached>();
   d->device = args.device;
+  d->owner = args.owner;
+  d->serial = ++attachments_;
   d->region = args.region;
   d->mode = args.options.notify;
   auto parts = ipc::device_region_attach({args.region->data(), args.region->size()});
@@ -316,9 +320,9 @@ Status Shard::attach_here(AttachArgs& args) {
   return {};
 }
 
-void Shard::detach_here(std::uint64_t key) {
+void Shard::detach_here(std::uint64_t key, std::uint64_t serial) {
   auto it = devices_.find(key);
-  if (it == devices_.end()) return;
+  if (it == devices_.end() || (serial != 0 && it->second->serial != serial)) return;
   tasks_.loop().cancel(it->second->watch);
   if (RxBell* b = it->second->rx_bell; b != nullptr) {
     // The doorbell's watch stays until the connection goes (forget_bells): watching the same
@@ -500,8 +504,10 @@ Shard::Drained Shard::drain_rx(Attached& d) {
     spdlog::error("device ring corrupt (rx of device {}:{}): {}; disconnecting its provider", d.device.index,
                   d.device.generation, drained.error().to_string());
     const std::uint64_t key = key_of(d.device);
-    tasks_.post([this, key] { detach_here(key); });
-    if (core_.on_corrupt) core_.on_corrupt(d.device, drained.error().message);
+    // This attachment only, and its provider only: by the time these run, the main thread may
+    // have closed that provider and granted the device to another (same key, a new attachment).
+    tasks_.post([this, key, serial = d.serial] { detach_here(key, serial); });
+    if (core_.on_corrupt) core_.on_corrupt(d.device, d.owner, drained.error().message);
     return Drained::kDead;
   }
   return *drained == kDrainBudget ? Drained::kMore : Drained::kIdle;
