@@ -246,6 +246,18 @@ class Daemon {
     }
     core_.meta.erase(it);
   }
+  /// Stores (or replaces) the device's metadata, keeping known_per_uid_ in step (under meta_mu).
+  void remember_meta(StoredDevice meta) {
+    forget_meta(meta.id);
+    ++known_per_uid_[meta.uid];
+    std::string id = meta.id;
+    core_.meta[std::move(id)] = std::move(meta);
+  }
+  /// Devices known (core_.meta) that providers of `uid` declared.
+  [[nodiscard]] std::size_t known_of(std::uint32_t uid) const {
+    const auto it = known_per_uid_.find(uid);
+    return it == known_per_uid_.end() ? 0 : it->second;
+  }
   void shutdown();
 
   Core& core_;
@@ -490,8 +502,7 @@ Status Daemon::restore_state() {
         FLOE_TRY(ed.add_to_group(it->second, *reg));
       }
       devices_[sd.id] = *d;
-      core_.meta[sd.id] = sd;
-      ++known_per_uid_[sd.uid];
+      remember_meta(sd);
     }
     return {};
   });
@@ -845,7 +856,7 @@ void Daemon::add_device(ProviderSession& s, std::uint64_t msg_id, const proto::A
   }
   const Limits& limits = core_.config.limits;
   const bool known_here = std::find(s.devices.begin(), s.devices.end(), id) != s.devices.end();
-  if (const std::size_t known = known_per_uid_[std::optional<std::uint32_t>(s.peer.uid)];
+  if (const std::size_t known = known_of(s.peer.uid);
       !devices_.contains(id) && known >= limits.max_known_devices_per_uid) {
     return fail(proto::ERROR_CODE_LIMIT,
                 fmt::format("device '{}' refused: uid {} already has {} devices known to floe-core, online or offline "
@@ -1040,9 +1051,7 @@ void Daemon::add_device(ProviderSession& s, std::uint64_t msg_id, const proto::A
   dev->granted_start = s.peer_start;
   dev->available = true;
   devices_[id] = dev;
-  forget_meta(id);
-  ++known_per_uid_[meta.uid];
-  core_.meta[id] = std::move(meta);
+  remember_meta(std::move(meta));
   if (!known_here) {
     s.devices.push_back(id);
     s.entities += entity_count;
