@@ -24,6 +24,10 @@ std::string excerpt(std::string_view text, std::size_t max_bytes) {
   return out;
 }
 
+namespace {
+
+// The length of the well-formed UTF-8 sequence at the start of `text` (1-4), or 0 if it does not
+// start with one.
 std::size_t utf8_sequence(std::string_view text) noexcept {
   if (text.empty()) return 0;
   const auto at = [&](std::size_t i) { return static_cast<unsigned char>(text[i]); };
@@ -51,6 +55,8 @@ std::size_t utf8_sequence(std::string_view text) noexcept {
   }
   return n;
 }
+
+}  // namespace
 
 std::string valid_utf8(std::string_view text, std::size_t max_bytes) {
   static constexpr std::string_view kReplacement = "\xEF\xBF\xBD";  // U+FFFD

@@ -20,8 +20,5 @@ namespace floe::ipc {
 /// A provider writes texts and messages that end up in clients' answers; one stray byte must not
 /// make every answer that carries them unreadable.
 [[nodiscard]] std::string valid_utf8(std::string_view text, std::size_t max_bytes = std::string_view::npos);
-/// The length of the well-formed UTF-8 sequence at the start of `text` (1-4), or 0 if it does not
-/// start with one.
-[[nodiscard]] std::size_t utf8_sequence(std::string_view text) noexcept;
 
 }  // namespace floe::ipc
