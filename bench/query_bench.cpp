@@ -25,6 +25,7 @@
 #include "clock.hpp"
 #include "floe/core/engine.hpp"
 #include "floe/core/registry.hpp"
+#include "floe/core/watch.hpp"
 #include "floe/ipc/device_region.hpp"
 #include "floe/ipc/tree.hpp"
 
@@ -349,6 +350,61 @@ struct Target {
   [[nodiscard]] bool pass() const { return invalid.empty() && measured >= target; }
 };
 
+/// Distinct watches on one home, subscribed one after another and then unsubscribed, as clients
+/// add them: what one more watch costs when N are already there. The figure is the ratio of the
+/// last 64 subscriptions' time to the first 64's (1: a new watch costs the same however many
+/// exist; N/64: it costs in proportion to them).
+struct WatchSetup {
+  std::size_t devices = 0, watchers = 0;
+  double first_us = 0, last_us = 0;  // median subscribe time over the first / last 64
+  double total_s = 0, unsubscribe_s = 0;
+  std::uint64_t rebuilds = 0;
+  [[nodiscard]] double ratio() const { return last_us / first_us; }
+};
+
+std::optional<WatchSetup> measure_watch_setup(std::size_t n_devices, std::size_t n_watchers) {
+  auto home = make_home(n_devices, 7 + n_devices);
+  core::WatchHub hub(home->registry);
+  const std::size_t rooms = (n_devices + kRoomSize - 1) / kRoomSize;
+  const std::size_t window = std::min<std::size_t>(64, n_watchers / 2);
+  if (window == 0) return std::nullopt;
+  std::vector<core::WatchHandle> handles;
+  handles.reserve(n_watchers);
+  std::vector<double> per(n_watchers);
+  const auto t0 = now_ns();
+  for (std::size_t i = 0; i < n_watchers; ++i) {
+    // Distinct thresholds make distinct watchers; every other one is scoped to a room.
+    const std::string text =
+        i % 2 == 0 ? fmt::format("avg Dimmer where Light and Dimmer > {}", 0.0001 * static_cast<double>(i))
+                   : fmt::format("avg Dimmer where Light and Dimmer > {} in group room{}",
+                                 0.0001 * static_cast<double>(i), i % rooms);
+    const auto s = now_ns();
+    auto h = hub.subscribe(text, [](const Result<core::QueryResult>&) {});
+    per[i] = static_cast<double>(now_ns() - s) / 1e3;
+    if (!h) {
+      std::fprintf(stderr, "watch setup: %s\n", h.error().to_string().c_str());
+      return std::nullopt;
+    }
+    handles.push_back(std::move(*h));
+  }
+  WatchSetup w;
+  w.devices = n_devices;
+  w.watchers = hub.watcher_count();
+  w.total_s = static_cast<double>(now_ns() - t0) / 1e9;
+  // Medians: a list that grows past its capacity now and then makes one subscription slow.
+  const auto median = [](std::vector<double> v) {
+    std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2), v.end());
+    return v[v.size() / 2];
+  };
+  w.first_us = median({per.begin(), per.begin() + static_cast<std::ptrdiff_t>(window)});
+  w.last_us = median({per.end() - static_cast<std::ptrdiff_t>(window), per.end()});
+  w.rebuilds = hub.stats().rebuilds;
+  const auto u = now_ns();
+  handles.clear();
+  w.unsubscribe_s = static_cast<double>(now_ns() - u) / 1e9;
+  return w;
+}
+
 }  // namespace
 
 CLI::App* add_query_subcommand(CLI::App& app, QueryBenchConfig& cfg) {
@@ -363,6 +419,9 @@ CLI::App* add_query_subcommand(CLI::App& app, QueryBenchConfig& cfg) {
                                       "global_avg_dimmer_lights; the writer runs belong to the global one)")
       ->delimiter(',');
   cmd->add_flag("!--no-pin", cfg.pin, "do not pin the query thread and the writer to CPUs");
+  cmd->add_option("--watchers", cfg.watchers, "distinct watches to subscribe one by one, then unsubscribe (0: skip)")
+      ->capture_default_str();
+  cmd->add_option("--watch-devices", cfg.watch_devices, "home size for the watch subscriptions")->capture_default_str();
   return cmd;
 }
 
@@ -371,6 +430,8 @@ int run_query_bench(const QueryBenchConfig& cfg_in) {
   if (cfg.quick) {
     cfg.repetitions = 3;
     cfg.repetition_ms = 5;
+    cfg.watchers = std::min<std::size_t>(cfg.watchers, 128);
+    cfg.watch_devices = std::min<std::size_t>(cfg.watch_devices, 100);
   }
   const unsigned cpus = std::thread::hardware_concurrency();
   const bool pinned = cfg.pin && cpus >= 2 && pin_to(0);
@@ -469,6 +530,19 @@ int run_query_bench(const QueryBenchConfig& cfg_in) {
     }
   }
 
+  std::optional<WatchSetup> watch;
+  if (cfg.watchers > 0) {
+    std::printf("\nwatch setup: %zu distinct watches on %zu devices, subscribed one by one...\n", cfg.watchers,
+                cfg.watch_devices);
+    std::fflush(stdout);
+    watch = measure_watch_setup(cfg.watch_devices, cfg.watchers);
+    if (!watch) return 1;
+    std::printf("  subscribe, median: first 64 %.1f us, last 64 %.1f us (ratio %.2f; 1 = a new watch costs the same "
+                "however many exist)\n  all %zu in %.3f s, index rebuilds %llu; unsubscribing all %.3f s\n",
+                watch->first_us, watch->last_us, watch->ratio(), watch->watchers, watch->total_s,
+                static_cast<unsigned long long>(watch->rebuilds), watch->unsubscribe_s);
+  }
+
   std::printf("\ntargets (DESIGN.md, ratios from this run):\n");
   for (const Target& t : targets) {
     std::printf("  %-70s measured %-10.3g target >= %-8.3g %s\n", t.what.c_str(), t.measured, t.target,
@@ -492,6 +566,12 @@ int run_query_bench(const QueryBenchConfig& cfg_in) {
       o["baseline_ns_per_query"] = r.baseline_ns ? nlohmann::json(*r.baseline_ns) : nlohmann::json(nullptr);
       o["speedup"] = r.baseline_ns ? nlohmann::json(*r.baseline_ns / r.ns) : nlohmann::json(nullptr);
       j["results"].push_back(std::move(o));
+    }
+    if (watch) {
+      j["watch_setup"] = {{"devices", watch->devices},         {"watchers", watch->watchers},
+                          {"first_us", watch->first_us},       {"last_us", watch->last_us},
+                          {"ratio", watch->ratio()},           {"subscribe_all_s", watch->total_s},
+                          {"unsubscribe_all_s", watch->unsubscribe_s}, {"rebuilds", watch->rebuilds}};
     }
     j["targets"] = nlohmann::json::array();
     for (const Target& t : targets) {

@@ -18,6 +18,8 @@ struct QueryBenchConfig {
   std::vector<std::string> only;   // query names to run (empty: all)
   bool quick = false;
   bool pin = true;
+  std::size_t watchers = 1024;        // distinct watches subscribed one by one (0: skip that part)
+  std::size_t watch_devices = 1000;   // the home the watches are subscribed on
   std::string command;
 };
 
