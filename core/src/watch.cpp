@@ -34,6 +34,18 @@ struct Watcher : std::enable_shared_from_this<Watcher> {
   std::uint64_t bound_version = 0;
   std::optional<Result<QueryResult>> last;  // last reported
 
+  // Its part of the hub's interest index, guarded by the hub's index_mu_ (not by mu): the
+  // components whose values it reads and, per device with a candidate, the candidate slots and
+  // the positions of its entries in that device's lists (one per component, then `any`). The
+  // index's entries point into the blocks, which stay put while the watcher is indexed.
+  struct IndexBlock {
+    std::uint32_t slot, generation, chunk_count, masks;  // masks: offset into index_masks
+  };
+  std::vector<std::uint16_t> index_components;
+  std::vector<IndexBlock> index_blocks;
+  std::vector<std::uint64_t> index_masks;
+  std::vector<std::uint32_t> index_positions;  // per block: one per component, then `any`
+
   // SYNC(watch-dirty): a feed's exchange(true, acq_rel) publishes the records it handled (and,
   // through the ring's own release/acquire, the tree writes they announce); flush's
   // exchange(false, acq_rel) acquires them before it evaluates. Only the false -> true transition
@@ -236,7 +248,7 @@ Result<WatchHandle> WatchHub::subscribe(const Query& query, WatchCallback callba
       } else {
         w = std::make_shared<Watcher>(key, canonical_query);
         watchers_.emplace(key, w);
-        reindex_locked();
+        index_new_locked(*w);
       }
     }
     std::lock_guard wl(w->mu);
@@ -279,7 +291,8 @@ void WatchHub::unsubscribe_now(const std::shared_ptr<Subscriber>& sub) {
   w->dead = true;
   std::unique_lock il(index_mu_);
   if (auto m = watchers_.find(w->key); m != watchers_.end() && m->second == w) watchers_.erase(m);
-  reindex_locked();
+  // A registry change since the index was built is left to the next flush's sync().
+  index_remove_locked(*w);
 }
 
 void WatchHub::process_deferred() {
@@ -363,7 +376,8 @@ WatchStats WatchHub::stats() const noexcept {
                     .triggers = ld(counters_.triggers),
                     .rescans = ld(counters_.rescans),
                     .rescanned_entities = ld(counters_.rescanned_entities),
-                    .rebuilds = ld(counters_.rebuilds)};
+                    .rebuilds = ld(counters_.rebuilds),
+                    .index_edits = ld(counters_.index_edits)};
 }
 
 // ---- Evaluation ---------------------------------------------------------------------------------
@@ -421,75 +435,113 @@ void WatchHub::reindex_locked() {
 }
 
 void WatchHub::rebuild_locked(const Snapshot& snap) {
-  const HomeIndex& home = snap.home();
-  const auto devs = snap.devices();
   std::uint32_t slots = 0;
-  for (const DeviceRecord& d : devs) slots = std::max(slots, d.id.index + 1);
-  std::vector<DeviceInterest> out(slots);
-
-  struct Pending {
-    std::uint16_t component;
-    Watcher* watcher;
-    std::uint32_t masks;
-  };
-  std::vector<std::vector<Pending>> pending(slots);
-
-  for (auto& [key, wp] : watchers_) {
-    Watcher* w = wp.get();
-    auto b = bind(w->query, snap);
-    if (!b || b->matches_nothing) continue;
-    const std::vector<Component> comps = value_components(*b);
-    if (comps.empty()) continue;  // reads no value: only registry changes can change its result
-    const std::vector<std::uint64_t>& live = b->include_offline ? home.occupied : home.online;
-    const std::uint32_t n = b->whole_home ? home.chunk_count : static_cast<std::uint32_t>(b->scope_chunks.size());
-    std::int64_t current_pos = -1;
-    std::uint32_t offset = 0;
-    for (std::uint32_t i = 0; i < n; ++i) {
-      const std::uint32_t g = b->whole_home ? i : b->scope_chunks[i];
-      if (g >= home.chunk_count) continue;
-      std::uint64_t m = live[g] & (b->whole_home ? ~std::uint64_t{0} : b->scope_masks[i]);
-      for (Component c : b->required) m &= presence_word(home, c, g);
-      for (Component c : b->excluded) m &= ~presence_word(home, c, g);
-      if (m == 0) continue;
-      const std::uint32_t pos = home.chunk_device[g];
-      const DeviceRecord& d = devs[pos];
-      DeviceInterest& di = out[d.id.index];
-      if (di.generation == 0) {
-        di.generation = d.id.generation;
-        di.chunk_count = d.chunk_count;
-      }
-      if (current_pos != pos) {
-        // Scope chunks are ascending, and a device's chunks are contiguous: one mask block per
-        // (watcher, device).
-        current_pos = pos;
-        offset = static_cast<std::uint32_t>(di.masks.size());
-        di.masks.resize(di.masks.size() + di.chunk_count, 0);
-        di.any.push_back(w);
-        di.any_masks.push_back(offset);
-        for (Component c : comps) pending[d.id.index].push_back({ipc::to_id(c), w, offset});
-      }
-      const std::uint32_t local = home.chunk_local[g];
-      if (local < di.chunk_count) di.masks[offset + local] = m;
-    }
+  for (const DeviceRecord& d : snap.devices()) slots = std::max(slots, d.id.index + 1);
+  devices_.clear();
+  devices_.resize(slots);
+  for (auto& [key, w] : watchers_) {
+    index_add_locked(*w, snap);  // its old entries went with devices_
   }
-
-  for (std::uint32_t s = 0; s < slots; ++s) {
-    DeviceInterest& di = out[s];
-    auto& p = pending[s];
-    std::stable_sort(p.begin(), p.end(), [](const Pending& a, const Pending& b) { return a.component < b.component; });
-    di.begin.assign(ipc::kMaxComponentId + 2, 0);
-    di.entries.reserve(p.size());
-    for (const Pending& e : p) {
-      ++di.begin[e.component + 1];
-      di.entries.push_back({e.watcher, e.masks});
-    }
-    for (std::size_t c = 1; c < di.begin.size(); ++c) di.begin[c] += di.begin[c - 1];
-  }
-
-  devices_ = std::move(out);
   index_version_ = snap.version();
   index_valid_ = true;
   counters_.rebuilds.fetch_add(1, std::memory_order_relaxed);
+}
+
+void WatchHub::index_new_locked(Watcher& w) {
+  auto snap = registry_.snapshot();
+  if (!index_valid_ || index_version_ != snap->version()) {
+    reindex_locked();  // w is in watchers_ already
+    return;
+  }
+  index_add_locked(w, *snap);
+  counters_.index_edits.fetch_add(1, std::memory_order_relaxed);
+}
+
+void WatchHub::index_add_locked(Watcher& w, const Snapshot& snap) {
+  w.index_components.clear();
+  w.index_blocks.clear();
+  w.index_masks.clear();
+  w.index_positions.clear();
+  auto b = bind(w.query, snap);
+  if (!b || b->matches_nothing) return;
+  for (Component c : value_components(*b)) w.index_components.push_back(ipc::to_id(c));
+  if (w.index_components.empty()) return;  // reads no value: only registry changes can change its result
+
+  // The blocks first (one per device with a candidate), so nothing moves once entries point in.
+  const HomeIndex& home = snap.home();
+  const auto devs = snap.devices();
+  const std::vector<std::uint64_t>& live = b->include_offline ? home.occupied : home.online;
+  const std::uint32_t n = b->whole_home ? home.chunk_count : static_cast<std::uint32_t>(b->scope_chunks.size());
+  std::int64_t current_pos = -1;
+  for (std::uint32_t i = 0; i < n; ++i) {
+    const std::uint32_t g = b->whole_home ? i : b->scope_chunks[i];
+    if (g >= home.chunk_count) continue;
+    std::uint64_t m = live[g] & (b->whole_home ? ~std::uint64_t{0} : b->scope_masks[i]);
+    for (Component c : b->required) m &= presence_word(home, c, g);
+    for (Component c : b->excluded) m &= ~presence_word(home, c, g);
+    if (m == 0) continue;
+    const std::uint32_t pos = home.chunk_device[g];
+    const DeviceRecord& d = devs[pos];
+    if (current_pos != pos) {
+      // Scope chunks are ascending, and a device's chunks are contiguous: one block per device.
+      current_pos = pos;
+      w.index_blocks.push_back({.slot = d.id.index,
+                                .generation = d.id.generation,
+                                .chunk_count = d.chunk_count,
+                                .masks = static_cast<std::uint32_t>(w.index_masks.size())});
+      w.index_masks.resize(w.index_masks.size() + d.chunk_count, 0);
+    }
+    const std::uint32_t local = home.chunk_local[g];
+    if (local < d.chunk_count) w.index_masks[w.index_blocks.back().masks + local] = m;
+  }
+
+  const std::size_t per_block = w.index_components.size() + 1;
+  w.index_positions.assign(w.index_blocks.size() * per_block, 0);
+  for (std::size_t j = 0; j < w.index_blocks.size(); ++j) {
+    const Watcher::IndexBlock& block = w.index_blocks[j];
+    const std::uint64_t* masks = w.index_masks.data() + block.masks;
+    std::uint32_t* positions = w.index_positions.data() + j * per_block;
+    DeviceInterest& di = devices_[block.slot];
+    if (di.list_of.empty()) {
+      di.generation = block.generation;
+      di.chunk_count = block.chunk_count;
+      di.list_of.assign(ipc::kMaxComponentId + 1, 0);
+    }
+    for (std::size_t k = 0; k < w.index_components.size(); ++k) {
+      std::uint16_t& li = di.list_of[w.index_components[k]];
+      if (li == 0) {
+        di.lists.emplace_back();
+        li = static_cast<std::uint16_t>(di.lists.size());
+      }
+      auto& list = di.lists[li - 1u];
+      positions[k] = static_cast<std::uint32_t>(list.size());
+      list.push_back({&w, masks, &positions[k]});
+    }
+    positions[per_block - 1] = static_cast<std::uint32_t>(di.any.size());
+    di.any.push_back({&w, masks, &positions[per_block - 1]});
+  }
+}
+
+void WatchHub::index_remove_locked(Watcher& w) noexcept {
+  const auto unlink = [](std::vector<DeviceInterest::Entry>& list, std::uint32_t at) {
+    list[at] = list.back();
+    *list[at].position = at;
+    list.pop_back();
+  };
+  const std::size_t per_block = w.index_components.size() + 1;
+  for (std::size_t j = 0; j < w.index_blocks.size(); ++j) {
+    DeviceInterest& di = devices_[w.index_blocks[j].slot];
+    const std::uint32_t* positions = w.index_positions.data() + j * per_block;
+    for (std::size_t k = 0; k < w.index_components.size(); ++k) {
+      unlink(di.lists[di.list_of[w.index_components[k]] - 1u], positions[k]);
+    }
+    unlink(di.any, positions[per_block - 1]);
+  }
+  if (!w.index_blocks.empty()) counters_.index_edits.fetch_add(1, std::memory_order_relaxed);
+  w.index_components.clear();
+  w.index_blocks.clear();
+  w.index_masks.clear();
+  w.index_positions.clear();
 }
 
 void WatchHub::trigger(Watcher* w, std::vector<std::shared_ptr<Watcher>>& queued) noexcept {
@@ -514,7 +566,7 @@ void WatchHub::feed_changes(WatchFeed& feed, std::span<const ChangeRecord> recor
     std::shared_lock il(index_mu_);
     const DeviceInterest* di = nullptr;
     if (feed.device_.index < devices_.size() && devices_[feed.device_.index].generation == feed.device_.generation &&
-        !devices_[feed.device_.index].entries.empty()) {
+        !devices_[feed.device_.index].list_of.empty()) {
       di = &devices_[feed.device_.index];
     }
     const ipc::TreeReader& reader = *feed.reader_;
@@ -540,9 +592,10 @@ void WatchHub::feed_changes(WatchFeed& feed, std::span<const ChangeRecord> recor
       const std::uint32_t chunk = r.entity / ipc::kTreeChunkSlots;
       if (chunk >= di->chunk_count) continue;
       const std::uint64_t bit = std::uint64_t{1} << (r.entity % ipc::kTreeChunkSlots);
-      for (std::uint32_t i = di->begin[r.component]; i < di->begin[r.component + 1u]; ++i) {
-        const auto& e = di->entries[i];
-        if ((di->masks[e.masks + chunk] & bit) != 0) trigger(e.watcher, queued);
+      const std::uint16_t li = di->list_of[r.component];
+      if (li == 0) continue;
+      for (const auto& e : di->lists[li - 1u]) {
+        if ((e.masks[chunk] & bit) != 0) trigger(e.watcher, queued);
       }
     }
     enqueue(queued);
@@ -571,11 +624,11 @@ void WatchHub::feed_rescan(WatchFeed& feed) noexcept {
   if (feed.device_.index >= devices_.size()) return;
   const DeviceInterest& di = devices_[feed.device_.index];
   if (di.generation != feed.device_.generation) return;
-  for (std::size_t j = 0; j < di.any.size(); ++j) {
+  for (const auto& a : di.any) {
     for (const ipc::EntityIndex e : feed.moved_) {
       const std::uint32_t chunk = e / ipc::kTreeChunkSlots;
-      if (chunk < di.chunk_count && (di.masks[di.any_masks[j] + chunk] >> (e % ipc::kTreeChunkSlots) & 1U) != 0) {
-        trigger(di.any[j], queued);
+      if (chunk < di.chunk_count && (a.masks[chunk] >> (e % ipc::kTreeChunkSlots) & 1U) != 0) {
+        trigger(a.watcher, queued);
         break;
       }
     }

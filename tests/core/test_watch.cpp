@@ -325,6 +325,69 @@ TEST_F(WatchTest, OnlyTheWatchersAChangeTouchesAreEvaluated) {
   EXPECT_EQ(home.got.size(), 1U) << "max is still k2's 0.9... and hall's 1.0";
 }
 
+// A new or freed watcher edits the interest index in place: entries of the other watchers move
+// (swap-and-pop) but keep triggering, the freed one's are gone, and nothing is rebuilt.
+TEST_F(WatchTest, WatchersComingAndGoingEditTheIndexInPlace) {
+  Sink a, b, c, d;
+  WatchHandle ha = subscribe("avg Dimmer where Light in group kitchen", a);
+  const auto before = hub_->stats();
+  WatchHandle hb = subscribe("max Dimmer in group kitchen", b);
+  WatchHandle hc = subscribe("min Dimmer", c);
+  WatchHandle hd = subscribe("list Dimmer where Dimmer > 0.3", d);
+  EXPECT_EQ(hub_->stats().rebuilds, before.rebuilds) << "the registry did not change";
+  EXPECT_EQ(hub_->stats().index_edits, before.index_edits + 3);
+
+  const auto change_k0 = [&](double v) {
+    const ChangeRecord r = write(kitchen_, 0, C::Dimmer, v);
+    kitchen_feed_->on_change({&r, 1});
+    return hub_->flush();
+  };
+  EXPECT_EQ(change_k0(0.5), 4U);
+  hb.reset();  // the first of three entries on the kitchen's Dimmer list after a: moves the last one
+  EXPECT_EQ(hub_->stats().index_edits, before.index_edits + 4);
+  EXPECT_EQ(change_k0(0.1), 3U) << "a, c and d, not the freed b";
+  EXPECT_NEAR(*a.last().number, (0.1 + 0.4) / 2, 1e-12);
+  EXPECT_NEAR(*c.last().number, 0.1, 1e-12);
+  ASSERT_EQ(d.last().matches.size(), 4U) << "k1, k2, h0, h1";
+  ha.reset();
+  EXPECT_EQ(change_k0(0.35), 2U) << "c and d";
+  EXPECT_EQ(d.last().matches.size(), 5U);
+
+  // A rescan uses the same entries: only the watchers left see the lost write.
+  const std::size_t c_reports = c.got.size();
+  write_quiet(kitchen_, 0, C::Dimmer, 0.05);
+  kitchen_feed_->on_overflow();
+  EXPECT_EQ(hub_->flush(), 2U);
+  EXPECT_EQ(c.got.size(), c_reports + 1);
+  EXPECT_NEAR(*c.last().number, 0.05, 1e-12);
+
+  // Back in after leaving: a new watcher of a's query triggers again.
+  Sink a2;
+  WatchHandle ha2 = subscribe("avg Dimmer where Light in group kitchen", a2);
+  EXPECT_NEAR(*a2.last().number, (0.05 + 0.4) / 2, 1e-12);
+  EXPECT_EQ(change_k0(0.6), 3U);
+  EXPECT_NEAR(*a2.last().number, 0.5, 1e-12);
+  EXPECT_EQ(hub_->stats().rebuilds, before.rebuilds);
+}
+
+// Subscribing after a registry change the index has not caught up with rebuilds it once (and
+// re-evaluates everyone, as any registry change does); the watchers then trigger on the new scopes.
+TEST_F(WatchTest, ANewWatcherAfterARegistryChangeRebuildsTheIndexOnce) {
+  Sink kitchen, home;
+  WatchHandle hk = subscribe("avg Dimmer where Light in group kitchen", kitchen);
+  ASSERT_TRUE(registry_.add_to_group(kitchen_group_, hall_.id));
+  const auto before = hub_->stats();
+  WatchHandle hh = subscribe("max Dimmer", home);
+  EXPECT_EQ(hub_->stats().rebuilds, before.rebuilds + 1);
+  EXPECT_EQ(hub_->flush(), 2U) << "the registry change re-evaluates every watcher once";
+  EXPECT_NEAR(*kitchen.last().number, (0.2 + 0.4 + 1.0 + 1.0) / 4, 1e-12);
+  const ChangeRecord r = write(hall_, 0, C::Dimmer, 0.0);
+  hall_feed_->on_change({&r, 1});
+  EXPECT_EQ(hub_->flush(), 2U) << "the hall is in the kitchen group now";
+  EXPECT_NEAR(*kitchen.last().number, (0.2 + 0.4 + 0.0 + 1.0) / 4, 1e-12);
+  EXPECT_EQ(hub_->stats().rebuilds, before.rebuilds + 1);
+}
+
 TEST_F(WatchTest, CountQueriesReadNoValuesSoWritesNeverTriggerThem) {
   Sink a;
   WatchHandle h = subscribe("count Dimmer where Light", a);

@@ -98,6 +98,7 @@ struct WatchStats {
   std::uint64_t rescans = 0;          // on_overflow() calls
   std::uint64_t rescanned_entities = 0;  // entities whose sequence had moved at a rescan
   std::uint64_t rebuilds = 0;         // interest index rebuilds (registry version changes)
+  std::uint64_t index_edits = 0;      // watchers added to or removed from the index in place
 };
 
 class WatchHub;
@@ -208,19 +209,20 @@ class WatchHub {
   friend class WatchHandle;
   friend class WatchFeed;
 
-  /// Per device slot: who reads which component of which candidate entity. CSR by component.
+  /// Per device slot: who reads which component of which candidate entity. Edited in place when a
+  /// watcher comes or goes (swap-and-pop, O(the watcher's devices)); rebuilt when the registry's
+  /// version changes.
   struct DeviceInterest {
     std::uint32_t generation = 0;
     std::uint32_t chunk_count = 0;
-    std::vector<std::uint32_t> begin;  // [component id] -> first entry; size kMaxComponentId + 2
     struct Entry {
       detail::Watcher* watcher;
-      std::uint32_t masks;  // offset into `masks`: chunk_count words of candidate slots
+      const std::uint64_t* masks;  // chunk_count words of candidate slots, owned by the watcher
+      std::uint32_t* position;     // where the watcher keeps this entry's index in its list
     };
-    std::vector<Entry> entries;
-    std::vector<std::uint64_t> masks;
-    std::vector<detail::Watcher*> any;  // distinct watchers with any candidate on the device
-    std::vector<std::uint32_t> any_masks;
+    std::vector<std::uint16_t> list_of;  // [component id] -> 1 + index into lists; 0: nobody reads it
+    std::vector<std::vector<Entry>> lists;
+    std::vector<Entry> any;  // every watcher with a candidate on the device (rescans)
   };
 
   void unsubscribe(const std::shared_ptr<detail::Subscriber>& sub) noexcept;
@@ -232,6 +234,13 @@ class WatchHub {
   /// changed, marks every watcher dirty.
   void reindex_locked();
   void rebuild_locked(const Snapshot& snap);
+  /// index_mu_ held exclusively: puts a new watcher into the index, in place if the index is
+  /// current, else by a rebuild (which also marks every watcher dirty).
+  void index_new_locked(detail::Watcher& w);
+  /// index_mu_ held exclusively, the index built for `snap`: binds `w` and links its entries.
+  void index_add_locked(detail::Watcher& w, const Snapshot& snap);
+  /// index_mu_ held exclusively: unlinks `w`'s entries.
+  void index_remove_locked(detail::Watcher& w) noexcept;
   /// index_mu_ held (shared or exclusive): marks dirty and queues.
   void trigger(detail::Watcher* w, std::vector<std::shared_ptr<detail::Watcher>>& queued) noexcept;
   void enqueue(std::vector<std::shared_ptr<detail::Watcher>>& queued) noexcept;
@@ -256,7 +265,7 @@ class WatchHub {
 
   struct Counters {
     std::atomic<std::uint64_t> evaluations{0}, reports{0}, records{0}, stale_records{0}, ignored_records{0},
-        triggers{0}, rescans{0}, rescanned_entities{0}, rebuilds{0};
+        triggers{0}, rescans{0}, rescanned_entities{0}, rebuilds{0}, index_edits{0};
   };
   mutable Counters counters_;
 };
