@@ -358,6 +358,7 @@ struct WatchSetup {
   std::size_t devices = 0, watchers = 0;
   double first_us = 0, last_us = 0;  // median subscribe time over the first / last 64
   double total_s = 0, unsubscribe_s = 0;
+  double registry_change_us = 0;  // median: one device's online flag flipped, then flush()
   std::uint64_t rebuilds = 0;
   [[nodiscard]] double ratio() const { return last_us / first_us; }
 };
@@ -398,6 +399,17 @@ std::optional<WatchSetup> measure_watch_setup(std::size_t n_devices, std::size_t
   };
   w.first_us = median({per.begin(), per.begin() + static_cast<std::ptrdiff_t>(window)});
   w.last_us = median({per.end() - static_cast<std::ptrdiff_t>(window), per.end()});
+  // A registry change re-binds and re-evaluates every watcher (docs/WATCHERS.md): what a device
+  // going offline or coming back costs with these watchers.
+  std::vector<double> changes;
+  const core::DeviceId flipped = home->registry.snapshot()->devices().front().id;
+  for (int i = 0; i < 16; ++i) {
+    const auto s = now_ns();
+    if (!home->registry.set_online(flipped, i % 2 != 0)) return std::nullopt;
+    hub.flush();
+    changes.push_back(static_cast<double>(now_ns() - s) / 1e3);
+  }
+  w.registry_change_us = median(changes);
   w.rebuilds = hub.stats().rebuilds;
   const auto u = now_ns();
   handles.clear();
@@ -538,9 +550,10 @@ int run_query_bench(const QueryBenchConfig& cfg_in) {
     watch = measure_watch_setup(cfg.watch_devices, cfg.watchers);
     if (!watch) return 1;
     std::printf("  subscribe, median: first 64 %.1f us, last 64 %.1f us (ratio %.2f; 1 = a new watch costs the same "
-                "however many exist)\n  all %zu in %.3f s, index rebuilds %llu; unsubscribing all %.3f s\n",
+                "however many exist)\n  all %zu in %.3f s; a device's online flag flipped, then flush: %.0f us (median of "
+                "16; every watcher re-bound and re-evaluated); index rebuilds %llu; unsubscribing all %.3f s\n",
                 watch->first_us, watch->last_us, watch->ratio(), watch->watchers, watch->total_s,
-                static_cast<unsigned long long>(watch->rebuilds), watch->unsubscribe_s);
+                watch->registry_change_us, static_cast<unsigned long long>(watch->rebuilds), watch->unsubscribe_s);
   }
 
   std::printf("\ntargets (DESIGN.md, ratios from this run):\n");
@@ -571,7 +584,8 @@ int run_query_bench(const QueryBenchConfig& cfg_in) {
       j["watch_setup"] = {{"devices", watch->devices},         {"watchers", watch->watchers},
                           {"first_us", watch->first_us},       {"last_us", watch->last_us},
                           {"ratio", watch->ratio()},           {"subscribe_all_s", watch->total_s},
-                          {"unsubscribe_all_s", watch->unsubscribe_s}, {"rebuilds", watch->rebuilds}};
+                          {"unsubscribe_all_s", watch->unsubscribe_s}, {"rebuilds", watch->rebuilds},
+                          {"registry_change_us", watch->registry_change_us}};
     }
     j["targets"] = nlohmann::json::array();
     for (const Target& t : targets) {
