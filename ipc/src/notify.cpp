@@ -56,15 +56,18 @@ std::uint64_t signals_read(int fd, std::uint64_t first, std::size_t bytes, bool 
   std::uint64_t n = (bytes + 7) / 8;
   if (!drain_rest) return n;
   // The peer may have written far more (a pipe can hold up to 1 MiB): empty it now, in big reads,
-  // so that one write of its costs one wakeup here, not one per signal.
+  // so that one write of its costs one wakeup here, not one per signal. At most one full pipe per
+  // call: a peer that keeps refilling it from other threads must not keep the caller's loop here.
+  // Whatever is left keeps the descriptor readable, so the loop comes back after serving the rest.
   std::array<std::byte, 16384> rest;
-  for (;;) {
+  for (std::size_t reads = 0; reads < kMaxSignalDrainReads;) {
     const ssize_t r = ::read(fd, rest.data(), rest.size());
-    if (r > 0) n += (static_cast<std::uint64_t>(r) + 7) / 8;
-    if (r == static_cast<ssize_t>(rest.size())) continue;
     if (r < 0 && errno == EINTR) continue;
-    return n;  // a short read, EAGAIN, or EOF (reported by the next read)
+    ++reads;
+    if (r > 0) n += (static_cast<std::uint64_t>(r) + 7) / 8;
+    if (r != static_cast<ssize_t>(rest.size())) break;  // a short read, EAGAIN, or EOF (reported by the next read)
   }
+  return n;
 }
 
 Result<std::uint64_t> eventfd_drain(int fd) {

@@ -50,15 +50,19 @@ struct SignalPipe {
 /// nobody is left to wake.
 void eventfd_signal(int fd) noexcept;
 /// Takes what is pending on an eventfd (its counter, cleared) or on the read end of a signal pipe
-/// (every signal in it: however much a peer wrote, one call empties it, so it costs the reader one
-/// wakeup). Returns 0 when nothing is pending (a non-blocking fd); an error once a pipe's writer
+/// (every signal in it, up to kMaxSignalDrainReads reads: one full pipe costs the reader one
+/// wakeup, and a peer that refills it faster than that cannot keep the reader here). Returns 0 when nothing is pending (a non-blocking fd); an error once a pipe's writer
 /// has closed its end, since the fd then reads as ready forever.
 [[nodiscard]] Result<std::uint64_t> eventfd_drain(int fd);
 
+/// Reads of 16 KiB that signals_read makes at most to empty a pipe: 1 MiB, the largest a pipe
+/// can be made without privileges (/proc/sys/fs/pipe-max-size).
+inline constexpr std::size_t kMaxSignalDrainReads = 64;
+
 /// What a read of `bytes` (> 0) bytes, starting with `first`, from an eventfd or a signal pipe
 /// stands for, as a count of signals (never 0). If the read filled its buffer, a pipe may hold
-/// more: with `drain_rest` (only for a non-blocking fd) the rest is read now and counted. For
-/// event loops that make the first read themselves.
+/// more: with `drain_rest` (only for a non-blocking fd) the rest is read now (at most
+/// kMaxSignalDrainReads reads) and counted. For event loops that make the first read themselves.
 [[nodiscard]] std::uint64_t signals_read(int fd, std::uint64_t first, std::size_t bytes, bool drain_rest) noexcept;
 
 /// FUTEX_WAIT on a word that may live in shared memory (no FUTEX_PRIVATE_FLAG). Returns when woken,
