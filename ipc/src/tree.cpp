@@ -655,21 +655,26 @@ Result<std::vector<std::uint64_t>> TreeReader::read_blob(EntityIndex e, Componen
   const detail::TreeBlobRef& ref = *index_.blob(*col, e);
   std::vector<std::uint64_t> buf(align_up(ref.capacity, 8) / 8);
   std::uint64_t len = 0;
+  // A writer that changes the blob during every copy (a hostile provider can) must not make one
+  // read copy a 64 KiB blob thousands of times: the copies are bounded in bytes.
+  const auto max_copies = static_cast<unsigned>(
+      std::clamp<std::uint64_t>(kBlobReadCopyBudget / std::max<std::uint64_t>(align_up(ref.capacity, 8), 1),
+                                kBlobReadMinCopies, std::max(max_attempts, 1U)));
   const SeqlockRead r = ref.desc->lock.read(
       [&] {
         len = ref.desc->length.load(std::memory_order_relaxed);
         // The length is untrusted: never copy more than the capacity we validated at attach.
         seqlock_copy_out(buf.data(), ref.data, align_up(std::min<std::uint64_t>(len, ref.capacity), 8));
       },
-      max_attempts);
+      max_attempts, max_copies);
   switch (r) {
     case SeqlockRead::kOk: break;
     case SeqlockRead::kWriterStuck:
       return logic_error(op, who + ": " + describe(c) + ": writer stuck mid-write (sequence odd for " +
                                  std::to_string(max_attempts) + " attempts)");
     case SeqlockRead::kContended:
-      return logic_error(op, who + ": " + describe(c) + ": the writer changed it during each of " +
-                                 std::to_string(max_attempts) + " attempts");
+      return logic_error(op, who + ": " + describe(c) + ": the writer changed it during every attempt (at most " +
+                                 std::to_string(max_copies) + " copies)");
   }
   if (len > ref.capacity) {
     return logic_error(op, who + ": " + describe(c) + ": stored length " + std::to_string(len) +

@@ -68,6 +68,27 @@ TEST(Seqlock, ReaderReportsContentionWhenTheSequenceKeepsChanging) {
   EXPECT_EQ(calls, 5U);
 }
 
+// A writer that spoils every copy costs the reader max_copies copies, however many attempts it
+// allows (a blob read bounds its copies in bytes this way); looks at an odd sequence copy nothing.
+TEST(Seqlock, CopiesAreBoundedSeparatelyFromAttempts) {
+  SeqlockWord word;
+  unsigned calls = 0;
+  const auto spoil = [&] {
+    ++calls;
+    word.write_begin();
+    word.write_end();
+  };
+  EXPECT_EQ(word.read(spoil, 10'000, 8), SeqlockRead::kContended);
+  EXPECT_EQ(calls, 8U);
+
+  calls = 0;
+  word.write_begin();  // a writer mid-write: attempts spin, nothing is copied
+  EXPECT_EQ(word.read(spoil, 50, 1), SeqlockRead::kWriterStuck);
+  EXPECT_EQ(calls, 0U);
+  word.write_end();
+  EXPECT_EQ(word.read([] {}, 50, 1), SeqlockRead::kOk);
+}
+
 TEST(Seqlock, CopyHelpersMoveWholeWords) {
   alignas(8) std::array<std::uint64_t, 4> src{1, 2, 3, 0xFFFFFFFFFFFFFFFFULL};
   alignas(8) std::array<std::uint64_t, 4> mid{};

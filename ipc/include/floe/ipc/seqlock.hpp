@@ -64,12 +64,15 @@ struct SeqlockWord {
   }
 
   /// Any thread. `read()` copies the data; returns kOk once a copy was taken between two equal
-  /// even sequence values.
+  /// even sequence values. At most `max_attempts` looks at the sequence, of which at most
+  /// `max_copies` call `read_fn` (a big copy that a writer spoils every time costs that many
+  /// copies, not `max_attempts`).
   template <typename ReadFn>
-  [[nodiscard]] SeqlockRead read(ReadFn&& read_fn,
-                                 unsigned max_attempts = kSeqlockDefaultAttempts) const noexcept {
+  [[nodiscard]] SeqlockRead read(ReadFn&& read_fn, unsigned max_attempts = kSeqlockDefaultAttempts,
+                                 unsigned max_copies = kSeqlockDefaultAttempts) const noexcept {
     bool saw_odd_always = true;
-    for (unsigned attempt = 0; attempt < max_attempts; ++attempt) {
+    unsigned copies = 0;
+    for (unsigned attempt = 0; attempt < max_attempts && copies < max_copies; ++attempt) {
       // SYNC(seqlock-end): acquire pairs with the writer's release store of the even value.
       const std::uint32_t before = seq.load(std::memory_order_acquire);
       if (before & 1U) {
@@ -77,6 +80,7 @@ struct SeqlockWord {
         continue;
       }
       saw_odd_always = false;
+      ++copies;
       read_fn();
       // SYNC(seqlock-begin): the data loads above are ordered before the re-check below.
       std::atomic_thread_fence(std::memory_order_acquire);

@@ -68,6 +68,10 @@ inline constexpr std::uint32_t kTreeMaxColumnsPerChunk = 256;
 inline constexpr std::uint32_t kTreeMaxBlobBytes = 64 * 1024;
 inline constexpr std::uint64_t kTreeMaxBytes = std::uint64_t{256} << 20;
 /// Blob capacities used when a schema declares 0 for a big kind.
+/// A text or list read copies the blob again each time the writer changed it meanwhile: at most
+/// this many bytes in all, and never fewer than kBlobReadMinCopies copies (8 of a 64 KiB blob).
+inline constexpr std::uint64_t kBlobReadCopyBudget = 512 * 1024;
+inline constexpr std::uint64_t kBlobReadMinCopies = 8;
 inline constexpr std::uint32_t kTreeDefaultTextBytes = 256;
 inline constexpr std::uint32_t kTreeDefaultListBytes = 1024;
 
