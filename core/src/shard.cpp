@@ -1,4 +1,7 @@
 // Shards: one io_uring loop per worker thread, owning the rings of the devices assigned to it.
+#include <algorithm>
+#include <cstring>
+
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
@@ -259,6 +262,18 @@ Status Shard::attach_here(AttachArgs& args) {
   if (!tx) return tl::unexpected(tx.error());
   auto rx = ipc::RingConsumer::attach(parts->rx, rx_fd);
   if (!rx) return tl::unexpected(rx.error());
+  // A provider that declares its device again may still have the region mapped and rewrite the
+  // headers while they are initialised: a ring in another notify mode (spin or poll would keep
+  // this shard from ever sleeping) or of another size than the core's is refused.
+  if (tx->mode() != args.options.notify || rx->mode() != args.options.notify ||
+      tx->capacity() != args.options.tx_capacity || rx->capacity() != args.options.rx_capacity) {
+    return logic_error("shard.attach",
+                       fmt::format("the device's rings changed under the core (notify modes {} / {}, capacities {} / {}; "
+                                   "configured {}, {} / {})",
+                                   ipc::to_string(tx->mode()), ipc::to_string(rx->mode()), tx->capacity(), rx->capacity(),
+                                   ipc::to_string(args.options.notify), args.options.tx_capacity,
+                                   args.options.rx_capacity));
+  }
   if (bells != nullptr) tx->use_doorbell(&bells->provider(), args.slot, tx_fd);
   // Not looked up in the snapshot: a new device is attached before the snapshot that shows it.
   auto feed = core_.hub.attach(args.device, args.reader, args.region);
@@ -477,10 +492,14 @@ Shard::Drained Shard::drain_rx(Attached& d) {
           auto res = ipc::read_record<ipc::RequestResult>(v.payload);
           if (!res) return;
           const std::size_t avail = v.payload.size() - sizeof(ipc::RequestResult);
-          const std::size_t n = std::min<std::size_t>(res->message_length, avail);
-          // It goes into the client's answer (a protobuf string): valid UTF-8, cut at a character.
-          std::string msg = ipc::valid_utf8(
-              std::string_view(reinterpret_cast<const char*>(v.payload.data()) + sizeof(ipc::RequestResult), n), 1024);
+          // It goes into the client's answer (a protobuf string): valid UTF-8, cut at a character
+          // at 1,024 bytes. Copied out of the ring first: the provider may rewrite the bytes
+          // between the check and the copy, so only a private copy can be made valid.
+          constexpr std::size_t kMaxMessage = 1024;
+          const std::size_t n = std::min({std::size_t{res->message_length}, avail, kMaxMessage});
+          std::string raw(n, '\0');
+          std::memcpy(raw.data(), v.payload.data() + sizeof(ipc::RequestResult), n);
+          std::string msg = ipc::valid_utf8(raw, kMaxMessage);
           Outcome out;
           switch (static_cast<ipc::RequestStatus>(res->status)) {
             case ipc::RequestStatus::kOk: break;

@@ -192,6 +192,8 @@ class RingProducer {
     return capacity_ / 2 - sizeof(RecordHeader);
   }
   [[nodiscard]] std::size_t capacity() const noexcept { return capacity_; }
+  /// The notify mode the header named when this handle attached.
+  [[nodiscard]] NotifyMode mode() const noexcept { return mode_; }
   [[nodiscard]] RingHeader& header() const noexcept { return *header_; }
 
   /// kEventfd rings only: from now on publish() rings `bell` (slot `slot`, writing `eventfd` if
@@ -329,6 +331,8 @@ class RingConsumer {
 
   [[nodiscard]] const Error* error() const noexcept { return error_ ? &*error_ : nullptr; }
   [[nodiscard]] std::size_t capacity() const noexcept { return capacity_; }
+  /// The notify mode the header named when this handle attached.
+  [[nodiscard]] NotifyMode mode() const noexcept { return mode_; }
   [[nodiscard]] RingHeader& header() const noexcept { return *header_; }
 
  private:
