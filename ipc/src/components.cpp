@@ -99,6 +99,12 @@ std::string format_value(Component c, const Value& v) {
     }
     std::string operator()(Timestamp t) const {
       using namespace std::chrono;
+      // Years 0001-9999 only: a provider may store any 64-bit count, and far outside that range
+      // the calendar arithmetic below overflows (and ISO 8601 needs more than four digits).
+      constexpr std::int64_t kFirst = -62'135'596'800'000'000;   // 0001-01-01T00:00:00Z
+      constexpr std::int64_t kLast = 253'402'300'799'999'999;    // 9999-12-31T23:59:59.999999Z
+      const std::int64_t us = t.time_since_epoch().count();
+      if (us < kFirst || us > kLast) return std::to_string(us) + "us since 1970";
       const auto day = floor<days>(t);
       const year_month_day ymd{day};
       const hh_mm_ss<microseconds> tod{t - day};

@@ -195,6 +195,15 @@ TEST(Encodings, FormatValueIsReadableForEveryKind) {
   EXPECT_EQ(format_value(Component::Light, Marker{}), "present");
   EXPECT_EQ(format_value(Component::Timestamp, Timestamp{std::chrono::microseconds{1'771'804'800'000'001}}),
             "2026-02-23T00:00:00.000001Z");
+  // Any 64-bit count a provider stores: years 0001-9999 as dates, the rest as the raw count.
+  EXPECT_EQ(format_value(Component::Timestamp, Timestamp{std::chrono::microseconds{-62'135'596'800'000'000}}),
+            "0001-01-01T00:00:00.000000Z");
+  EXPECT_EQ(format_value(Component::Timestamp, Timestamp{std::chrono::microseconds{253'402'300'799'999'999}}),
+            "9999-12-31T23:59:59.999999Z");
+  EXPECT_EQ(format_value(Component::Timestamp, Timestamp{std::chrono::microseconds{INT64_MIN}}),
+            "-9223372036854775808us since 1970");
+  EXPECT_EQ(format_value(Component::Timestamp, Timestamp{std::chrono::microseconds{INT64_MAX}}),
+            "9223372036854775807us since 1970");
 }
 
 // ---- List blob encoding -------------------------------------------------------------------------
