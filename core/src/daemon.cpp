@@ -384,6 +384,10 @@ Status Daemon::setup() {
     });
   };
 
+  // Two cores sharing one state file would overwrite each other's devices and groups.
+  auto state_lock = lock_state_file(core_.config.state_file);
+  if (!state_lock) return tl::unexpected(state_lock.error());
+  core_.state_lock = std::move(*state_lock);
   FLOE_TRY(restore_state());
 
   auto pl = ipc::Listener::bind(provider_path, 0660);

@@ -263,6 +263,9 @@ class ClientSession;
 struct Core {
   explicit Core(Config c) : config(std::move(c)) {}
   Config config;
+  /// The state file's lock (lock_state_file), taken at startup; released after the saver's final
+  /// write, since members go in reverse order.
+  ipc::Fd state_lock;
   Registry registry;
   WatchHub hub{registry};
   PendingTable pending;

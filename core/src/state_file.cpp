@@ -1,6 +1,7 @@
 #include "floe/core/state_file.hpp"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -15,6 +16,24 @@ namespace floe::core {
 namespace {
 
 constexpr std::string_view kOp = "state_file";
+
+/// `path` with every symbolic link along its last component followed (at most 40, like the
+/// kernel): the file itself is replaced on save, so a link to persistent storage must stay a link.
+std::filesystem::path follow_links(const std::filesystem::path& path) {
+  std::filesystem::path p = path;
+  std::error_code ec;
+  for (int hops = 0; hops < 40 && std::filesystem::is_symlink(p, ec); ++hops) {
+    std::filesystem::path target = std::filesystem::read_symlink(p, ec);
+    if (ec) break;
+    p = target.is_absolute() ? target : p.parent_path() / target;
+  }
+  return p;
+}
+
+std::filesystem::path directory_of(const std::filesystem::path& path) {
+  std::filesystem::path dir = path.parent_path();
+  return dir.empty() ? std::filesystem::path(".") : dir;
+}
 using json = nlohmann::json;
 
 struct BadState {
@@ -121,8 +140,17 @@ Result<StoredState> state_from_json(std::string_view text) {
 Result<StoredState> load_state(const std::string& path) {
   std::ifstream in(path);
   if (!in) {
-    if (errno == ENOENT) return StoredState{};
-    return sys_error(kOp, fmt::format("cannot read {}", path));
+    if (errno != ENOENT) return sys_error(kOp, fmt::format("cannot read {}", path));
+    // No file in an existing directory: a first start. No directory (a disk not mounted yet):
+    // starting empty would overwrite the real state once the directory appears.
+    const std::filesystem::path dir = directory_of(follow_links(path));
+    std::error_code ec;
+    if (!std::filesystem::is_directory(dir, ec)) {
+      return logic_error(kOp, fmt::format("{}: its directory {} does not exist (not mounted yet?); create it, "
+                                          "or point state_file elsewhere",
+                                          path, dir.string()));
+    }
+    return StoredState{};
   }
   std::stringstream ss;
   ss << in.rdbuf();
@@ -133,42 +161,57 @@ Result<StoredState> load_state(const std::string& path) {
 
 Status save_state(const std::string& path, const StoredState& state) {
   const std::string text = state_to_json(state);
-  const std::filesystem::path target(path);
-  std::filesystem::path dir = target.parent_path();
-  if (dir.empty()) dir = ".";
-  const std::string tmp = path + ".tmp";
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-  if (fd < 0) return sys_error(kOp, fmt::format("open {}", tmp));
+  const std::filesystem::path target = follow_links(path);
+  const std::filesystem::path dir = directory_of(target);
+  // A name of its own (mkstemp, mode 0600): a second writer never writes into this one's file.
+  std::string tmp = target.string() + ".tmp.XXXXXX";
+  const int fd = ::mkostemp(tmp.data(), O_CLOEXEC);
+  if (fd < 0) return sys_error(kOp, fmt::format("create a temporary file next to {}", target.string()));
+  const auto fail = [&](std::string what) {
+    auto err = sys_error(kOp, std::move(what));
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    return err;
+  };
   std::size_t done = 0;
   while (done < text.size()) {
     const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      auto err = sys_error(kOp, fmt::format("write {}", tmp));
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      return err;
-    }
+    if (n < 0) return fail(fmt::format("write {}", tmp));
     done += static_cast<std::size_t>(n);
   }
-  if (::fsync(fd) != 0) {
-    auto err = sys_error(kOp, fmt::format("fsync {}", tmp));
-    ::close(fd);
-    ::unlink(tmp.c_str());
-    return err;
-  }
+  if (::fsync(fd) != 0) return fail(fmt::format("fsync {}", tmp));
   ::close(fd);
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    auto err = sys_error(kOp, fmt::format("rename {} -> {}", tmp, path));
+  if (::rename(tmp.c_str(), target.c_str()) != 0) {
+    auto err = sys_error(kOp, fmt::format("rename {} -> {}", tmp, target.string()));
     ::unlink(tmp.c_str());
     return err;
   }
+  // The rename is durable only once the directory is: a failure here is reported (the saver
+  // tries again with the next change).
   const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
+  if (dfd < 0) return sys_error(kOp, fmt::format("open directory {} to fsync it", dir.string()));
+  const int synced = ::fsync(dfd);
+  const int saved_errno = errno;
+  ::close(dfd);
+  if (synced != 0) return sys_error(kOp, saved_errno, fmt::format("fsync directory {}", dir.string()));
   return {};
+}
+
+Result<ipc::Fd> lock_state_file(const std::string& path) {
+  const std::string lock = follow_links(path).string() + ".lock";
+  ipc::Fd fd(::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+  if (!fd) return sys_error(kOp, fmt::format("open {}", lock));
+  for (;;) {
+    if (::flock(fd.get(), LOCK_EX | LOCK_NB) == 0) return fd;
+    if (errno == EINTR) continue;
+    if (errno == EWOULDBLOCK) {
+      return logic_error(kOp, fmt::format("{} is in use by another floe-core (it holds {}); give each core its own "
+                                          "state_file",
+                                          path, lock));
+    }
+    return sys_error(kOp, fmt::format("flock {}", lock));
+  }
 }
 
 }  // namespace floe::core

@@ -74,10 +74,50 @@ TEST(StateFile, SaveReplacesAtomicallyAndLeavesNoTemp) {
   auto st = load_state(path);
   ASSERT_TRUE(st) << st.error().to_string();
   EXPECT_EQ(*st, sample());
-  EXPECT_FALSE(std::filesystem::exists(path + ".tmp"));
+  for (const auto& e : std::filesystem::directory_iterator(dir.path)) {
+    EXPECT_EQ(e.path().filename(), "state.json") << "left behind: " << e.path();
+  }
   struct stat sb{};
   ASSERT_EQ(::stat(path.c_str(), &sb), 0);
   EXPECT_EQ(sb.st_mode & 0777, 0600U);
+}
+
+// A state file linked to persistent storage (from a tmpfs socket directory, say) stays a link:
+// the file it points to is what is replaced.
+TEST(StateFile, SavingThroughASymlinkReplacesItsTargetAndKeepsTheLink) {
+  TempDir dir;
+  std::filesystem::create_directory(dir.path + "/persist");
+  const std::string link = dir.path + "/state.json";
+  std::filesystem::create_symlink("persist/state.json", link);
+  ASSERT_TRUE(save_state(link, sample()));
+  EXPECT_TRUE(std::filesystem::is_symlink(link));
+  auto st = load_state(dir.path + "/persist/state.json");
+  ASSERT_TRUE(st) << st.error().to_string();
+  EXPECT_EQ(*st, sample());
+  ASSERT_TRUE(save_state(link, StoredState{}));
+  EXPECT_TRUE(std::filesystem::is_symlink(link));
+  EXPECT_EQ(*load_state(link), StoredState{});
+}
+
+// A state file whose directory is missing (a disk not mounted yet) is not a first start: starting
+// empty would overwrite the real state once the directory appears.
+TEST(StateFile, AMissingDirectoryIsAnErrorNotAFirstStart) {
+  TempDir dir;
+  auto st = load_state(dir.path + "/not-mounted/state.json");
+  ASSERT_FALSE(st);
+  EXPECT_NE(st.error().message.find("does not exist"), std::string::npos) << st.error().message;
+}
+
+TEST(StateFile, OneCoreAtATimeHoldsTheLock) {
+  TempDir dir;
+  const std::string path = dir.path + "/state.json";
+  auto first = lock_state_file(path);
+  ASSERT_TRUE(first) << first.error().to_string();
+  auto second = lock_state_file(path);  // another open file description: refused like a process
+  ASSERT_FALSE(second);
+  EXPECT_NE(second.error().message.find("in use by another floe-core"), std::string::npos) << second.error().message;
+  first->reset();
+  EXPECT_TRUE(lock_state_file(path));
 }
 
 TEST(StateFile, CorruptFileIsAClearError) {

@@ -664,6 +664,16 @@ TEST_F(CoreDaemon, ASecondCoreRefusesALiveOneAndReplacesAKilledOneAtOnce) {
   EXPECT_NE(second->wait(30s), 0);
   ASSERT_TRUE(static_cast<bool>(ipc::Channel::connect(sock_dir_ + "/client.sock")));
 
+  // Nor may one on another directory that names the live core's state file: each would
+  // overwrite the other's devices and groups.
+  const std::string config = sock_dir_ + "/shared-state.toml";
+  std::ofstream(config) << "state_file = \"" << sock_dir_ << "/state.json\"\n";
+  const std::string log = sock_dir_ + "/second.log";
+  auto third = test::spawn_child("core", {sock_dir_ + "/second", "log=" + log, "--config", config}, {});
+  ASSERT_TRUE(third) << third.error().to_string();
+  EXPECT_NE(third->wait(30s), 0);
+  EXPECT_NE(slurp(log).find("is in use by another floe-core"), std::string::npos) << slurp(log);
+
   // After SIGKILL the old sockets are stale: a new core starts at once, with no waiting by the
   // caller, even while the kernel may still be tearing the old listener down.
   core_->kill(SIGKILL);

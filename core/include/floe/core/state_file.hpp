@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "floe/ipc/fd.hpp"
 #include "floe/ipc/result.hpp"
 #include "floe/ipc/tree.hpp"
 
@@ -47,9 +48,16 @@ struct StoredState {
 /// Errors name what is wrong ("devices[2].entities[0]: missing 'id'").
 [[nodiscard]] Result<StoredState> state_from_json(std::string_view text);
 
-/// Reads `path`. A missing file is an empty state; an unreadable or corrupt one is an error.
+/// Reads `path`. A missing file in an existing directory is an empty state (a first start); an
+/// unreadable or corrupt file, or a missing directory, is an error.
 [[nodiscard]] Result<StoredState> load_state(const std::string& path);
-/// Writes atomically (temp + fsync + rename + fsync of the directory).
+/// Writes atomically: a temporary file of its own (mkstemp) + fsync + rename + fsync of the
+/// directory, all of which must succeed. If `path` is a symbolic link, the file it points to is
+/// replaced, and the link stays.
 [[nodiscard]] Status save_state(const std::string& path, const StoredState& state);
+/// Takes an exclusive lock (flock on `path` + ".lock", following links like save_state) that
+/// lasts as long as the returned descriptor: two cores never share one state file. Error: the
+/// lock is held by another process.
+[[nodiscard]] Result<ipc::Fd> lock_state_file(const std::string& path);
 
 }  // namespace floe::core
