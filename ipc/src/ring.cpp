@@ -116,9 +116,10 @@ Result<Attached> attach_ring(std::span<std::byte> memory, int notify_fd) {
 }
 
 /// Re-reads the consumer's head after the cached value said "full". A hostile consumer may publish
-/// anything: only a head in [head_cache, tail] (8-aligned) is believed; otherwise the ring stays as
-/// full as the producer last knew, so the producer never overwrites bytes it has not been given
-/// back and never computes a size out of range.
+/// anything: only a head in [head_cache, published tail] (8-aligned) is believed (records reserved
+/// but not published cannot have been read); otherwise the ring stays as full as the producer last
+/// knew, so the producer never overwrites bytes it has not been given back and never computes a
+/// size out of range.
 void refresh_head(const RingHeader& header, std::uint64_t& head_cache, std::uint64_t tail) noexcept {
   // SYNC(head): acquire pairs with the consumer's release in RingConsumer::release(): its reads of
   // the bytes up to head are finished before we overwrite them.
@@ -186,7 +187,7 @@ std::byte* RingProducer::reserve_slow(std::uint16_t type, std::uint32_t length, 
   const std::uint64_t size = record_bytes(length);
   const std::uint64_t need = bytes_needed(tail_, capacity_, size);
   if (tail_ - head_cache_ + need > capacity_) {
-    refresh_head(*header_, head_cache_, tail_);
+    refresh_head(*header_, head_cache_, published_tail_);
     if (tail_ - head_cache_ + need > capacity_) {
       // SYNC(overflow): release pairs with the consumer side's acquire exchange of the flag: the
       // writes the lost record announced (tree values, change sequences) are visible to its rescan.
@@ -243,7 +244,7 @@ bool RingProducer::push_wait(std::uint16_t type, std::span<const std::byte> payl
   const auto deadline = Clock::now() + timeout;
   auto sleep = std::chrono::microseconds(1);
   for (unsigned attempt = 0;; ++attempt) {
-    if (tail_ - head_cache_ + need > capacity_) refresh_head(*header_, head_cache_, tail_);
+    if (tail_ - head_cache_ + need > capacity_) refresh_head(*header_, head_cache_, published_tail_);
     if (tail_ - head_cache_ + need <= capacity_) return try_push(type, payload);
     if (attempt < 64) {
       cpu_relax();

@@ -678,6 +678,24 @@ TEST(RingProducerSafety, HeadOutsideTheProducersRangeIsIgnored) {
   EXPECT_TRUE(ring.producer.try_push(1, payload));
 }
 
+// Records reserved but not yet published are the producer's own: a consumer cannot have read
+// them, so a head that claims to have passed them frees nothing.
+TEST(RingProducerSafety, AHeadPastWhatWasPublishedDoesNotFreeTheUnpublishedBatch) {
+  RingMemory memory(256);
+  Ring ring = make_ring(memory, 256);
+  std::byte* first = ring.producer.try_reserve(1, 56);
+  ASSERT_NE(first, nullptr);
+  std::memset(first, 0xAB, 56);
+  while (ring.producer.try_reserve(1, 56) != nullptr) {
+  }
+  memory.header().head.store(256);  // the end of the reserved batch; nothing was published
+  EXPECT_EQ(ring.producer.try_reserve(1, 56), nullptr) << "it would overwrite the batch's first record";
+  EXPECT_EQ(first[0], std::byte{0xAB});
+  ring.producer.publish();
+  memory.header().head.store(64);  // an honest release of one published record
+  EXPECT_NE(ring.producer.try_reserve(1, 56), nullptr);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Waiting and wakeup suppression
 
