@@ -1,5 +1,6 @@
 #include "floe/core/config.hpp"
 
+
 #include <unistd.h>
 
 #include <algorithm>
@@ -15,6 +16,7 @@
 
 #include "floe/ipc/channel.hpp"
 #include "floe/ipc/protocol.hpp"
+#include "floe/ipc/tree.hpp"
 
 namespace floe::core {
 namespace {
@@ -58,7 +60,10 @@ Status parse_limits(const toml::table& t, std::string_view origin, Limits& l) {
       {"max_devices_per_provider", 1, 65536, [&](std::int64_t v) { l.max_devices_per_provider = static_cast<unsigned>(v); }},
       {"max_known_devices_per_uid", 1, 1 << 20,
        [&](std::int64_t v) { l.max_known_devices_per_uid = static_cast<unsigned>(v); }},
-      {"max_entities_per_device", 1, 65536, [&](std::int64_t v) { l.max_entities_per_device = static_cast<unsigned>(v); }},
+      // A device tree holds at most ipc::kTreeMaxEntities: a higher limit would only turn LIMIT
+      // into MALFORMED for the declarations in between.
+      {"max_entities_per_device", 1, ipc::kTreeMaxEntities,
+       [&](std::int64_t v) { l.max_entities_per_device = static_cast<unsigned>(v); }},
       {"max_entities_per_provider", 1, 1 << 24, [&](std::int64_t v) { l.max_entities_per_provider = static_cast<unsigned>(v); }},
       {"max_region_bytes_per_provider", std::int64_t{1} << 20, std::int64_t{1} << 40,
        [&](std::int64_t v) { l.max_region_bytes_per_provider = static_cast<std::uint64_t>(v); }},

@@ -174,6 +174,8 @@ TEST(Config, BadLimitsAreNamed) {
   expect_error("[limits]\nmax_region_bytes_per_provider = 1000", "key 'limits.max_region_bytes_per_provider'");
   // The channel never delivers more than a 64 KiB packet, so a larger limit would be a lie.
   expect_error("[limits]\nmax_message_bytes = 65537", "key 'limits.max_message_bytes': 65537 is out of range");
+  expect_error("[limits]\nmax_entities_per_device = 4097",
+               "key 'limits.max_entities_per_device': 4097 is out of range [1, 4096]");
   expect_error("[limits]\nmax_request_bytes = 10", "key 'limits.max_request_bytes': 10 is out of range");
   expect_error("[limits]\nclient_request_burst = 1.5", "key 'limits.client_request_burst': expected an integer");
   expect_error("[limits]\nprovider_messages_per_second = 0", "key 'limits.provider_messages_per_second'");
