@@ -227,8 +227,10 @@ class UringLoop final : public EventLoop {
 
   Result<std::size_t> run_once(std::optional<std::chrono::nanoseconds> timeout) override {
     FLOE_ASSERT(!dispatching_);  // run_once must not be called from a callback
-    // Completions reaped while making room in a full SQ are already waiting: don't block.
+    // Completions reaped while making room in a full SQ are already waiting: don't block. Nor
+    // for long while a watch could not be re-armed.
     if (!completions_.empty()) timeout = std::chrono::nanoseconds{0};
+    if (retry_rearms() && (!timeout || *timeout > std::chrono::milliseconds(1))) timeout = std::chrono::milliseconds(1);
     FLOE_TRY(submit_and_wait(timeout));
     reap();
 
@@ -441,6 +443,29 @@ class UringLoop final : public EventLoop {
     return &w;
   }
 
+  // arm(), or, if no SQE can be had now (the kernel refusing submissions, e.g. -EBUSY while its
+  // completion queue overflows), again at the start of the next run_once: a watch must never be
+  // left alive but unarmed, which would lose its events without a word.
+  void rearm(Watch& w) noexcept {
+    if (arm(w)) return;
+    if (rearm_later_.empty()) {
+      spdlog::warn("event loop: no SQE to re-arm watch {} (fd {}); retrying on the next turn", w.id, w.fd);
+    }
+    rearm_later_.push_back(w.id);
+  }
+
+  // The watches rearm() could not arm; true if some still wait.
+  bool retry_rearms() noexcept {
+    if (rearm_later_.empty()) return false;
+    std::vector<WatchId> ids;
+    ids.swap(rearm_later_);
+    for (const WatchId id : ids) {
+      const auto it = watches_.find(id);
+      if (it != watches_.end() && it->second->alive) rearm(*it->second);
+    }
+    return !rearm_later_.empty();
+  }
+
   void fail(Watch& w, const char* op, int res) noexcept {
     spdlog::warn("event loop: {} for watch {} (fd {}) failed: {}; watch dropped", op, w.id, w.fd,
                  std::strerror(-res));
@@ -461,12 +486,12 @@ class UringLoop final : public EventLoop {
         }
         if (c.res < 0) {
           if (c.res != -ECANCELED) fail(w, "poll", c.res);
-          else arm(w);
+          else rearm(w);
           return 0;
         }
         w.on_ready();
         // A fresh one-shot poll completes at once if the callback left data unread.
-        if (w.alive) arm(w);
+        if (w.alive) rearm(w);
         return 1;
       case kTagRead:
         // 8 bytes: an eventfd's counter or a signal pipe's signal; more: a pipe's signals (a full
@@ -477,21 +502,21 @@ class UringLoop final : public EventLoop {
           const std::uint64_t value =
               ipc::signals_read(w.fd, w.value[0], static_cast<std::size_t>(c.res), full && w.nonblocking);
           if (w.kind == Kind::kWake) {
-            arm(w);
+            rearm(w);
             return 0;
           }
           w.on_value(value);
-          if (w.alive) arm(w);
+          if (w.alive) rearm(w);
           return 1;
         }
         if (c.res == -EAGAIN) {
           // Non-blocking eventfd (or a rival reader emptied it): wait for readiness first.
           w.poll_before_read = true;
-          arm(w);
+          rearm(w);
           return 0;
         }
         if (c.res == -ECANCELED || c.res == -EINTR) {
-          arm(w);
+          rearm(w);
           return 0;
         }
         if (c.res == 0) {
@@ -504,7 +529,7 @@ class UringLoop final : public EventLoop {
         return 0;
       case kTagTimeout:
         if (c.res != -ETIME && c.res != 0) {
-          if (c.res == -ECANCELED) arm(w);
+          if (c.res == -ECANCELED) rearm(w);
           else fail(w, "timeout", c.res);
           return 0;
         }
@@ -517,7 +542,7 @@ class UringLoop final : public EventLoop {
         }
         advance_deadline(w);
         w.on_ready();
-        if (w.alive) arm(w);
+        if (w.alive) rearm(w);
         return 1;
     }
     return 0;
@@ -540,6 +565,7 @@ class UringLoop final : public EventLoop {
   std::size_t armed_ops_ = 0;
   std::unordered_map<WatchId, std::unique_ptr<Watch>> watches_;
   std::vector<std::unique_ptr<Watch>> graveyard_;
+  std::vector<WatchId> rearm_later_;  // watches rearm() could not arm (retry_rearms)
   std::vector<Completion> completions_;
 };
 
