@@ -104,6 +104,17 @@ TEST(EsphomeConfig, BadFilesNameTheLine) {
   EXPECT_EQ(error_of("- host: a\n"), "test.yaml: expected a map with a 'devices' list");
   EXPECT_EQ(error_of("devices:\n  - host: a\n    groups: [Bad Group]\n"),
             "test.yaml:3: group 'Bad Group' must be 1..64 characters of [a-z0-9_.-]");
+  EXPECT_EQ(error_of("devices:\n  - host: a\n    port:\n"), "test.yaml:3: 'port' has no value");
+  EXPECT_EQ(error_of("devices:\n  - host: a\n    port: [1]\n"), "test.yaml:3: 'port' must be an integer, not a list");
+}
+
+// yaml-cpp keeps both entries of a key written twice; a config that says two things is refused.
+TEST(EsphomeConfig, AKeyGivenTwiceIsRefusedWithBothLines) {
+  EXPECT_EQ(error_of("devices:\n  - host: a\n    name: a\n    name: b\n"),
+            "test.yaml:4: 'name' is given twice (first on line 3)");
+  EXPECT_EQ(error_of("name: x\ndevices: []\nname: y\n"), "test.yaml:3: 'name' is given twice (first on line 1)");
+  EXPECT_EQ(error_of("reconnect:\n  min_ms: 5\n  min_ms: 6\ndevices: []\n"),
+            "test.yaml:3: 'min_ms' is given twice (first on line 2)");
 }
 
 TEST(EsphomeConfig, BadKeyIsRefusedWithItsLine) {

@@ -1,6 +1,7 @@
 #include "floe/esphome/config.hpp"
 
 #include <fstream>
+#include <map>
 #include <set>
 #include <sstream>
 
@@ -22,6 +23,30 @@ tl::unexpected<Error> error_at(std::string_view origin, const YAML::Node& n, std
   return logic_error(kOp, fmt::format("{}:{}: {}", origin, line_of(n), what));
 }
 
+/// What a node that is not the scalar expected is, for error messages.
+std::string_view kind_of(const YAML::Node& n) {
+  if (n.IsNull()) return "empty";
+  if (n.IsSequence()) return "a list";
+  if (n.IsMap()) return "a map";
+  return "a scalar";
+}
+
+/// yaml-cpp keeps both entries of a key written twice in one map (and a lookup sees the first):
+/// a config that says two things is refused, naming both lines. A key without a value is refused
+/// here too, on the key's line (an empty value's own mark is the line after it).
+Result<void> check_keys(std::string_view origin, const YAML::Node& map) {
+  std::map<std::string, int> seen;
+  for (const auto& kv : map) {
+    if (!kv.first.IsScalar()) continue;  // reported where the key is read
+    if (kv.second.IsNull()) return error_at(origin, kv.first, fmt::format("'{}' has no value", kv.first.Scalar()));
+    const auto [it, fresh] = seen.emplace(kv.first.Scalar(), line_of(kv.first));
+    if (!fresh) {
+      return error_at(origin, kv.first, fmt::format("'{}' is given twice (first on line {})", it->first, it->second));
+    }
+  }
+  return {};
+}
+
 Result<std::string> get_string(std::string_view origin, std::string_view key, const YAML::Node& n) {
   if (!n.IsScalar()) return error_at(origin, n, fmt::format("'{}' must be a string", key));
   return n.Scalar();
@@ -31,7 +56,8 @@ Result<std::int64_t> get_int(std::string_view origin, std::string_view key, cons
                              std::int64_t hi) {
   std::int64_t v = 0;
   if (!n.IsScalar() || !YAML::convert<std::int64_t>::decode(n, v)) {
-    return error_at(origin, n, fmt::format("'{}' must be an integer, not '{}'", key, n.IsScalar() ? n.Scalar() : "a collection"));
+    return error_at(origin, n, n.IsScalar() ? fmt::format("'{}' must be an integer, not '{}'", key, n.Scalar())
+                                             : fmt::format("'{}' must be an integer, not {}", key, kind_of(n)));
   }
   if (v < lo || v > hi) return error_at(origin, n, fmt::format("'{}' = {} is out of range [{}, {}]", key, v, lo, hi));
   return v;
@@ -63,6 +89,7 @@ Result<std::vector<std::string>> get_groups(std::string_view origin, const YAML:
 
 Result<void> parse_reconnect(std::string_view origin, const YAML::Node& n, Config& cfg) {
   if (!n.IsMap()) return error_at(origin, n, "'reconnect' must be a map with min_ms and max_ms");
+  FLOE_TRY(check_keys(origin, n));
   for (const auto& kv : n) {
     const std::string key = kv.first.Scalar();
     if (key == "min_ms") {
@@ -86,6 +113,7 @@ Result<void> parse_reconnect(std::string_view origin, const YAML::Node& n, Confi
 
 Result<DeviceConfig> parse_device(std::string_view origin, const YAML::Node& n) {
   if (!n.IsMap()) return error_at(origin, n, "each device must be a map (host, port, name, encryption_key, groups)");
+  FLOE_TRY(check_keys(origin, n));
   DeviceConfig d;
   d.line = line_of(n);
   bool has_host = false;
@@ -174,6 +202,7 @@ Result<Config> parse_config(std::string_view text, std::string_view origin) {
   Config cfg;
   bool has_devices = false;
   try {
+    FLOE_TRY(check_keys(origin, root));
     for (const auto& kv : root) {
       const std::string key = kv.first.Scalar();
       const YAML::Node& v = kv.second;
