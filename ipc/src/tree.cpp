@@ -486,8 +486,12 @@ const TreeColumnView* TreeIndex::find(EntityIndex e, Component c) const noexcept
 }
 
 const TreeBlobRef* TreeIndex::blob(const TreeColumnView& col, EntityIndex e) const noexcept {
+  // Only a text or list column of this index owns blobs; a column from another index (or another
+  // read of a tree the provider rewrote) must not pick a descriptor, let alone one past the end.
+  if (!is_big(col.encoding)) return nullptr;
   const std::uint64_t below = col.presence & (slot_bit(e) - 1);
-  return &blobs[col.first_blob + static_cast<std::size_t>(std::popcount(below))];
+  const std::size_t at = std::size_t{col.first_blob} + static_cast<std::size_t>(std::popcount(below));
+  return at < blobs.size() ? &blobs[at] : nullptr;
 }
 
 }  // namespace detail
@@ -549,6 +553,7 @@ TreeWriteStatus TreeWriter::resolve_blob(EntityIndex e, Component c, Encoding ex
   if (col == nullptr) return e >= index_.entity_count ? TreeWriteStatus::kNoSuchEntity : TreeWriteStatus::kNoSuchComponent;
   if (col->encoding != expected) return TreeWriteStatus::kWrongType;
   ref = index_.blob(*col, e);
+  if (ref == nullptr) return TreeWriteStatus::kWrongType;
   if (n > ref->capacity) return TreeWriteStatus::kTooLong;
   return TreeWriteStatus::kOk;
 }
@@ -652,7 +657,9 @@ Result<std::vector<std::uint64_t>> TreeReader::read_blob(EntityIndex e, Componen
     return logic_error(op, who + ": " + describe(c) + " is " + std::string(to_string(col->encoding)) + ", not " +
                                std::string(to_string(expected)));
   }
-  const detail::TreeBlobRef& ref = *index_.blob(*col, e);
+  const detail::TreeBlobRef* blob = index_.blob(*col, e);
+  if (blob == nullptr) return logic_error(op, who + ": " + describe(c) + " has no blob");
+  const detail::TreeBlobRef& ref = *blob;
   std::vector<std::uint64_t> buf(align_up(ref.capacity, 8) / 8);
   std::uint64_t len = 0;
   // A writer that changes the blob during every copy (a hostile provider can) must not make one
@@ -711,9 +718,17 @@ std::vector<TreeEntryInfo> TreeReader::components(EntityIndex e) const {
   if (e >= index_.entity_count) return out;
   for (const TreeColumnView& col : index_.chunks[e / kTreeChunkSlots].columns) {
     if ((col.presence & slot_bit(e)) == 0) continue;
-    out.push_back(TreeEntryInfo{col.component, col.encoding, is_big(col.encoding) ? index_.blob(col, e)->capacity : 0});
+    const detail::TreeBlobRef* blob = index_.blob(col, e);
+    out.push_back(TreeEntryInfo{col.component, col.encoding, blob != nullptr ? blob->capacity : 0});
   }
   return out;
+}
+
+std::optional<std::uint32_t> TreeReader::blob_seq(EntityIndex e, Component c) const noexcept {
+  const TreeColumnView* col = index_.find(e, c);
+  const detail::TreeBlobRef* blob = col != nullptr ? index_.blob(*col, e) : nullptr;
+  if (blob == nullptr) return std::nullopt;
+  return blob->desc->lock.seq.load(std::memory_order_acquire);
 }
 
 TreeSchema TreeReader::schema() const {

@@ -651,6 +651,28 @@ TEST(TreeValidation, HostileListContentIsRefused) {
   EXPECT_NE(list.error().message.find("cannot fit"), std::string::npos) << list.error().to_string();
 }
 
+// A column from another read of the tree (a provider can rewrite it between two reads) must not
+// pick a blob: blob() answers only for a text or list column whose blob this index holds.
+TEST(TreeValidation, BlobLookupRefusesASmallColumnAndABlobOutsideTheIndex) {
+  TreeSchema s;
+  s.entities.push_back({{{C::Switch}, {C::Text, 64}}});
+  Tree t(s);
+  auto idx = detail::index_tree(t.buffer.mem.get(), t.layout.size(), "test");
+  ASSERT_TRUE(idx) << idx.error().to_string();
+  const TreeColumnView* text = idx->find(0, C::Text);
+  const TreeColumnView* sw = idx->find(0, C::Switch);
+  ASSERT_NE(text, nullptr);
+  ASSERT_NE(sw, nullptr);
+  EXPECT_NE(idx->blob(*text, 0), nullptr);
+  EXPECT_EQ(idx->blob(*sw, 0), nullptr);
+  TreeColumnView stray = *text;
+  stray.first_blob = 1;  // one past the only blob
+  EXPECT_EQ(idx->blob(stray, 0), nullptr);
+  auto r = t.reader();
+  EXPECT_EQ(r.blob_seq(0, C::Switch), std::nullopt);
+  EXPECT_EQ(r.blob_seq(0, C::Text), 0u);
+}
+
 TEST(TreeValidation, AWriterStuckMidWriteIsReportedNotWaitedOn) {
   Tree t(sample_schema());
   auto r = t.reader();

@@ -273,8 +273,8 @@ class Checker {
     TreeReport& t = r_.tree;
     t.offset = offset;
     t.size = span.size();
-    auto index = ipc::detail::index_tree(span.data(), span.size(), "tree");
-    if (!index) return fail("tree", index.error().message);
+    // One validation, one index: the provider can rewrite the tree between two reads of it, so
+    // every lookup below goes through this reader and never mixes two views.
     auto reader = ipc::TreeReader::attach(span);
     if (!reader) return fail("tree", reader.error().message);
     t.readable = true;
@@ -286,18 +286,17 @@ class Checker {
       t.change_total += er.change_seq;
       if (!o_.values && !o_.wait_for_odd) continue;
       for (const auto& info : reader->components(e)) {
-        ComponentReport c = component(*reader, *index, e, info);
+        ComponentReport c = component(*reader, e, info);
         if (c.odd) {
           t.odd_slots.push_back(fmt::format("entity {} {} (seq {})", e, c.name, *c.blob_seq));
-          if (o_.wait_for_odd) stuck_check(*index, e, info.component, c);
+          if (o_.wait_for_odd) stuck_check(*reader, e, info.component, c);
         }
         if (o_.values) er.components.push_back(std::move(c));
       }
     }
   }
 
-  ComponentReport component(const ipc::TreeReader& reader, const ipc::detail::TreeIndex& index, std::uint32_t e,
-                            const ipc::TreeEntryInfo& info) const {
+  ComponentReport component(const ipc::TreeReader& reader, std::uint32_t e, const ipc::TreeEntryInfo& info) const {
     ComponentReport c;
     c.id = ipc::to_id(info.component);
     const std::string_view known = ipc::component_name(info.component);
@@ -305,12 +304,8 @@ class Checker {
     c.encoding = std::string(ipc::to_string(info.encoding));
     c.max_bytes = info.max_bytes;
     if (ipc::is_big(info.encoding)) {
-      if (const auto* col = index.find(e, info.component)) {
-        if (const auto* ref = index.blob(*col, e)) {
-          c.blob_seq = ref->desc->lock.seq.load(std::memory_order_acquire);
-          c.odd = (*c.blob_seq & 1U) != 0;
-        }
-      }
+      c.blob_seq = reader.blob_seq(e, info.component);
+      c.odd = c.blob_seq && (*c.blob_seq & 1U) != 0;
       if (info.encoding == ipc::Encoding::kText) {
         auto text = reader.read_text(e, info.component, o_.seqlock_attempts);
         if (text) {
@@ -367,16 +362,11 @@ class Checker {
 
   /// --validate: an odd sequence is a write in progress unless it stays odd, unchanged, for the
   /// whole bounded wait (a writer that died mid-write).
-  void stuck_check(const ipc::detail::TreeIndex& index, std::uint32_t e, ipc::Component comp,
-                   const ComponentReport& c) {
-    const auto* col = index.find(e, comp);
-    const auto* ref = col ? index.blob(*col, e) : nullptr;
-    if (ref == nullptr) return;
+  void stuck_check(const ipc::TreeReader& reader, std::uint32_t e, ipc::Component comp, const ComponentReport& c) {
     const auto deadline = std::chrono::steady_clock::now() + o_.seqlock_wait;
     const std::uint32_t first = *c.blob_seq;
     for (;;) {
-      const std::uint32_t now = ref->desc->lock.seq.load(std::memory_order_acquire);
-      if (now != first) return;  // the writer moved on
+      if (reader.blob_seq(e, comp) != first) return;  // the writer moved on
       if (std::chrono::steady_clock::now() >= deadline) break;
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }

@@ -251,6 +251,8 @@ struct TreeIndex {
   std::uint32_t max_blob_capacity = 0;
 
   [[nodiscard]] const TreeColumnView* find(EntityIndex e, Component c) const noexcept;
+  /// The blob of entity `e` in `col` (a column of this index that has `e`); nullptr if `col` is
+  /// not a text or list column or its blob lies outside this index.
   [[nodiscard]] const TreeBlobRef* blob(const TreeColumnView& col, EntityIndex e) const noexcept;
 };
 /// Validates the tree at `base` (`size` bytes of span) and builds the index. `operation` names the
@@ -339,6 +341,9 @@ class TreeReader {
 
   /// For inspectors: the components of entity `e` in id order (empty if out of range).
   [[nodiscard]] std::vector<TreeEntryInfo> components(EntityIndex e) const;
+  /// For inspectors: the seqlock sequence of (e, c)'s blob (acquire; odd while a write is in
+  /// progress); nullopt if the entity has no such text or list component.
+  [[nodiscard]] std::optional<std::uint32_t> blob_seq(EntityIndex e, Component c) const noexcept;
   /// The whole schema back: components in id order, blob capacities as stored (never 0).
   [[nodiscard]] TreeSchema schema() const;
 
