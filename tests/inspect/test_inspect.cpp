@@ -33,15 +33,20 @@ namespace {
 using ipc::Component;
 using nlohmann::json;
 
-// A device region as floe-core makes it: entity 0 a light, entity 1 a sensor with text and list.
+// Entity 0 a light, entity 1 a sensor with text and list.
+ipc::TreeSchema sample_schema() {
+  ipc::TreeSchema schema;
+  schema.entities.push_back({{{Component::Light}, {Component::Switch}, {Component::Dimmer}, {Component::Color}}});
+  schema.entities.push_back({{{Component::Sensor}, {Component::Real}, {Component::Text}, {Component::TextList}}});
+  return schema;
+}
+
+// A device region as floe-core makes it.
 struct TestDevice {
   ipc::Region region;
   ipc::DeviceRegionLayout layout;
 
-  static TestDevice make(const std::string& name = "floe-dev-test") {
-    ipc::TreeSchema schema;
-    schema.entities.push_back({{{Component::Light}, {Component::Switch}, {Component::Dimmer}, {Component::Color}}});
-    schema.entities.push_back({{{Component::Sensor}, {Component::Real}, {Component::Text}, {Component::TextList}}});
+  static TestDevice make(const std::string& name = "floe-dev-test", const ipc::TreeSchema& schema = sample_schema()) {
     auto layout = ipc::DeviceRegionLayout::compute(
         schema, {.tx_capacity = 1024, .rx_capacity = 1024, .notify = ipc::NotifyMode::kPoll});
     EXPECT_TRUE(layout) << layout.error().to_string();
@@ -286,6 +291,36 @@ TEST(Inspect, SeqlockOddForeverIsFlaggedAndStuckUnderValidate) {
       inspect(d.path(), {.seqlock_attempts = 100, .seqlock_wait = std::chrono::milliseconds(20), .wait_for_odd = true});
   EXPECT_EQ(first_violation(v),
             "tree: entity 1 Text: seqlock sequence 3 stayed odd for 20 ms (writer stuck or dead mid-write)");
+}
+
+// A provider can leave thousands of blobs odd: --validate waits once for all of them (one violation
+// names the first and counts the others), and not at all once another violation is found.
+TEST(Inspect, ManyOddSeqlocksShareOneWaitAndOneViolation) {
+  ipc::TreeSchema schema;
+  for (int i = 0; i < 100; ++i) schema.entities.push_back({{{Component::Sensor}, {Component::Text}}});
+  TestDevice d = TestDevice::make("floe-dev-odd", schema);
+  auto parts = d.parts();
+  auto index = ipc::detail::index_tree(parts.tree.data(), parts.tree.size(), "test");
+  ASSERT_TRUE(index);
+  for (std::uint32_t e = 0; e < 100; ++e) {
+    const auto* col = index->find(e, Component::Text);
+    ASSERT_NE(col, nullptr);
+    const auto* blob = index->blob(*col, e);
+    ASSERT_NE(blob, nullptr);
+    const_cast<ipc::TreeBlob*>(blob->desc)->lock.write_begin();
+  }
+  const DecodeOptions validate{.seqlock_attempts = 10, .seqlock_wait = std::chrono::milliseconds(20), .wait_for_odd = true};
+  const RegionReport v = inspect(d.path(), validate);
+  EXPECT_EQ(v.tree.odd_slots.size(), 100u);
+  ASSERT_EQ(v.violations.size(), 1u) << first_violation(v);
+  EXPECT_EQ(first_violation(v), "tree: entity 0 Text: seqlock sequence 1 stayed odd for 20 ms (writer stuck or dead "
+                                "mid-write); 99 other blobs too");
+
+  d.ring_header(parts.rx).tail.store(1024 + 64, std::memory_order_relaxed);
+  const RegionReport bad = inspect(d.path(), validate);
+  ASSERT_EQ(bad.violations.size(), 1u) << bad.violations.back().what;
+  EXPECT_EQ(bad.violations.front().where, "rx ring");
+  EXPECT_EQ(bad.tree.odd_slots.size(), 100u);  // still listed, not waited on
 }
 
 // A memfd that is not a sealed floe region: `bytes` of content; without MFD_ALLOW_SEALING the

@@ -100,6 +100,8 @@ Result<Pass> read_all(const Options& o) {
     if (!o.provider.empty() && !provider_matches(r, o.provider)) continue;
     pass.inodes.push_back(region->inode());
     pass.regions.push_back(std::move(r));
+    // --validate reports the first violation only: reading (and waiting on) the rest is wasted.
+    if (o.validate && !pass.regions.back().violations.empty()) break;
   }
   return pass;
 }

@@ -279,6 +279,7 @@ class Checker {
     if (!reader) return fail("tree", reader.error().message);
     t.readable = true;
     t.entity_count = reader->entity_count();
+    std::vector<OddSlot> odd;
     for (std::uint32_t e = 0; e < t.entity_count; ++e) {
       EntityReport& er = t.entities.emplace_back();
       er.index = e;
@@ -289,11 +290,12 @@ class Checker {
         ComponentReport c = component(*reader, e, info);
         if (c.odd) {
           t.odd_slots.push_back(fmt::format("entity {} {} (seq {})", e, c.name, *c.blob_seq));
-          if (o_.wait_for_odd) stuck_check(*reader, e, info.component, c);
+          odd.push_back({e, info.component, c.name, *c.blob_seq});
         }
         if (o_.values) er.components.push_back(std::move(c));
       }
     }
+    if (o_.wait_for_odd) stuck_check(*reader, std::move(odd));
   }
 
   ComponentReport component(const ipc::TreeReader& reader, std::uint32_t e, const ipc::TreeEntryInfo& info) const {
@@ -360,19 +362,33 @@ class Checker {
     return c;
   }
 
+  /// A text or list blob whose seqlock sequence was odd when its component was read.
+  struct OddSlot {
+    std::uint32_t entity;
+    ipc::Component component;
+    std::string name;
+    std::uint32_t seq;
+  };
+
   /// --validate: an odd sequence is a write in progress unless it stays odd, unchanged, for the
-  /// whole bounded wait (a writer that died mid-write).
-  void stuck_check(const ipc::TreeReader& reader, std::uint32_t e, ipc::Component comp, const ComponentReport& c) {
+  /// whole bounded wait (a writer that died mid-write). One wait for all the odd blobs of the tree
+  /// (a provider can leave thousands odd), and none once a violation is found: --validate reports
+  /// only the first.
+  void stuck_check(const ipc::TreeReader& reader, std::vector<OddSlot> odd) {
+    if (odd.empty() || !r_.violations.empty()) return;
     const auto deadline = std::chrono::steady_clock::now() + o_.seqlock_wait;
-    const std::uint32_t first = *c.blob_seq;
     for (;;) {
-      if (reader.blob_seq(e, comp) != first) return;  // the writer moved on
+      // A blob whose writer moved on is not stuck.
+      std::erase_if(odd, [&](const OddSlot& s) { return reader.blob_seq(s.entity, s.component) != s.seq; });
+      if (odd.empty()) return;
       if (std::chrono::steady_clock::now() >= deadline) break;
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
+    const OddSlot& s = odd.front();
     fail("tree", fmt::format("entity {} {}: seqlock sequence {} stayed odd for {} ms (writer stuck or dead "
-                             "mid-write)",
-                             e, c.name, first, o_.seqlock_wait.count()));
+                             "mid-write){}",
+                             s.entity, s.name, s.seq, o_.seqlock_wait.count(),
+                             odd.size() > 1 ? fmt::format("; {} other blobs too", odd.size() - 1) : ""));
   }
 
   std::span<const std::byte> bytes_;
