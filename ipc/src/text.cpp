@@ -6,20 +6,27 @@
 
 namespace floe::ipc {
 
+namespace {
+
+// One byte as excerpt and printable show it: printable ASCII as is, a backslash doubled, anything
+// else as \xNN.
+void append_escaped(std::string& out, unsigned char b) {
+  if (b == '\\') {
+    out += "\\\\";
+  } else if (b >= 0x20 && b < 0x7f) {
+    out.push_back(static_cast<char>(b));
+  } else {
+    out += fmt::format("\\x{:02x}", b);
+  }
+}
+
+}  // namespace
+
 std::string excerpt(std::string_view text, std::size_t max_bytes) {
   const std::string_view shown = text.substr(0, max_bytes);
   std::string out;
   out.reserve(shown.size() + 24);
-  for (const char ch : shown) {
-    const auto b = static_cast<unsigned char>(ch);
-    if (b == '\\') {
-      out += "\\\\";
-    } else if (b >= 0x20 && b < 0x7f) {
-      out.push_back(ch);
-    } else {
-      out += fmt::format("\\x{:02x}", b);
-    }
-  }
+  for (const char ch : shown) append_escaped(out, static_cast<unsigned char>(ch));
   if (shown.size() < text.size()) out += fmt::format("...({} bytes)", text.size());
   return out;
 }
@@ -71,6 +78,24 @@ std::string valid_utf8(std::string_view text, std::size_t max_bytes) {
     const std::string_view piece = n != 0 ? text.substr(0, n) : kReplacement;
     if (out.size() + piece.size() > max_bytes) break;
     out += piece;
+    text.remove_prefix(n != 0 ? n : 1);
+  }
+  return out;
+}
+
+std::string printable(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  while (!text.empty()) {
+    const std::size_t n = utf8_sequence(text);
+    const auto second = n == 2 ? static_cast<unsigned char>(text[1]) : 0;
+    if (n == 2 && static_cast<unsigned char>(text[0]) == 0xC2 && second < 0xA0) {
+      out += fmt::format("\\u{:04x}", second);  // C1 control U+0080..U+009F (0x9B is CSI)
+    } else if (n > 1) {
+      out += text.substr(0, n);
+    } else {
+      append_escaped(out, static_cast<unsigned char>(text[0]));
+    }
     text.remove_prefix(n != 0 ? n : 1);
   }
   return out;

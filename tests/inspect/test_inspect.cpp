@@ -323,6 +323,30 @@ TEST(Inspect, ManyOddSeqlocksShareOneWaitAndOneViolation) {
   EXPECT_EQ(bad.tree.odd_slots.size(), 100u);  // still listed, not waited on
 }
 
+// A provider (an ESPHome device on the LAN) writes texts and lists and chooses its command line: in
+// the report for people no control character of theirs reaches the terminal; JSON keeps the value.
+TEST(Inspect, HumanOutputEscapesTerminalControls) {
+  const std::string hostile = "\x1b]0;PWNED\x07\x1b[2J";
+  TestDevice d = TestDevice::make();
+  auto w = ipc::TreeWriter::attach(d.parts().tree);
+  ASSERT_TRUE(w);
+  ASSERT_EQ(w->set_text(1, Component::Text, hostile), ipc::TreeWriteStatus::kOk);
+  const std::vector<std::string> items{"\xc2\x9b" "2J"};
+  ASSERT_EQ(w->set_list(1, Component::TextList, items), ipc::TreeWriteStatus::kOk);
+  RegionReport r = inspect(d.path());
+  r.provider = Holder{.pid = 42, .comm = "evil\x1b[2J", .cmdline = "evil --name " + hostile};
+  const std::string out = format_region(r, true, true);
+  EXPECT_EQ(out.find('\x1b'), std::string::npos) << out;
+  EXPECT_EQ(out.find('\x07'), std::string::npos) << out;
+  EXPECT_EQ(out.find("\xc2\x9b"), std::string::npos) << out;
+  EXPECT_NE(out.find("\"\\x1b]0;PWNED\\x07\\x1b[2J\""), std::string::npos) << out;
+  EXPECT_NE(out.find("[\"\\u009b2J\"]"), std::string::npos) << out;
+  EXPECT_NE(out.find("provider    pid 42 evil\\x1b[2J (evil --name \\x1b]0;PWNED\\x07\\x1b[2J)"), std::string::npos)
+      << out;
+  EXPECT_EQ(find(r, 1, "Text")->value, hostile);
+  EXPECT_EQ(to_json(r)["provider"]["cmdline"], "evil --name " + hostile);
+}
+
 // A memfd that is not a sealed floe region: `bytes` of content; without MFD_ALLOW_SEALING the
 // kernel gives it F_SEAL_SEAL alone.
 int unsealed_memfd(std::span<const std::byte> bytes) {

@@ -26,6 +26,21 @@ TEST(Excerpt, EscapesEveryOtherByteSoTheResultIsAscii) {
   }
 }
 
+TEST(Printable, EscapesTerminalControlsAndKeepsOtherUtf8) {
+  EXPECT_EQ(printable("warm \xc3\xa9t\xc3\xa9 \xe2\x82\xac 22"), "warm \xc3\xa9t\xc3\xa9 \xe2\x82\xac 22");
+  EXPECT_EQ(printable("\x1b]0;PWNED\x07\x1b[2J"), "\\x1b]0;PWNED\\x07\\x1b[2J");
+  EXPECT_EQ(printable(std::string("a\nb\0c\x7f", 6)), "a\\x0ab\\x00c\\x7f");
+  EXPECT_EQ(printable("\xc2\x9b" "31m \xc2\x80 \xc2\xa0"), "\\u009b31m \\u0080 \xc2\xa0");  // C1 escaped, NBSP kept
+  EXPECT_EQ(printable("\xff\xc3"), "\\xff\\xc3");  // not UTF-8
+  EXPECT_EQ(printable("back\\slash"), "back\\\\slash");
+  for (int b = 0; b < 256; ++b) {
+    for (const char c : printable(std::string(1, static_cast<char>(b)))) {
+      const auto u = static_cast<unsigned char>(c);
+      ASSERT_TRUE(u >= 0x20 && u != 0x7f) << "byte " << b;
+    }
+  }
+}
+
 TEST(Excerpt, CutsLongInputAndSaysHowLongItWas) {
   const std::string big(70'000, 'x');
   const std::string e = excerpt(big);

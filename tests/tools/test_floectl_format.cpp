@@ -107,6 +107,28 @@ TEST(FloectlFormat, ListPrintsATableWithValuesWhenThereIsATarget) {
   EXPECT_EQ(format_query_result(r), "no matching entities\n");
 }
 
+// A provider (an ESPHome device on the LAN) writes texts: they must not reach the terminal as
+// escape sequences, in tables or in `get`; JSON keeps the value as it is (its encoder escapes it).
+TEST(FloectlFormat, TextValuesCannotInjectTerminalEscapes) {
+  const std::string hostile = "\x1b]0;PWNED\x07\x1b[2J";
+  const std::string shown = "\"\\x1b]0;PWNED\\x07\\x1b[2J\"";
+  proto::EntityValue v;
+  v.set_entity("porch_sensor");
+  v.set_online(true);
+  v.mutable_value()->set_text(hostile);
+  v.mutable_value()->set_display(hostile);
+  EXPECT_EQ(format_value(v, "Text"), "porch_sensor Text = " + shown.substr(1, shown.size() - 2) + "\n");
+  v.mutable_value()->clear_display();
+  EXPECT_EQ(format_value(v, "Text"), "porch_sensor Text = " + shown + "\n");
+  proto::QueryResult r;
+  r.set_action("list");
+  auto* m = r.add_matches();
+  *m = v;
+  m->mutable_value()->mutable_list()->add_items("\xc2\x9b" "2J");
+  EXPECT_EQ(format_query_result(r), "ENTITY        VALUE       STATE\nporch_sensor  [\\u009b2J]  online\n");
+  EXPECT_EQ(to_json(m->value())["value"], nlohmann::json::array({"\xc2\x9b" "2J"}));
+}
+
 TEST(FloectlFormat, UnreadableEntitiesAreMentioned) {
   proto::QueryResult r;
   r.set_action("count");

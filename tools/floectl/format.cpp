@@ -6,6 +6,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "floe/ipc/text.hpp"
+
 namespace floe::client {
 namespace {
 
@@ -107,7 +109,8 @@ std::string format_value(const proto::EntityValue& value, std::string_view compo
   out += ' ';
   out += component;
   out += " = ";
-  out += value.has_value() ? value_text(value.value()) : "-";
+  // Texts and lists come from providers: no escape sequence of theirs reaches the terminal.
+  out += value.has_value() ? ipc::printable(value_text(value.value())) : "-";
   if (!value.online()) out += "  (offline: last known value)";
   out += '\n';
   return out;
@@ -136,7 +139,7 @@ std::string format_query_result(const proto::QueryResult& r) {
                         : std::vector<std::string>{"ENTITY", "STATE"});
     for (const auto& m : r.matches()) {
       if (with_values) {
-        t.add_row({m.entity(), m.has_value() ? value_text(m.value()) : "-", state(m.online())});
+        t.add_row({m.entity(), m.has_value() ? ipc::printable(value_text(m.value())) : "-", state(m.online())});
       } else {
         t.add_row({m.entity(), state(m.online())});
       }

@@ -3,6 +3,7 @@
 
 #include "floe/ipc/notify.hpp"
 #include "floe/ipc/region.hpp"
+#include "floe/ipc/text.hpp"
 #include "format.hpp"  // floectl's Table
 #include "inspect.hpp"
 
@@ -140,8 +141,10 @@ json to_json(const RegionReport& r) {
 }
 
 std::string format_region(const RegionReport& r, bool rings, bool tree, const Rates* rates) {
-  std::string out = fmt::format("region {}{}\n", r.memfd_name.empty() ? r.source : r.memfd_name,
-                                r.device.empty() ? "" : fmt::format("  (device {})", r.device));
+  // Names, values and command lines come from the provider: ipc::printable keeps their escape
+  // sequences off the operator's terminal.
+  std::string out = fmt::format("region {}{}\n", ipc::printable(r.memfd_name.empty() ? r.source : r.memfd_name),
+                                r.device.empty() ? "" : fmt::format("  (device {})", ipc::printable(r.device)));
   out += fmt::format("  source      {}{}\n", r.source, r.snapshot ? "  (unsealed: read from a copy)" : "");
   out += fmt::format("  size        {} bytes\n  seals       {}\n", r.file_size, seal_names(r.seals));
   if (r.header_readable) {
@@ -150,11 +153,12 @@ std::string format_region(const RegionReport& r, bool rings, bool tree, const Ra
                        r.magic, r.layout_version, kind_name(r.kind), r.generation, r.flags, r.creator_pid);
   }
   if (r.provider) {
-    out += fmt::format("  provider    pid {} {} ({})\n", r.provider->pid, r.provider->comm, r.provider->cmdline);
+    out += fmt::format("  provider    pid {} {} ({})\n", r.provider->pid, ipc::printable(r.provider->comm),
+                       ipc::printable(r.provider->cmdline));
   } else {
     out += "  provider    none attached\n";
   }
-  for (const auto& h : r.other_holders) out += fmt::format("  also held   pid {} {}\n", h.pid, h.comm);
+  for (const auto& h : r.other_holders) out += fmt::format("  also held   pid {} {}\n", h.pid, ipc::printable(h.comm));
   out += fmt::format("  state       {}\n", r.online ? "online" : "offline");
 
   if (rings && !r.rings.empty()) {
@@ -215,7 +219,7 @@ std::string format_region(const RegionReport& r, bool rings, bool tree, const Ra
     for (const auto& e : r.tree.entities) {
       out += fmt::format("  entity {:<4} seq {}\n", e.index, e.change_seq);
       for (const auto& c : e.components) {
-        out += fmt::format("    {:<18} {:<9} {}{}\n", c.name, c.encoding, c.text,
+        out += fmt::format("    {:<18} {:<9} {}{}\n", c.name, c.encoding, ipc::printable(c.text),
                            c.blob_seq ? fmt::format("  [seq {}{}]", *c.blob_seq, c.odd ? " ODD" : "") : "");
       }
     }
