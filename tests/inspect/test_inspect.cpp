@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <spawn.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -377,6 +378,32 @@ TEST(Inspect, MissingSealsAreDiagnosed) {
   EXPECT_EQ(first_violation(r), "seals: F_SEAL_SEAL present, F_SEAL_SHRINK|F_SEAL_GROW missing");
   EXPECT_TRUE(r.tree.readable);  // the rest is still decoded
   ::close(fd);
+}
+
+// --region takes any path: a FIFO must be refused, not waited on in open(), and a huge file (sparse:
+// it costs no disk) refused with a clear error, not copied into memory until bad_alloc.
+TEST(Inspect, FifosAndOversizedFilesAreRefused) {
+  char dir[] = "/tmp/floe-inspect-test-XXXXXX";
+  ASSERT_NE(::mkdtemp(dir), nullptr);
+  const std::string fifo = std::string(dir) + "/fifo";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  auto f = OpenedRegion::open(fifo);
+  ASSERT_FALSE(f);
+  EXPECT_NE(f.error().to_string().find("is not a regular file or memfd"), std::string::npos) << f.error().to_string();
+
+  const std::string big = std::string(dir) + "/big";
+  const int fd = ::open(big.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::ftruncate(fd, (off_t{1} << 30) + 1), 0);
+  ::close(fd);
+  auto b = OpenedRegion::open(big);
+  ASSERT_FALSE(b);
+  EXPECT_NE(b.error().to_string().find("has 1073741825 bytes, more than the 1073741824 a floe region can have"),
+            std::string::npos)
+      << b.error().to_string();
+  ::unlink(fifo.c_str());
+  ::unlink(big.c_str());
+  ::rmdir(dir);
 }
 
 TEST(Inspect, RandomCorruptionNeverCrashes) {

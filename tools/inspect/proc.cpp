@@ -26,6 +26,9 @@ namespace floe::inspect {
 namespace {
 
 constexpr std::string_view kMemfdPrefix = "/memfd:";
+// Far above any floe region (trees and rings are bounded far below it), far below what a copy of
+// an unsealed file may take from the inspector's memory.
+constexpr std::uint64_t kMaxRegionBytes = std::uint64_t{1} << 30;
 constexpr std::string_view kDeleted = " (deleted)";
 
 std::optional<pid_t> parse_pid(std::string_view s) {
@@ -206,12 +209,18 @@ void OpenedRegion::AlignedFree::operator()(std::byte* p) const noexcept {
 Result<OpenedRegion> OpenedRegion::open(const std::string& path) {
   OpenedRegion r;
   r.path_ = path;
-  r.fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused just below); it changes
+  // nothing for a regular file or memfd.
+  r.fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (r.fd_ < 0) return sys_error("open", fmt::format("'{}' (read-only)", path));
   struct stat st {};
   if (::fstat(r.fd_, &st) < 0) return sys_error("fstat", path);
   if (!S_ISREG(st.st_mode)) return logic_error("open", fmt::format("'{}' is not a regular file or memfd", path));
   r.size_ = static_cast<std::uint64_t>(st.st_size);
+  if (r.size_ > kMaxRegionBytes) {
+    return logic_error("open", fmt::format("'{}' has {} bytes, more than the {} a floe region can have", path,
+                                           r.size_, kMaxRegionBytes));
+  }
   r.dev_ = st.st_dev;
   r.ino_ = st.st_ino;
   const int seals = ::fcntl(r.fd_, F_GET_SEALS);
@@ -233,8 +242,16 @@ Status OpenedRegion::refresh() {
   struct stat st {};
   if (::fstat(fd_, &st) < 0) return sys_error("fstat", path_);
   const auto size = static_cast<std::uint64_t>(st.st_size);
-  std::unique_ptr<std::byte[], AlignedFree> buf(
-      size ? static_cast<std::byte*>(::operator new[](size, std::align_val_t{64})) : nullptr);
+  // An unsealed file can grow after open(): the limit again, and no exception out of here.
+  if (size > kMaxRegionBytes) {
+    return logic_error("refresh", fmt::format("'{}' has grown to {} bytes, more than the {} a floe region can have",
+                                              path_, size, kMaxRegionBytes));
+  }
+  std::byte* mem = size ? static_cast<std::byte*>(::operator new[](size, std::align_val_t{64}, std::nothrow)) : nullptr;
+  if (size != 0 && mem == nullptr) {
+    return logic_error("refresh", fmt::format("cannot allocate {} bytes to copy '{}'", size, path_));
+  }
+  std::unique_ptr<std::byte[], AlignedFree> buf(mem);
   std::uint64_t got = 0;
   while (got < size) {
     const ssize_t n = ::pread(fd_, buf.get() + got, size - got, static_cast<off_t>(got));
