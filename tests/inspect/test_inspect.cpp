@@ -3,6 +3,7 @@
 // -asan build runs this file under AddressSanitizer). The floe-inspect program is run on the same
 // regions to check its exit codes and output.
 #include <fcntl.h>
+#include <signal.h>
 #include <spawn.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -531,6 +532,51 @@ TEST(InspectProgram, ReportJsonAndWatchRunOnCorruptRegionsWithoutCrashing) {
     EXPECT_TRUE(w["regions"][0].contains("rates"));
   }
   EXPECT_EQ(n, 2);
+}
+
+// The provider can write the region header, creator pid included: attached through a core (here
+// this process, by --pid), a holder whose pid the header names is still the provider, and
+// --validate calls the rewritten field a violation.
+TEST(InspectProgram, AProviderCannotHideBehindTheCreatorPid) {
+  TestDevice d = TestDevice::make();
+  const int inherited = ::fcntl(d.region.fd(), F_DUPFD, 50);  // no FD_CLOEXEC: the child holds it
+  ASSERT_GE(inherited, 0);
+  char sleep_bin[] = "sleep";
+  char forever[] = "600";
+  char* argv[] = {sleep_bin, forever, nullptr};
+  pid_t provider = -1;
+  ASSERT_EQ(::posix_spawnp(&provider, "sleep", nullptr, nullptr, argv, environ), 0);
+  ::close(inherited);
+  struct Reap {
+    pid_t pid;
+    ~Reap() {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, nullptr, 0);
+    }
+  } reap{provider};
+  d.region.header_mut().creator_pid = static_cast<std::uint32_t>(provider);
+  const std::string me = std::to_string(::getpid());
+  // The child holds the memfd once it runs; /proc shows it from then on.
+  bool held = false;
+  for (int i = 0; i < 1000 && !held; ++i) {
+    held = ::access(("/proc/" + std::to_string(provider) + "/fd/50").c_str(), F_OK) == 0;
+    if (!held) ::usleep(1000);
+  }
+  ASSERT_TRUE(held);
+
+  Ran js = run_inspect({"--json", "--pid", me});
+  EXPECT_EQ(js.exit, 0) << js.out;
+  const json j = json::parse(js.out, nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << js.out;
+  ASSERT_EQ(j["regions"].size(), 1u) << js.out;
+  const json& holder = j["regions"][0]["provider"];
+  ASSERT_TRUE(holder.is_object()) << js.out;
+  EXPECT_EQ(holder["pid"], provider);
+  EXPECT_EQ(j["regions"][0]["online"], true);
+  Ran v = run_inspect({"--validate", "--pid", me});
+  EXPECT_EQ(v.exit, 1) << v.out;
+  EXPECT_EQ(v.out, "INVALID floe-dev-test: region header: creator pid " + std::to_string(provider) +
+                       " is not the core's pid " + me + " (rewritten by the provider?)\n");
 }
 
 TEST(InspectProgram, BadArgumentsAndMissingFilesExitTwo) {

@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -88,7 +89,9 @@ Result<Pass> read_all(const Options& o) {
     }
     RegionReport r = region->decode(d);
     for (auto& h : holders.holders(region->device_number(), region->inode(), pass.core.value_or(0))) {
-      const bool creator = r.header_readable && static_cast<std::uint32_t>(h.pid) == r.creator_pid;
+      // The provider can write the header's creator pid: through a core, the core (excluded by its
+      // own pid above) is the creator, and the field only names it for a --region/--fd.
+      const bool creator = !pass.core && r.header_readable && static_cast<std::uint32_t>(h.pid) == r.creator_pid;
       if (!r.provider && !creator) {
         r.provider = std::move(h);
       } else {
@@ -96,6 +99,14 @@ Result<Pass> read_all(const Options& o) {
       }
     }
     r.online = r.provider.has_value();
+    if (pass.core && r.header_readable && r.creator_pid != static_cast<std::uint32_t>(*pass.core)) {
+      // After the header's own checks, before the parts behind it: layout order.
+      const auto at = std::find_if(r.violations.begin(), r.violations.end(),
+                                   [](const Violation& v) { return v.where != "region header"; });
+      r.violations.insert(at, {"region header", fmt::format("creator pid {} is not the core's pid {} (rewritten "
+                                                            "by the provider?)",
+                                                            r.creator_pid, *pass.core)});
+    }
     if (!o.device.empty() && r.device != o.device) continue;
     if (!o.provider.empty() && !provider_matches(r, o.provider)) continue;
     pass.inodes.push_back(region->inode());
