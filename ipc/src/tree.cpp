@@ -664,9 +664,9 @@ Result<std::vector<std::uint64_t>> TreeReader::read_blob(EntityIndex e, Componen
   std::uint64_t len = 0;
   // A writer that changes the blob during every copy (a hostile provider can) must not make one
   // read copy a 64 KiB blob thousands of times: the copies are bounded in bytes.
-  const auto max_copies = static_cast<unsigned>(
-      std::clamp<std::uint64_t>(kBlobReadCopyBudget / std::max<std::uint64_t>(align_up(ref.capacity, 8), 1),
-                                kBlobReadMinCopies, std::max(max_attempts, 1U)));
+  const std::uint64_t by_budget =
+      std::max(kBlobReadCopyBudget / std::max<std::uint64_t>(align_up(ref.capacity, 8), 1), kBlobReadMinCopies);
+  const auto max_copies = static_cast<unsigned>(std::min<std::uint64_t>(by_budget, max_attempts));
   const SeqlockRead r = ref.desc->lock.read(
       [&] {
         len = ref.desc->length.load(std::memory_order_relaxed);
