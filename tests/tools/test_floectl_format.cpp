@@ -127,6 +127,16 @@ TEST(FloectlFormat, TextValuesCannotInjectTerminalEscapes) {
   m->mutable_value()->mutable_list()->add_items("\xc2\x9b" "2J");
   EXPECT_EQ(format_query_result(r), "ENTITY        VALUE       STATE\nporch_sensor  [\\u009b2J]  online\n");
   EXPECT_EQ(to_json(m->value())["value"], nlohmann::json::array({"\xc2\x9b" "2J"}));
+
+  // Names and a provider's failure message, shown in tables, are escaped the same way.
+  proto::DeviceList devices;
+  auto* d = devices.add_devices();
+  d->set_name("porch");
+  d->set_display_name("Porch\x1b[2J");
+  d->set_provider("esphome");
+  d->set_online(true);
+  EXPECT_NE(format_devices(devices).find("Porch\\x1b[2J"), std::string::npos) << format_devices(devices);
+  EXPECT_EQ(format_devices(devices).find('\x1b'), std::string::npos);
 }
 
 TEST(FloectlFormat, UnreadableEntitiesAreMentioned) {

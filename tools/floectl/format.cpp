@@ -42,6 +42,11 @@ nlohmann::json strings(const google::protobuf::RepeatedPtrField<std::string>& it
 
 }  // namespace
 
+void Table::add_row(std::vector<std::string> cells) {
+  for (std::string& c : cells) c = ipc::printable(c);
+  rows_.push_back(std::move(cells));
+}
+
 std::string Table::render() const {
   std::vector<std::size_t> widths(headers_.size(), 0);
   for (std::size_t i = 0; i < headers_.size(); ++i) widths[i] = display_width(headers_[i]);
@@ -139,7 +144,7 @@ std::string format_query_result(const proto::QueryResult& r) {
                         : std::vector<std::string>{"ENTITY", "STATE"});
     for (const auto& m : r.matches()) {
       if (with_values) {
-        t.add_row({m.entity(), m.has_value() ? ipc::printable(value_text(m.value())) : "-", state(m.online())});
+        t.add_row({m.entity(), m.has_value() ? value_text(m.value()) : "-", state(m.online())});
       } else {
         t.add_row({m.entity(), state(m.online())});
       }

@@ -17,7 +17,9 @@ namespace floe::client {
 class Table {
  public:
   explicit Table(std::vector<std::string> headers) : headers_(std::move(headers)) {}
-  void add_row(std::vector<std::string> cells) { rows_.push_back(std::move(cells)); }
+  /// Every cell is shown through ipc::printable: names, values and messages come from providers,
+  /// and no escape sequence of theirs may reach the terminal.
+  void add_row(std::vector<std::string> cells);
   [[nodiscard]] bool empty() const noexcept { return rows_.empty(); }
   /// Header line, then one line per row; every line ends in '\n'.
   [[nodiscard]] std::string render() const;
