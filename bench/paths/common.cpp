@@ -106,6 +106,9 @@ void request_thread(Shared& s, RequestClient& client, std::uint32_t index, std::
     const bool open = spec.kind == PhaseKind::kRequestOpen;
     if ((open || spec.kind == PhaseKind::kRequestClosed) && index < spec.clients) {
       const double step_ns = open ? 1e9 / spec.rate : 0;
+      // A closed loop starts with the phase, not when the phase is announced (20 ms earlier):
+      // its rate is counted from the start.
+      if (!open) sleep_until_ns(spec.start_ns);
       for (std::uint64_t k = 0;; ++k) {
         const std::uint64_t idx = k * spec.clients + index;
         const std::uint64_t seq = idx + 1;
@@ -150,6 +153,15 @@ void watcher_thread(Shared& s, CommitWatcher& watcher) {
     const std::uint64_t seq = value % kMaxSeq;
     std::int64_t expected = 0;
     if (seq > 0) s.commit_seen[seq].compare_exchange_strong(expected, t, std::memory_order_relaxed);
+    // A result that includes every earlier commit (floe's `max Real` over values that only grow)
+    // is the first sight of the earlier commits it coalesced, too: they are the late ones, and
+    // counting them lost would drop the tail.
+    if (!watcher.sees_every_earlier_commit()) continue;
+    for (std::uint64_t q = seq; q > 1; --q) {
+      if (s.commit_intended[q - 1].load(std::memory_order_relaxed) == 0) break;
+      expected = 0;
+      if (!s.commit_seen[q - 1].compare_exchange_strong(expected, t, std::memory_order_relaxed)) break;
+    }
   }
 }
 

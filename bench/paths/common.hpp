@@ -94,6 +94,9 @@ class CommitWatcher {
  public:
   virtual ~CommitWatcher() = default;
   virtual bool next(std::uint64_t& seq, std::chrono::milliseconds timeout, std::string& error) = 0;
+  /// True if seeing commit `seq` means the state seen includes every earlier commit of the phase
+  /// (a watch that coalesces: the earlier ones are stamped with the same time).
+  [[nodiscard]] virtual bool sees_every_earlier_commit() const { return false; }
 };
 
 using ClientFactory = std::function<std::unique_ptr<RequestClient>(std::uint32_t index, std::string& error)>;

@@ -233,6 +233,9 @@ class FloeWatcher final : public CommitWatcher {
     }
     return true;
   }
+  // `max Real` over values that only grow: a result of commit s includes commits 1..s-1, which
+  // the core may have evaluated together with it (one event for both).
+  [[nodiscard]] bool sees_every_earlier_commit() const override { return true; }
   bool next(std::uint64_t& seq, std::chrono::milliseconds timeout, std::string& error) override {
     seq = 0;
     auto e = client_.next_event(-1, timeout);

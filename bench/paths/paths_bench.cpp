@@ -336,10 +336,12 @@ PhaseResult run_phase(Instance& inst, PhaseKind kind, std::uint32_t clients, dou
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
   const std::int64_t finished = now_ns();
-  if (commit && r.ok) std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the last sightings
+  // CPU up to the end of the schedule, not over the wait for the last sightings below (idle for
+  // blocking paths, but spin and poll burn it).
   const std::int64_t cpu1 = inst.cpu_ns();
   const std::int64_t client_cpu1 = inst.clients_cpu_ns();
   const std::vector<ThreadCpu> threads1 = inst.path_threads();
+  if (commit && r.ok) std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the last sightings
   if (s.error_set.load() != 0) {
     r.ok = false;
     r.error = s.error;

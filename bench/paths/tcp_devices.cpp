@@ -157,6 +157,7 @@ namespace {
 class TranslatingWatcher final : public CommitWatcher {
  public:
   TranslatingWatcher(std::unique_ptr<CommitWatcher> inner, const TcpShared& t) : inner_(std::move(inner)), t_(t) {}
+  [[nodiscard]] bool sees_every_earlier_commit() const override { return inner_->sees_every_earlier_commit(); }
   bool next(std::uint64_t& seq, std::chrono::milliseconds timeout, std::string& error) override {
     std::uint64_t counter = 0;
     if (!inner_->next(counter, timeout, error)) return false;
