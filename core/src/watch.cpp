@@ -46,6 +46,14 @@ struct Watcher : std::enable_shared_from_this<Watcher> {
   std::vector<std::uint64_t> index_masks;
   std::vector<std::uint32_t> index_positions;  // per block: one per component, then `any`
 
+  /// Drops its part of the index (the hub's entries must be unlinked or gone already).
+  void forget_index() noexcept {
+    index_components.clear();
+    index_blocks.clear();
+    index_masks.clear();
+    index_positions.clear();
+  }
+
   // SYNC(watch-dirty): a feed's exchange(true, acq_rel) publishes the records it handled (and,
   // through the ring's own release/acquire, the tree writes they announce); flush's
   // exchange(false, acq_rel) acquires them before it evaluates. Only the false -> true transition
@@ -458,10 +466,7 @@ void WatchHub::index_new_locked(Watcher& w) {
 }
 
 void WatchHub::index_add_locked(Watcher& w, const Snapshot& snap) {
-  w.index_components.clear();
-  w.index_blocks.clear();
-  w.index_masks.clear();
-  w.index_positions.clear();
+  w.forget_index();
   auto b = bind(w.query, snap);
   if (!b || b->matches_nothing) return;
   for (Component c : value_components(*b)) w.index_components.push_back(ipc::to_id(c));
@@ -538,10 +543,7 @@ void WatchHub::index_remove_locked(Watcher& w) noexcept {
     unlink(di.any, positions[per_block - 1]);
   }
   if (!w.index_blocks.empty()) counters_.index_edits.fetch_add(1, std::memory_order_relaxed);
-  w.index_components.clear();
-  w.index_blocks.clear();
-  w.index_masks.clear();
-  w.index_positions.clear();
+  w.forget_index();
 }
 
 void WatchHub::trigger(Watcher* w, std::vector<std::shared_ptr<Watcher>>& queued) noexcept {
