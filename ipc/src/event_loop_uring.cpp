@@ -16,8 +16,13 @@
 // io_uring_enter per loop iteration.
 //
 // Eventfd watches read 8 bytes with IORING_OP_READ into the watch. On a blocking eventfd the
-// kernel parks the read on an internal poll; on an O_NONBLOCK one the read would complete
-// -EAGAIN at once, so such a watch submits POLL_ADD linked (IOSQE_IO_LINK) to the READ instead.
+// kernel parks the read on an internal poll; on an O_NONBLOCK one (an eventfd or a signal pipe)
+// the read would complete -EAGAIN at once, so such a watch submits a one-shot POLL_ADD and reads
+// the descriptor itself, in the loop's thread, when the poll completes. Not a READ linked to the
+// POLL (IOSQE_IO_LINK): the kernel looks a linked request's fd up only when it issues it, after
+// the poll fired, and by then the owner may have cancelled the watch and closed the fd, whose
+// number a new file can take: that READ would eat the new file's signal. A read of our own runs
+// while the watch is alive, and the owner closes only after cancel() (both in this thread).
 //
 // Timers are absolute CLOCK_MONOTONIC IORING_OP_TIMEOUTs (liburing 2.3 has no multishot timeout).
 // A repeating timer's next deadline is the previous deadline plus the period, not "now plus the
@@ -69,7 +74,7 @@ struct Watch {
   Kind kind = Kind::kReadable;
   int fd = -1;
   bool alive = true;
-  bool poll_before_read = false;  // O_NONBLOCK eventfd: POLL_ADD linked to the READ
+  bool poll_before_read = false;  // O_NONBLOCK eventfd: POLL_ADD, then read() here (not a READ op)
   bool nonblocking = false;       // the fd was O_NONBLOCK when watched: reading it never blocks
   bool repeat = false;
   std::uint8_t armed = 0;         // bit(tag) per op whose final completion has not arrived
@@ -336,12 +341,11 @@ class UringLoop final : public EventLoop {
       }
       case Kind::kEventfd:
       case Kind::kWake: {
-        io_uring_sqe* sqe = get_sqe(w.poll_before_read ? 2 : 1);
+        io_uring_sqe* sqe = get_sqe();
         if (sqe == nullptr) return false;
         if (w.poll_before_read) {
           prep_poll(w, sqe);
-          io_uring_sqe_set_flags(sqe, IOSQE_IO_LINK);
-          sqe = io_uring_get_sqe(&ring_);  // get_sqe(2) guaranteed the room
+          return true;
         }
         FLOE_ASSERT((w.armed & bit(kTagRead)) == 0);
         io_uring_prep_read(sqe, w.fd, w.value.data(), sizeof w.value, 0);
@@ -479,11 +483,7 @@ class UringLoop final : public EventLoop {
     Watch& w = *wp;
     switch (c.user_data & kTagMask) {
       case kTagPoll:
-        if (w.kind != Kind::kReadable) {
-          // The linked READ carries the value; a failed poll breaks the link (READ: -ECANCELED).
-          if (c.res < 0 && c.res != -ECANCELED) fail(w, "poll", c.res);
-          return 0;
-        }
+        if (w.kind != Kind::kReadable) return read_after_poll(w, c.res);
         if (c.res < 0) {
           if (c.res != -ECANCELED) fail(w, "poll", c.res);
           else rearm(w);
@@ -546,6 +546,36 @@ class UringLoop final : public EventLoop {
         return 1;
     }
     return 0;
+  }
+
+  // A poll of an O_NONBLOCK eventfd or signal pipe completed: read it here (see the file comment).
+  std::size_t read_after_poll(Watch& w, int res) {
+    if (res < 0) {
+      if (res != -ECANCELED) fail(w, "poll", res);
+      else rearm(w);
+      return 0;
+    }
+    auto value = ipc::eventfd_drain(w.fd);
+    if (!value) {
+      if (value.error().code == EPIPE) {
+        // A signal pipe whose writer is gone: every poll would complete at once. Not an error of ours.
+        spdlog::debug("event loop: watch {} (fd {}): the writer closed its end; watch dropped", w.id, w.fd);
+        kill(w);
+        return 0;
+      }
+      spdlog::warn("event loop: read for watch {} (fd {}) failed: {}; watch dropped", w.id, w.fd,
+                   value.error().to_string());
+      kill(w);
+      return 0;
+    }
+    // Nothing there (a rival reader emptied it first): wait for the next signal.
+    if (*value == 0 || w.kind == Kind::kWake) {
+      rearm(w);
+      return 0;
+    }
+    w.on_value(*value);
+    if (w.alive) rearm(w);
+    return 1;
   }
 
   static void advance_deadline(Watch& w) noexcept {

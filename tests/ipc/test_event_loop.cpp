@@ -346,6 +346,38 @@ TEST_P(EventLoopConformance, CancelledWatchNeverTouchesALaterFileWithTheSameFdNu
   }
 }
 
+// The watch's wait fires after the owner has cancelled it and closed its fd (the file itself lives
+// on: another descriptor of it is written, here a dup, elsewhere a peer's copy). A read that the
+// kernel chains to that wait would look the number up only then and find the new file in it,
+// whose signal it would swallow for a dead watch: the new watch would never hear of it.
+TEST_P(EventLoopConformance, AWaitFiringAfterCancelAndCloseLeavesTheNewFileWithThatNumberAlone) {
+  if (!loop_) return;
+  Fd old_fd = make_test_eventfd(/*nonblocking=*/true);
+  const Fd other_copy(::dup(old_fd.get()));
+  ASSERT_TRUE(other_copy);
+  const int number = old_fd.get();
+  int old_calls = 0;
+  auto old_id = loop_->watch_eventfd(number, [&](std::uint64_t) { ++old_calls; });
+  ASSERT_TRUE(old_id);
+  // A zero-timeout turn submits the watch's wait to the kernel without anything to dispatch.
+  ASSERT_TRUE(loop_->run_once(0ms));
+  loop_->cancel(*old_id);
+  old_fd.reset();
+  Fd new_fd = make_test_eventfd(/*nonblocking=*/true);
+  ASSERT_EQ(new_fd.get(), number) << "the kernel did not reuse the number";
+  add_to_eventfd(new_fd.get(), 5);
+  // The old file becomes readable: the dead watch's wait completes.
+  add_to_eventfd(other_copy.get(), 1);
+  std::uint64_t sum = 0;
+  auto new_id = loop_->watch_eventfd(new_fd.get(), [&](std::uint64_t v) { sum += v; });
+  ASSERT_TRUE(new_id);
+  ASSERT_TRUE(run_until([&] { return sum == 5; }));
+  run_past_sentinel();
+  EXPECT_EQ(sum, 5U);
+  EXPECT_EQ(old_calls, 0);
+  loop_->cancel(*new_id);
+}
+
 TEST_P(EventLoopConformance, CancellingUnknownOrFinishedIdsIsHarmless) {
   if (!loop_) return;
   loop_->cancel(0);
