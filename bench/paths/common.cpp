@@ -323,6 +323,12 @@ std::vector<ThreadCpu> thread_cpu_of(pid_t pid) {
 
 std::int64_t process_cpu_ns_of(pid_t pid) {
   if (pid <= 0) return -1;
+  // The process's CPU-time clock sums every thread it ever had: a thread that exited (an io_uring
+  // worker) leaves its time in the group's total, where the per-task files lose it.
+  clockid_t clock{};
+  timespec ts{};
+  if (::clock_getcpuclockid(pid, &clock) == 0 && ::clock_gettime(clock, &ts) == 0)
+    return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
   if (const std::int64_t precise = sched_runtime_ns(pid); precise >= 0) return precise;
   std::ifstream in(fmt::format("/proc/{}/stat", pid));
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());

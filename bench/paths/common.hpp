@@ -124,10 +124,11 @@ void stop_child(pid_t pid, std::chrono::milliseconds grace);
 /// True while `pid` (a child) has not exited; reaps it if it has, storing its status.
 bool child_alive(pid_t pid, int* status = nullptr);
 
-/// CPU time of process `pid` so far: the sum of its threads' on-CPU runtime
-/// (/proc/<pid>/task/*/sched, se.sum_exec_runtime, ns; the same clock getrusage() is derived
-/// from), or, on kernels without sched files, user + system from /proc/<pid>/stat in 10 ms ticks.
-/// Threads that exited are not counted by the first (the runs keep theirs alive). -1 if unreadable.
+/// CPU time of process `pid` so far, in ns: its CPU-time clock (clock_getcpuclockid, the same
+/// runtime getrusage() is derived from, threads that already exited included). Where that clock
+/// cannot be read, the sum over its live threads' /proc/<pid>/task/*/sched (se.sum_exec_runtime),
+/// or, on kernels without sched files, user + system from /proc/<pid>/stat in 10 ms ticks.
+/// -1 if unreadable.
 [[nodiscard]] std::int64_t process_cpu_ns_of(pid_t pid);
 
 /// Names the calling thread (/proc/<pid>/task/<tid>/comm; 15 bytes kept), so per-thread CPU can
