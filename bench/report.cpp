@@ -233,7 +233,7 @@ Status write_json(const Report& r, const std::string& path) {
   doc["details"] = std::move(details);
 
   std::ofstream out(path);
-  if (!out) return sys_error("open", "cannot write " + path);
+  if (!out) return sys_errorf("open", "cannot write {}", path);
   out << doc.dump(2) << '\n';
   out.close();
   if (!out) return sys_error("write", path);

@@ -303,7 +303,7 @@ Status Daemon::setup() {
   if (!std::filesystem::exists(cfg.socket_dir, ec)) {
     std::filesystem::create_directories(std::filesystem::path(cfg.socket_dir).parent_path(), ec);
     if (::mkdir(cfg.socket_dir.c_str(), 0700) != 0 && errno != EEXIST) {
-      return sys_error("floe-core", fmt::format("cannot create socket directory {}", cfg.socket_dir));
+      return sys_errorf("floe-core", "cannot create socket directory {}", cfg.socket_dir);
     }
   } else if (!std::filesystem::is_directory(cfg.socket_dir, ec)) {
     return logic_error("floe-core", fmt::format("socket directory {} is not a directory", cfg.socket_dir));
@@ -312,7 +312,7 @@ Status Daemon::setup() {
   // ours and closed to other users (a group may be let in to reach the 0660 sockets).
   struct stat dir_st {};
   if (::stat(cfg.socket_dir.c_str(), &dir_st) != 0) {
-    return sys_error("floe-core", fmt::format("socket directory {}", cfg.socket_dir));
+    return sys_errorf("floe-core", "socket directory {}", cfg.socket_dir);
   }
   if (dir_st.st_uid != ::geteuid()) {
     return logic_error("floe-core", fmt::format("socket directory {} belongs to uid {}, not to floe-core's uid {}: its "

@@ -140,7 +140,7 @@ Result<StoredState> state_from_json(std::string_view text) {
 Result<StoredState> load_state(const std::string& path) {
   std::ifstream in(path);
   if (!in) {
-    if (errno != ENOENT) return sys_error(kOp, fmt::format("cannot read {}", path));
+    if (errno != ENOENT) return sys_errorf(kOp, "cannot read {}", path);
     // No file in an existing directory: a first start. No directory (a disk not mounted yet):
     // starting empty would overwrite the real state once the directory appears.
     const std::filesystem::path dir = directory_of(follow_links(path));
@@ -166,7 +166,7 @@ Status save_state(const std::string& path, const StoredState& state) {
   // A name of its own (mkstemp, mode 0600): a second writer never writes into this one's file.
   std::string tmp = target.string() + ".tmp.XXXXXX";
   const int fd = ::mkostemp(tmp.data(), O_CLOEXEC);
-  if (fd < 0) return sys_error(kOp, fmt::format("create a temporary file next to {}", target.string()));
+  if (fd < 0) return sys_errorf(kOp, "create a temporary file next to {}", target.string());
   const auto fail = [&](std::string what) {
     auto err = sys_error(kOp, std::move(what));
     ::close(fd);
@@ -183,14 +183,14 @@ Status save_state(const std::string& path, const StoredState& state) {
   if (::fsync(fd) != 0) return fail(fmt::format("fsync {}", tmp));
   ::close(fd);
   if (::rename(tmp.c_str(), target.c_str()) != 0) {
-    auto err = sys_error(kOp, fmt::format("rename {} -> {}", tmp, target.string()));
+    auto err = sys_errorf(kOp, "rename {} -> {}", tmp, target.string());
     ::unlink(tmp.c_str());
     return err;
   }
   // The rename is durable only once the directory is: a failure here is reported (the saver
   // tries again with the next change).
   const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd < 0) return sys_error(kOp, fmt::format("open directory {} to fsync it", dir.string()));
+  if (dfd < 0) return sys_errorf(kOp, "open directory {} to fsync it", dir.string());
   const int synced = ::fsync(dfd);
   const int saved_errno = errno;
   ::close(dfd);
@@ -201,7 +201,7 @@ Status save_state(const std::string& path, const StoredState& state) {
 Result<ipc::Fd> lock_state_file(const std::string& path) {
   const std::string lock = follow_links(path).string() + ".lock";
   ipc::Fd fd(::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
-  if (!fd) return sys_error(kOp, fmt::format("open {}", lock));
+  if (!fd) return sys_errorf(kOp, "open {}", lock);
   for (;;) {
     if (::flock(fd.get(), LOCK_EX | LOCK_NB) == 0) return fd;
     if (errno == EINTR) continue;
@@ -210,7 +210,7 @@ Result<ipc::Fd> lock_state_file(const std::string& path) {
                                           "state_file",
                                           path, lock));
     }
-    return sys_error(kOp, fmt::format("flock {}", lock));
+    return sys_errorf(kOp, "flock {}", lock);
   }
 }
 

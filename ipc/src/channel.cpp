@@ -67,7 +67,7 @@ Result<Channel> Channel::connect(const std::string& path) {
   do {
     rc = ::connect(sock.get(), reinterpret_cast<const sockaddr*>(&*addr), sizeof(sockaddr_un));
   } while (rc < 0 && errno == EINTR);
-  if (rc < 0) return sys_error("connect", fmt::format("to '{}'", path));
+  if (rc < 0) return sys_errorf("connect", "to '{}'", path);
   return Channel(std::move(sock));
 }
 
@@ -110,7 +110,7 @@ Status Channel::send(std::span<const std::byte> bytes, std::span<const int> fds)
     sent = ::sendmsg(socket_.get(), &msg, MSG_NOSIGNAL);
   } while (sent < 0 && errno == EINTR);
   if (sent < 0) {
-    return sys_error("sendmsg", fmt::format("{} bytes, {} fds", bytes.size(), fds.size()));
+    return sys_errorf("sendmsg", "{} bytes, {} fds", bytes.size(), fds.size());
   }
   // SOCK_SEQPACKET sends are atomic; a partial send would mean the socket is not what we think.
   if (static_cast<std::size_t>(sent) != bytes.size()) {
@@ -267,24 +267,24 @@ Result<Listener> Listener::bind(const std::string& path, unsigned mode) {
                        fmt::format("another process is listening on '{}'", path));
     }
     if (::unlink(path.c_str()) < 0 && errno != ENOENT) {
-      return sys_error("unlink", fmt::format("stale socket '{}'", path));
+      return sys_errorf("unlink", "stale socket '{}'", path);
     }
   } else if (errno != ENOENT) {
-    return sys_error("lstat", fmt::format("'{}'", path));
+    return sys_errorf("lstat", "'{}'", path);
   }
 
   Fd sock(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
   if (!sock) return sys_error("socket", "AF_UNIX, SOCK_SEQPACKET");
   if (::bind(sock.get(), reinterpret_cast<const sockaddr*>(&*addr), sizeof(sockaddr_un)) < 0) {
-    return sys_error("bind", fmt::format("'{}'", path));
+    return sys_errorf("bind", "'{}'", path);
   }
   // From here the path is ours: the Listener (or the failure paths below) unlinks it.
   Listener listener(std::move(sock), path);
   // chmod before listen(): until listen() nobody can connect, whatever the umask allowed.
   if (::chmod(path.c_str(), static_cast<mode_t>(mode)) < 0) {
-    return sys_error("chmod", fmt::format("'{}' to {:04o}", path, mode));
+    return sys_errorf("chmod", "'{}' to {:04o}", path, mode);
   }
-  if (::listen(listener.socket_.get(), SOMAXCONN) < 0) return sys_error("listen", fmt::format("'{}'", path));
+  if (::listen(listener.socket_.get(), SOMAXCONN) < 0) return sys_errorf("listen", "'{}'", path);
   return listener;
 }
 
@@ -309,7 +309,7 @@ Result<Channel> Listener::accept() {
   do {
     fd = ::accept4(socket_.get(), nullptr, nullptr, SOCK_CLOEXEC);
   } while (fd < 0 && errno == EINTR);
-  if (fd < 0) return sys_error("accept4", fmt::format("on '{}'", path_));
+  if (fd < 0) return sys_errorf("accept4", "on '{}'", path_);
   return Channel::adopt(Fd(fd));
 }
 

@@ -120,10 +120,10 @@ Result<Region> Region::create(const RegionCreateOptions& options) {
   }
   const std::string name(options.name);
   Fd fd(::memfd_create(name.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING));
-  if (!fd) return sys_error("memfd_create", fmt::format("region '{}'", name));
+  if (!fd) return sys_errorf("memfd_create", "region '{}'", name);
 
   if (::ftruncate(fd.get(), static_cast<off_t>(size)) < 0) {
-    return sys_error("ftruncate", fmt::format("region '{}' to {} bytes", name, size));
+    return sys_errorf("ftruncate", "region '{}' to {} bytes", name, size);
   }
 
   RegionHeader header{};
@@ -141,18 +141,18 @@ Result<Region> Region::create(const RegionCreateOptions& options) {
 
   // Written with pwrite before the fd is shared or mapped: no peer can observe a partial header.
   const ssize_t written = ::pwrite(fd.get(), &header, sizeof(header), 0);
-  if (written < 0) return sys_error("pwrite", fmt::format("region '{}' header", name));
+  if (written < 0) return sys_errorf("pwrite", "region '{}' header", name);
   if (static_cast<std::size_t>(written) != sizeof(header)) {
     return logic_error(kCreate, fmt::format("region '{}': short header write ({} of {} bytes)", name,
                                             written, sizeof(header)));
   }
 
   if (::fcntl(fd.get(), F_ADD_SEALS, kRegionSeals) < 0) {
-    return sys_error("fcntl(F_ADD_SEALS)", fmt::format("region '{}'", name));
+    return sys_errorf("fcntl(F_ADD_SEALS)", "region '{}'", name);
   }
 
   void* base = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
-  if (base == MAP_FAILED) return sys_error("mmap", fmt::format("region '{}' ({} bytes)", name, size));
+  if (base == MAP_FAILED) return sys_errorf("mmap", "region '{}' ({} bytes)", name, size);
   return Region(std::move(fd), static_cast<std::byte*>(base), size, /*read_only=*/false);
 }
 
@@ -190,7 +190,7 @@ Result<Region> Region::open(Fd fd, const RegionOpenOptions& options) {
 
   // 2. Size. The seals make it final, so checking it once is enough.
   struct stat st {};
-  if (::fstat(fd.get(), &st) < 0) return sys_error(kOpen, errno, fmt::format("{}: fstat failed", who));
+  if (::fstat(fd.get(), &st) < 0) return sys_errorf(kOpen, "{}: fstat failed", who);
   if (!S_ISREG(st.st_mode)) return logic_error(kOpen, fmt::format("{}: not a regular file", who));
   const auto size = static_cast<std::uint64_t>(st.st_size);
   if (size == 0) return logic_error(kOpen, fmt::format("{}: size is 0", who));
@@ -216,7 +216,7 @@ Result<Region> Region::open(Fd fd, const RegionOpenOptions& options) {
   do {
     got = ::pread(fd.get(), raw, sizeof(raw), 0);
   } while (got < 0 && errno == EINTR);
-  if (got < 0) return sys_error(kOpen, errno, fmt::format("{}: reading the header failed", who));
+  if (got < 0) return sys_errorf(kOpen, "{}: reading the header failed", who);
   if (static_cast<std::size_t>(got) != sizeof(raw)) {
     return logic_error(kOpen, fmt::format("{}: short header read ({} of {} bytes)", who, got, sizeof(raw)));
   }
@@ -297,7 +297,7 @@ Result<Fd> Region::share(RegionAccess access) const {
   // /proc/self/fd/N with O_RDWR. It stops mistakes, not a hostile peer.
   const std::string path = "/proc/self/fd/" + std::to_string(fd_.get());
   Fd ro(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!ro) return sys_error("open", fmt::format("{} (O_RDONLY) to share region read-only", path));
+  if (!ro) return sys_errorf("open", "{} (O_RDONLY) to share region read-only", path);
   return ro;
 }
 

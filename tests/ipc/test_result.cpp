@@ -5,8 +5,27 @@
 #include <cerrno>
 #include <fcntl.h>
 
+#include <fmt/format.h>
+
 #include "floe/ipc/fd.hpp"
 #include "support/environment.hpp"
+
+namespace floe {
+namespace {
+
+// Formatting it changes errno, as an allocation that fails (or a library call) may.
+struct ClobbersErrno {};
+
+}  // namespace
+}  // namespace floe
+
+template <>
+struct fmt::formatter<floe::ClobbersErrno> : fmt::formatter<std::string_view> {
+  auto format(floe::ClobbersErrno, fmt::format_context& ctx) const {
+    errno = EINTR;
+    return fmt::formatter<std::string_view>::format("the part", ctx);
+  }
+};
 
 namespace floe {
 namespace {
@@ -28,6 +47,14 @@ TEST(Result, SysErrorCapturesErrnoAndFormatsIt) {
   EXPECT_EQ(r.error().operation, "open");
   EXPECT_EQ(r.error().code, ENOENT);
   EXPECT_EQ(r.error().to_string(), "open: /nonexistent/floe-test (No such file or directory)");
+}
+
+TEST(Result, SysErrorfKeepsTheErrnoOfTheFailureNotOfBuildingTheMessage) {
+  errno = ENOENT;
+  const Result<int> r = sys_errorf("open", "{} of {}", ClobbersErrno{}, "/nonexistent");
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, ENOENT);
+  EXPECT_EQ(r.error().message, "the part of /nonexistent");
 }
 
 TEST(Result, LogicErrorHasNoErrno) {

@@ -214,7 +214,7 @@ Result<SimConfig> parse_config(const std::string& yaml_text) {
 
 Result<SimConfig> load_config(const std::string& path) {
   std::ifstream in(path);
-  if (!in) return sys_error(kOp, fmt::format("cannot open {}", path));
+  if (!in) return sys_errorf(kOp, "cannot open {}", path);
   std::stringstream ss;
   ss << in.rdbuf();
   return parse_config(ss.str());

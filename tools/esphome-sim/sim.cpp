@@ -157,7 +157,7 @@ struct Simulator::Impl {
     if (::inet_pton(AF_INET, cfg.host.c_str(), &addr.sin_addr) != 1)
       return logic_error("esphome-sim.bind", fmt::format("host '{}' is not an IPv4 address", cfg.host));
     if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0)
-      return sys_error("bind", fmt::format("device '{}' port {}", d.cfg.name, d.cfg.port));
+      return sys_errorf("bind", "device '{}' port {}", d.cfg.name, d.cfg.port);
     if (::listen(fd, 64) != 0) return sys_error("listen");
     socklen_t len = sizeof addr;
     ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);

@@ -212,7 +212,7 @@ Result<OpenedRegion> OpenedRegion::open(const std::string& path) {
   // O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused just below); it changes
   // nothing for a regular file or memfd.
   r.fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-  if (r.fd_ < 0) return sys_error("open", fmt::format("'{}' (read-only)", path));
+  if (r.fd_ < 0) return sys_errorf("open", "'{}' (read-only)", path);
   struct stat st {};
   if (::fstat(r.fd_, &st) < 0) return sys_error("fstat", path);
   if (!S_ISREG(st.st_mode)) return logic_error("open", fmt::format("'{}' is not a regular file or memfd", path));
@@ -229,7 +229,7 @@ Result<OpenedRegion> OpenedRegion::open(const std::string& path) {
   if (r.seals_ >= 0 && (r.seals_ & F_SEAL_SHRINK) != 0) {
     // Cannot shrink: a mapping of every byte stays valid. PROT_READ only: a write would fault.
     void* p = ::mmap(nullptr, r.size_, PROT_READ, MAP_SHARED, r.fd_, 0);
-    if (p == MAP_FAILED) return sys_error("mmap", fmt::format("'{}' ({} bytes, read-only)", path, r.size_));
+    if (p == MAP_FAILED) return sys_errorf("mmap", "'{}' ({} bytes, read-only)", path, r.size_);
     r.data_ = static_cast<const std::byte*>(p);
     return r;
   }

@@ -259,7 +259,7 @@ Result<Config> parse_config(std::string_view text, std::string_view origin) {
 
 Result<Config> load_config(const std::string& path) {
   std::ifstream in(path);
-  if (!in) return sys_error(kOp, fmt::format("cannot read {}", path));
+  if (!in) return sys_errorf(kOp, "cannot read {}", path);
   std::stringstream ss;
   ss << in.rdbuf();
   return parse_config(ss.str(), path);

@@ -7,6 +7,7 @@
 #include <string_view>
 #include <utility>
 
+#include <fmt/core.h>
 #include <tl/expected.hpp>
 
 namespace floe {
@@ -30,6 +31,14 @@ using Status = Result<void>;
 [[nodiscard]] tl::unexpected<Error> sys_error(std::string_view operation, std::string_view message = {});
 /// An Error with an explicit errno (e.g. from io_uring's negative results).
 [[nodiscard]] tl::unexpected<Error> sys_error(std::string_view operation, int code, std::string_view message);
+/// sys_error with a message formatted from `format` and `args`. errno is captured before the
+/// message is built: building it allocates, and an allocation may change errno.
+template <typename... Args>
+[[nodiscard]] tl::unexpected<Error> sys_errorf(std::string_view operation, fmt::format_string<Args...> format,
+                                             Args&&... args) {
+  const int code = errno;
+  return sys_error(operation, code, fmt::format(format, std::forward<Args>(args)...));
+}
 /// An Error that is not a syscall failure: bad input, violated invariant, protocol mismatch.
 [[nodiscard]] tl::unexpected<Error> logic_error(std::string_view operation, std::string_view message);
 
