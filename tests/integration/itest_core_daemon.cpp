@@ -1469,7 +1469,7 @@ TEST_F(CoreDaemon, AClientThatStopsReadingIsDisconnectedAfterTheStallTimeoutAndI
   // Events until its socket is full (it never reads again) and the core gives up on it; under
   // load the shard may coalesce changes into fewer events, so the writes go on until then.
   ASSERT_TRUE(eventually([&] {
-    if (slurp(log_).find("(limits.client_stall_timeout_ms); disconnecting") != std::string::npos) return true;
+    if (slurp(log_).find("limits.client_stall_timeout_ms); disconnecting") != std::string::npos) return true;
     EXPECT_EQ(command("ramp 500"), "ok");
     return false;
   })) << "the stalled client was not disconnected";
@@ -1481,6 +1481,34 @@ TEST_F(CoreDaemon, AClientThatStopsReadingIsDisconnectedAfterTheStallTimeoutAndI
   auto g = client.get("lamp_light", "Dimmer");
   ASSERT_TRUE(g && g->has_value());
   EXPECT_EQ(g->value().value().real(), 1.0);
+  EXPECT_EQ(stop_core(), 0);
+}
+
+// A client that takes one small packet now and then keeps its socket full: that is not keeping up,
+// and it is disconnected like one that reads nothing. The session sends again (and restarts the
+// stall clock) only on EPOLLOUT, which a Unix socket reports once the reader has drained about
+// three quarters of the send buffer, not after every packet it takes.
+TEST_F(CoreDaemon, AClientReadingATrickleFromAFullSocketIsStillDisconnected) {
+  start_logged_core("[limits]\nclient_stall_timeout_ms = 1000\n");
+  ASSERT_FALSE(HasFailure());
+  Client client(sock_dir_);
+  ASSERT_TRUE(client.hello());
+  start_provider();
+  ASSERT_TRUE(eventually([&] { return client.online("lamp"); }));
+  Client trickle(sock_dir_);
+  ASSERT_TRUE(trickle.hello());
+  std::string why;
+  ASSERT_NE(trickle.start_watch("max Dimmer where Light", why), 0U) << why;
+  int packets_read = 0;
+  ASSERT_TRUE(eventually([&] {
+    if (slurp(log_).find("limits.client_stall_timeout_ms); disconnecting") != std::string::npos) return true;
+    EXPECT_EQ(command("ramp 500"), "ok");
+    char packet[ipc::kMaxPacketBytes];
+    if (::recv(trickle.channel().fd(), packet, sizeof packet, MSG_DONTWAIT) > 0) ++packets_read;
+    std::this_thread::sleep_for(50ms);
+    return false;
+  })) << "the client reading a trickle was not disconnected (it read " << packets_read << " packets)";
+  EXPECT_GT(packets_read, 0);
   EXPECT_EQ(stop_core(), 0);
 }
 
