@@ -149,7 +149,11 @@ ClientSession::ClientSession(Core& core, ipc::Channel channel, ipc::PeerCredenti
       requests_(core.config.limits.client_requests_per_second, core.config.limits.client_request_burst,
                 std::chrono::steady_clock::now()) {}
 
-ClientSession::~ClientSession() { close(); }
+ClientSession::~ClientSession() {
+  close();
+  // Nothing queues any more (close() unsubscribed the watches and dropped the answer callbacks).
+  release_queued(outbox_bytes_ + sending_bytes_.load(std::memory_order_relaxed));
+}
 
 Status ClientSession::open(ClientLoop& loop) {
   loop_ = &loop;
@@ -233,10 +237,13 @@ bool ClientSession::queue_locked(std::span<std::string> parts, std::uint64_t wat
       const QueuedEvent old = it->second;
       std::size_t old_bytes = 0;
       for (std::size_t i = old.at; i < old.at + old.count; ++i) old_bytes += outbox_[i].size();
-      if (outbox_.size() - old.count + count > kMaxOutbox || outbox_bytes_ - old_bytes + bytes + taken > kMaxQueuedBytes) {
+      const std::size_t own_after = outbox_bytes_ - old_bytes + bytes + taken;
+      if (outbox_.size() - old.count + count > kMaxOutbox || own_after > kMaxQueuedBytes ||
+          (bytes > old_bytes && !admit_locked(bytes - old_bytes, own_after))) {
         outbox_overflow_ = true;  // split events that grew: the outbox's bound holds for them too
         return true;
       }
+      if (old_bytes > bytes) release_queued(old_bytes - bytes);
       outbox_bytes_ = outbox_bytes_ - old_bytes + bytes;
       if (old.count == count) {
         std::move(from, to, outbox_.begin() + static_cast<std::ptrdiff_t>(old.at));
@@ -251,7 +258,8 @@ bool ClientSession::queue_locked(std::span<std::string> parts, std::uint64_t wat
       return false;
     }
   }
-  if (outbox_.size() + count > kMaxOutbox || outbox_bytes_ + bytes + taken > kMaxQueuedBytes) {
+  if (outbox_.size() + count > kMaxOutbox || outbox_bytes_ + bytes + taken > kMaxQueuedBytes ||
+      !admit_locked(bytes, outbox_bytes_ + bytes + taken)) {
     outbox_overflow_ = true;
   } else {
     if (watch_id != 0) queued_event_[watch_id] = QueuedEvent{outbox_.size(), count};
@@ -259,6 +267,19 @@ bool ClientSession::queue_locked(std::span<std::string> parts, std::uint64_t wat
     outbox_bytes_ += bytes;
   }
   return true;
+}
+
+bool ClientSession::admit_locked(std::size_t growth, std::size_t own_after) {
+  const std::size_t limit = core_.config.limits.max_queued_client_bytes;
+  const std::size_t before = core_.client_queued_bytes.fetch_add(growth, std::memory_order_relaxed);
+  if (before + growth <= limit || own_after <= limit / std::max(1U, core_.config.max_clients)) return true;
+  core_.client_queued_bytes.fetch_sub(growth, std::memory_order_relaxed);
+  over_core_budget_ = true;
+  return false;
+}
+
+void ClientSession::release_queued(std::size_t bytes) noexcept {
+  if (bytes != 0) core_.client_queued_bytes.fetch_sub(bytes, std::memory_order_relaxed);
 }
 
 void ClientSession::flush_outbox() {
@@ -270,6 +291,7 @@ void ClientSession::flush_outbox() {
       if (n == static_cast<ssize_t>(b.size())) {
         const std::size_t left = sending_bytes_.load(std::memory_order_relaxed);  // only this thread writes it
         sending_bytes_.store(left - std::min(left, b.size()), std::memory_order_relaxed);
+        release_queued(std::min(left, b.size()));
         ++sent_;
         if (blocked_) blocked_since_ = std::chrono::steady_clock::now();  // reading, if slowly
         continue;
@@ -287,7 +309,7 @@ void ClientSession::flush_outbox() {
       return;
     }
     sending_.clear();
-    sending_bytes_.store(0, std::memory_order_relaxed);
+    release_queued(sending_bytes_.exchange(0, std::memory_order_relaxed));
     sent_ = 0;
     blocked_ = false;
     if (close_when_sent_) {
@@ -470,15 +492,35 @@ void ClientSession::update_interest() {
   interest_ = want;
 }
 
+bool ClientSession::evicted_over_core_budget() {
+  {
+    std::lock_guard lock(outbox_mu_);
+    if (!over_core_budget_) return false;
+  }
+  // Unlike a session over its own bound, this one does not wait until its client has read what is
+  // queued: the memory is needed now. Its client is told if its socket has room, which it seldom has.
+  const auto limit = core_.config.limits.max_queued_client_bytes;
+  spdlog::warn("client pid {} uid {}: holds more than its share ({} bytes) of what floe-core keeps for clients "
+               "that do not read, and that is full (limits.max_queued_client_bytes {}); disconnecting",
+               peer_.pid, peer_.uid, limit / std::max(1U, core_.config.max_clients), limit);
+  const std::string last = error_packet(0, proto::ERROR_CODE_LIMIT,
+                                        "floe-core's room for the unread answers of all clients is full "
+                                        "(limits.max_queued_client_bytes) and this client holds more than its share",
+                                        true);
+  (void)::send(channel_.fd(), last.data(), last.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+  closing_ = true;
+  return true;
+}
+
 void ClientSession::on_scheduled() {
-  if (closing_) return;
+  if (closing_ || evicted_over_core_budget()) return;
   if (!blocked_) flush_outbox();  // blocked: EPOLLOUT flushes, this packet included
   if (full_) (void)reap_sets();
   update_interest();
 }
 
 void ClientSession::on_events(std::uint32_t events) {
-  if (closing_) return;
+  if (closing_ || evicted_over_core_budget()) return;
   if ((events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) != 0) flush_outbox();  // no EPOLLIN is asked while blocked_
   if ((events & EPOLLIN) != 0 && !closing_) {
     read_one();
@@ -871,6 +913,7 @@ void ClientSession::on_watch(const proto::ClientRequest& req) {
       if (it != outbox_.end()) {
         const auto at = static_cast<std::size_t>(it - outbox_.begin());
         outbox_bytes_ -= it->size();
+        release_queued(it->size());
         outbox_.erase(it);
         for (auto& [watch, queued] : queued_event_) queued.at -= queued.at > at ? 1 : 0;
       }

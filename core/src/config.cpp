@@ -77,6 +77,8 @@ Status parse_limits(const toml::table& t, std::string_view origin, Limits& l) {
       {"client_requests_per_second", 1, 10'000'000,
        [&](std::int64_t v) { l.client_requests_per_second = static_cast<unsigned>(v); }},
       {"client_request_burst", 1, 10'000'000, [&](std::int64_t v) { l.client_request_burst = static_cast<unsigned>(v); }},
+      {"max_queued_client_bytes", std::int64_t{64} << 10, std::int64_t{1} << 40,
+       [&](std::int64_t v) { l.max_queued_client_bytes = static_cast<std::size_t>(v); }},
       {"max_watches_per_client", 1, 65536, [&](std::int64_t v) { l.max_watches_per_client = static_cast<unsigned>(v); }},
       {"client_stall_timeout_ms", 100, 3'600'000,
        [&](std::int64_t v) { l.client_stall_timeout = std::chrono::milliseconds(v); }},

@@ -272,6 +272,9 @@ struct Core {
   std::vector<std::unique_ptr<Shard>> shards;
   std::atomic<std::uint64_t> next_request_id{1};
   std::atomic<std::uint64_t> next_session_id{1};
+  /// Bytes waiting for clients over all sessions (their outboxes and what their loops took, not
+  /// sent yet); limits.max_queued_client_bytes bounds it (ClientSession::admit_locked).
+  std::atomic<std::size_t> client_queued_bytes{0};
   TaskLoop main;  // the main thread's loop: sockets, provider sessions, signals
 
   /// Serialises metadata edits (device lifecycle, groups) and state file writes.
@@ -350,6 +353,13 @@ class ClientSession {
   /// Under outbox_mu_: moves `parts` (one answer) to the end of the outbox, or in place of the
   /// watch's queued event; false if they replaced one (the loop was already told).
   bool queue_locked(std::span<std::string> parts, std::uint64_t watch_id);
+  /// Under outbox_mu_: counts `growth` more bytes against the core-wide limit, or, if that is full
+  /// and this session would hold more than its share (own_after bytes), refuses them (false).
+  bool admit_locked(std::size_t growth, std::size_t own_after);
+  /// This session's bytes leave the core-wide count (sent, replaced or dropped).
+  void release_queued(std::size_t bytes) noexcept;
+  /// The loop's thread: admit_locked refused this session: it is closed now (true), its queue freed.
+  bool evicted_over_core_budget();
   /// The loop's thread: sends queued packets until done or the socket is full (then waits for
   /// EPOLLOUT; never blocks).
   void flush_outbox();
@@ -379,6 +389,7 @@ class ClientSession {
   };
   std::unordered_map<std::uint64_t, QueuedEvent> queued_event_;  // outbox_mu_: by watch id
   bool outbox_overflow_ = false;
+  bool over_core_budget_ = false;  // outbox_mu_: the overflow came from limits.max_queued_client_bytes
   std::size_t outbox_bytes_ = 0;  // outbox_mu_: the bytes of outbox_
   // The bytes of sending_ not sent yet: written by the loop, read by queue_locked (the budget).
   std::atomic<std::size_t> sending_bytes_{0};

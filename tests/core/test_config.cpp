@@ -128,7 +128,7 @@ std::vector<std::size_t> limit_values(const Limits& l) {
   return {l.max_providers,          l.max_devices_per_provider,     l.max_entities_per_device,
           l.max_entities_per_provider, l.max_region_bytes_per_provider, l.max_message_bytes,
           l.provider_messages_per_second, l.provider_message_burst, l.max_request_bytes,
-          l.client_requests_per_second, l.client_request_burst,   l.max_watches_per_client,
+          l.client_requests_per_second, l.client_request_burst,   l.max_queued_client_bytes, l.max_watches_per_client,
           static_cast<std::size_t>(l.client_stall_timeout.count()), l.max_known_devices_per_uid,
           static_cast<std::size_t>(l.client_hello_timeout.count())};
 }
@@ -138,7 +138,7 @@ TEST(Config, LimitsDefaultToValuesAHomeNeverReaches) {
   ASSERT_TRUE(c) << c.error().to_string();
   EXPECT_EQ(limit_values(c->limits),
             (std::vector<std::size_t>{64, 4096, 1024, 65536, std::size_t{4} << 30, 65536, 1000, 10000, 65536, 20000,
-                                      100000, 1024, 60000, 8192, 5000}));
+                                      100000, std::size_t{256} << 20, 1024, 60000, 8192, 5000}));
 }
 
 TEST(Config, EveryLimitsKeyIsRead) {
@@ -155,6 +155,7 @@ provider_message_burst = 17
 max_request_bytes = 2048
 client_requests_per_second = 19
 client_request_burst = 23
+max_queued_client_bytes = 131072
 max_watches_per_client = 29
 client_stall_timeout_ms = 3100
 max_known_devices_per_uid = 31
@@ -162,7 +163,7 @@ client_hello_timeout_ms = 3700
 )");
   ASSERT_TRUE(c) << c.error().to_string();
   EXPECT_EQ(limit_values(c->limits),
-            (std::vector<std::size_t>{3, 5, 7, 11, 2097152, 4096, 13, 17, 2048, 19, 23, 29, 3100, 31, 3700}));
+            (std::vector<std::size_t>{3, 5, 7, 11, 2097152, 4096, 13, 17, 2048, 19, 23, 131072, 29, 3100, 31, 3700}));
 }
 
 TEST(Config, BadLimitsAreNamed) {
@@ -179,6 +180,8 @@ TEST(Config, BadLimitsAreNamed) {
   expect_error("[limits]\nmax_request_bytes = 10", "key 'limits.max_request_bytes': 10 is out of range");
   expect_error("[limits]\nclient_request_burst = 1.5", "key 'limits.client_request_burst': expected an integer");
   expect_error("[limits]\nprovider_messages_per_second = 0", "key 'limits.provider_messages_per_second'");
+  expect_error("[limits]\nmax_queued_client_bytes = 65535",
+               "key 'limits.max_queued_client_bytes': 65535 is out of range");
   expect_error("[limits]\nclient_stall_timeout_ms = 99", "key 'limits.client_stall_timeout_ms': 99 is out of range");
   expect_error("[limits]\nclient_hello_timeout_ms = 99", "key 'limits.client_hello_timeout_ms': 99 is out of range");
   expect_error("[limits]\nmax_known_devices_per_uid = 0", "key 'limits.max_known_devices_per_uid': 0 is out of range");

@@ -1512,6 +1512,44 @@ TEST_F(CoreDaemon, AClientReadingATrickleFromAFullSocketIsStillDisconnected) {
   EXPECT_EQ(stop_core(), 0);
 }
 
+// What floe-core holds for clients that do not read is bounded over all sessions, not only per
+// session (64 MiB each): limits.max_queued_client_bytes. A client with many watches that stops
+// reading fills its queue with their events; past the core-wide limit, a session holding more
+// than its share (the limit over max_clients) is disconnected at once, and the others go on.
+TEST_F(CoreDaemon, ClientsThatDoNotReadShareOneCoreWideLimitOfQueuedBytes) {
+  start_logged_core(
+      "max_clients = 4\n[limits]\nmax_queued_client_bytes = 65536\nmax_watches_per_client = 4096\n"
+      "client_stall_timeout_ms = 600000\n");
+  ASSERT_FALSE(HasFailure());
+  Client client(sock_dir_);
+  ASSERT_TRUE(client.hello());
+  start_provider();
+  ASSERT_TRUE(eventually([&] { return client.online("lamp"); }));
+  Client hog(sock_dir_);
+  ASSERT_TRUE(hog.hello());
+  std::string why;
+  for (int i = 0; i < 3000; ++i) ASSERT_NE(hog.start_watch("list Dimmer where Light", why), 0U) << why;
+  // It reads nothing from here on: every change queues an event per watch (coalesced per watch).
+  ASSERT_TRUE(eventually([&] {
+    if (slurp(log_).find("(limits.max_queued_client_bytes 65536); disconnecting") != std::string::npos) return true;
+    EXPECT_EQ(command("ramp 50"), "ok");
+    return false;
+  })) << "the client over its share was not disconnected";
+  // Its connection is closed: what it still finds in its socket ends with end-of-file (or a reset).
+  ASSERT_TRUE(eventually([&] {
+    char packet[ipc::kMaxPacketBytes];
+    const ssize_t n = ::recv(hog.channel().fd(), packet, sizeof packet, MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK);
+  })) << "the hog's connection stayed open";
+  // The client that reads was not disturbed, and a new one gets in.
+  EXPECT_EQ(command("ramp 1"), "ok");
+  auto g = client.get("lamp_light", "Dimmer");
+  ASSERT_TRUE(g && g->has_value());
+  Client another(sock_dir_);
+  EXPECT_TRUE(another.hello());
+  EXPECT_EQ(stop_core(), 0);
+}
+
 // The same for refusals: a client that floods requests the core refuses (each answered with an
 // error) and never reads fills its socket; its session thread must still let floe-core stop.
 TEST_F(CoreDaemon, StopsWhileAClientFloodsRefusedRequestsAndDoesNotRead) {

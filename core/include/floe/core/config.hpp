@@ -52,6 +52,11 @@ struct Limits {
   /// Token bucket of requests per client session: a request finding it empty is answered LIMIT.
   unsigned client_requests_per_second = 20000;
   unsigned client_request_burst = 100000;
+  /// Bytes waiting in floe-core for all clients together (answers and watch events their sockets
+  /// could not take yet; one session holds at most 64 MiB). Past it, a session holding more than
+  /// this over max_clients is disconnected (LIMIT) instead of queuing more, so the total stays
+  /// under twice this.
+  std::size_t max_queued_client_bytes = std::size_t{256} << 20;
   /// Watches one client session may hold at once.
   unsigned max_watches_per_client = 1024;
   /// A client whose socket stays full this long (it reads neither answers nor events) is
