@@ -416,6 +416,37 @@ TEST_F(EsphomeHostile, ANodeNamedLikeAConfiguredDeviceDoesNotTakeItsId) {
   EXPECT_EQ(impostor.commands(), 0);
 }
 
+// Two nodes flashed with one name, neither given a name: in the configuration. The first to
+// connect is declared by the name; the other gets its address appended instead of being refused
+// by floe for an id already declared, and keeps it when it reconnects.
+TEST_F(EsphomeHostile, TwoNodesWithOneNameAndNoConfiguredNameEachGetAnId) {
+  FakeDevice first("twin", std::nullopt);
+  FakeDevice second("twin", std::nullopt);
+  ASSERT_NO_FATAL_FAILURE(start({{"", first.port(), std::nullopt}, {"", second.port(), std::nullopt}}, {"twin"}));
+  const std::string first_moved = "twin-127.0.0.1_" + std::to_string(first.port());
+  const std::string second_moved = "twin-127.0.0.1_" + std::to_string(second.port());
+  ASSERT_TRUE(eventually([&] { return online(first_moved) || online(second_moved); })) << slurp(dir_ / "esphome.log");
+  const std::string moved = online(first_moved) ? first_moved : second_moved;
+  EXPECT_FALSE(online(moved == first_moved ? second_moved : first_moved));
+  EXPECT_NE(slurp(dir_ / "esphome.log").find("which connected first"), std::string::npos);
+  EXPECT_EQ(slurp(dir_ / "esphome.log").find("floe refused device"), std::string::npos) << slurp(dir_ / "esphome.log");
+  // Each id reaches its own node.
+  for (const std::string& id : {std::string("twin"), moved}) {
+    auto t = client_->get(id + ".temperature", "Real");
+    ASSERT_TRUE(t) << id << ": " << t.error().message;
+    EXPECT_EQ(t->value().real(), 20.0) << id;
+  }
+  // The moved node keeps its id when it reconnects, while "twin" stays where it is.
+  FakeDevice& moved_node = moved == first_moved ? first : second;
+  const int connections = moved_node.connections();
+  moved_node.set_misdeed([](int, Transport&) { return false; });  // hangs up on its client
+  ASSERT_TRUE(eventually([&] { return moved_node.connections() > connections; })) << slurp(dir_ / "esphome.log");
+  moved_node.set_misdeed({});
+  ASSERT_TRUE(eventually([&] { return online(moved); })) << slurp(dir_ / "esphome.log");
+  EXPECT_NE(slurp(dir_ / "esphome.log").find("connection lost"), std::string::npos);
+  EXPECT_TRUE(online("twin"));
+}
+
 }  // namespace
 }  // namespace floe::test
 

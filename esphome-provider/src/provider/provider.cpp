@@ -114,6 +114,8 @@ struct Connection {
   Clock::time_point live_since{};
   bool ping_outstanding = false;
   std::string node_name;
+  std::string base_from;  // the id the node's name made when `base` was chosen (base_id)
+  std::string base;       // its floe device id, kept while the node keeps its name
   pb::DeviceInfoResponse info;
   std::vector<EntityInfo> listing;
   std::size_t listing_bytes = 0;  // the payloads of `listing`'s messages
@@ -643,22 +645,38 @@ struct EsphomeProvider::Impl {
 
   // ---- declaring the floe devices -------------------------------------------------------------
 
-  std::string base_id(const Connection& c) const {
+  std::string base_id(Connection& c) const {
     if (!c.config->name.empty()) return c.config->name;
     std::string id = slugify(!c.node_name.empty() ? std::string_view(c.node_name) : std::string_view(c.config->host));
+    // Chosen once: a reconnect keeps the id, whatever the other nodes were called meanwhile.
+    if (id == c.base_from) return c.base;
+    // `name` or one of its sub-devices ("<name>-...").
+    const auto covers = [&](std::string_view name) {
+      return id.starts_with(name) && (id.size() == name.size() || id[name.size()] == '-');
+    };
     // The node's own name is the device's to choose: it must not take the id of a device
-    // configured by name (nor of that device's sub-devices, "<name>-..."). Configured names win,
-    // whichever connects first; the node gets its address appended.
-    const bool configured = std::any_of(connections.begin(), connections.end(), [&](const auto& other) {
-      const std::string& name = other->config->name;
-      return !name.empty() && id.starts_with(name) && (id.size() == name.size() || id[name.size()] == '-');
-    });
-    if (!configured) return id;
-    std::string unique = sub_device_id(id, c.config->address());
-    spdlog::warn("ESPHome device {}: its name '{}' is a configured device's id; it is declared as '{}' (give it "
-                 "a name: in the configuration)",
-                 c.label, id, unique);
-    return unique;
+    // configured by name (nor of its sub-devices), nor an id a node without a name: holds
+    // already (two nodes flashed with one name). Configured names win whichever connects first,
+    // then the first node to connect; the other node gets its address appended.
+    const char* why = nullptr;
+    for (const auto& other : connections) {
+      if (!other->config->name.empty() && covers(other->config->name)) why = "a configured device's id";
+      if (why != nullptr || other.get() == &c || !other->config->name.empty()) continue;
+      const bool held = id == other->base || std::any_of(other->devices.begin(), other->devices.end(), [&](const auto& d) {
+                          return d->device->id() == id;
+                        });
+      if (held) why = "the id of another node without a name: in the configuration, which connected first";
+    }
+    std::string chosen = id;
+    if (why != nullptr) {
+      chosen = sub_device_id(id, c.config->address());
+      spdlog::warn("ESPHome device {}: its name '{}' is {}; it is declared as '{}' (give it a name: in the "
+                   "configuration)",
+                   c.label, id, why, chosen);
+    }
+    c.base_from = id;
+    c.base = chosen;
+    return chosen;
   }
 
   /// Declares (first time) or re-binds (reconnect) the node's floe devices from c.listing. False
