@@ -166,9 +166,10 @@ Status save_state(const std::string& path, const StoredState& state) {
   // A name of its own (mkstemp, mode 0600): a second writer never writes into this one's file.
   std::string tmp = target.string() + ".tmp.XXXXXX";
   const int fd = ::mkostemp(tmp.data(), O_CLOEXEC);
-  if (fd < 0) return sys_errorf(kOp, "create a temporary file next to {}", target.string());
-  const auto fail = [&](std::string what) {
-    auto err = sys_error(kOp, std::move(what));
+  // Arguments that are ready (c_str, no temporaries): errno is read after they are evaluated.
+  if (fd < 0) return sys_errorf(kOp, "create a temporary file next to {}", target.c_str());
+  const auto fail = [&](const char* what) {
+    auto err = sys_errorf(kOp, "{} {}", what, tmp);
     ::close(fd);
     ::unlink(tmp.c_str());
     return err;
@@ -177,20 +178,20 @@ Status save_state(const std::string& path, const StoredState& state) {
   while (done < text.size()) {
     const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return fail(fmt::format("write {}", tmp));
+    if (n < 0) return fail("write");
     done += static_cast<std::size_t>(n);
   }
-  if (::fsync(fd) != 0) return fail(fmt::format("fsync {}", tmp));
+  if (::fsync(fd) != 0) return fail("fsync");
   ::close(fd);
   if (::rename(tmp.c_str(), target.c_str()) != 0) {
-    auto err = sys_errorf(kOp, "rename {} -> {}", tmp, target.string());
+    auto err = sys_errorf(kOp, "rename {} -> {}", tmp, target.c_str());
     ::unlink(tmp.c_str());
     return err;
   }
   // The rename is durable only once the directory is: a failure here is reported (the saver
   // tries again with the next change).
   const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd < 0) return sys_errorf(kOp, "open directory {} to fsync it", dir.string());
+  if (dfd < 0) return sys_errorf(kOp, "open directory {} to fsync it", dir.c_str());
   const int synced = ::fsync(dfd);
   const int saved_errno = errno;
   ::close(dfd);

@@ -32,7 +32,8 @@ using Status = Result<void>;
 /// An Error with an explicit errno (e.g. from io_uring's negative results).
 [[nodiscard]] tl::unexpected<Error> sys_error(std::string_view operation, int code, std::string_view message);
 /// sys_error with a message formatted from `format` and `args`. errno is captured before the
-/// message is built: building it allocates, and an allocation may change errno.
+/// message is built (building it allocates, and an allocation may change errno), but after the
+/// arguments are evaluated: pass values that exist already, not temporaries that allocate.
 template <typename... Args>
 [[nodiscard]] tl::unexpected<Error> sys_errorf(std::string_view operation, fmt::format_string<Args...> format,
                                              Args&&... args) {
