@@ -75,7 +75,6 @@ struct Watch {
   int fd = -1;
   bool alive = true;
   bool poll_before_read = false;  // O_NONBLOCK eventfd: POLL_ADD, then read() here (not a READ op)
-  bool nonblocking = false;       // the fd was O_NONBLOCK when watched: reading it never blocks
   bool repeat = false;
   std::uint8_t armed = 0;         // bit(tag) per op whose final completion has not arrived
   std::array<std::uint64_t, 8> value{};  // IORING_OP_READ target: an eventfd's counter, or signals of a pipe
@@ -196,7 +195,6 @@ class UringLoop final : public EventLoop {
     w->kind = Kind::kEventfd;
     w->fd = fd;
     w->poll_before_read = (flags & O_NONBLOCK) != 0;
-    w->nonblocking = w->poll_before_read;
     w->on_value = std::move(callback);
     return add(std::move(w));
   }
@@ -494,13 +492,12 @@ class UringLoop final : public EventLoop {
         if (w.alive) rearm(w);
         return 1;
       case kTagRead:
-        // 8 bytes: an eventfd's counter or a signal pipe's signal; more: a pipe's signals (a full
-        // buffer: whatever else the pipe holds is read now, so that however much a peer wrote
-        // costs one callback).
+        // 8 bytes: an eventfd's counter or a signal pipe's signal; more: a pipe's signals. Only a
+        // blocking fd gets a read op (a non-blocking one is polled, then read here): whatever else
+        // its pipe holds comes with the next read op, since reading it here could block.
         if (c.res > 0) {
-          const bool full = c.res == static_cast<int>(sizeof w.value);
           const std::uint64_t value =
-              ipc::signals_read(w.fd, w.value[0], static_cast<std::size_t>(c.res), full && w.nonblocking);
+              ipc::signals_read(w.fd, w.value[0], static_cast<std::size_t>(c.res), /*drain_rest=*/false);
           if (w.kind == Kind::kWake) {
             rearm(w);
             return 0;

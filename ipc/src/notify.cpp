@@ -82,7 +82,7 @@ Result<std::uint64_t> eventfd_drain(int fd) {
     if (r == 0) return sys_error("read(signal pipe)", EPIPE, "the writer closed its end");
     if (errno == EINTR) continue;
     if (errno == EAGAIN) return 0;
-    return sys_error("read(eventfd)");
+    return sys_error("read(eventfd or signal pipe)");
   }
 }
 

@@ -51,9 +51,12 @@ class EventLoop {
   /// readiness (read the data) or it is called again.
   [[nodiscard]] virtual Result<WatchId> watch_readable(int fd, std::function<void()> callback) = 0;
   /// For eventfds and the read ends of signal pipes (notify.hpp): reads the counter or a signal for
-  /// you (io_uring: a read op, re-armed after each completion; epoll: read(2) on readiness) and
-  /// passes the value. The fd should be non-blocking for the epoll backend; the io_uring backend
-  /// accepts either. A pipe whose writer has closed its end ends the watch (quietly: the peer left).
+  /// you (io_uring: a read op on a blocking fd, a poll then read(2) on a non-blocking one; epoll:
+  /// read(2) on readiness) and passes the value. The fd should be non-blocking for the epoll
+  /// backend; the io_uring backend accepts either, as it was when watched: do not clear or set
+  /// O_NONBLOCK while it is watched (a read(2) after a poll would block the loop if a rival
+  /// reader emptied it). A pipe whose writer has closed its end ends the watch (quietly: the
+  /// peer left).
   [[nodiscard]] virtual Result<WatchId> watch_eventfd(int fd,
                                                       std::function<void(std::uint64_t)> callback) = 0;
   /// Calls `callback` after `delay`, and then every `delay` if `repeat`.
