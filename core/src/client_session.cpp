@@ -500,14 +500,15 @@ bool ClientSession::evicted_over_core_budget() {
   // Unlike a session over its own bound, this one does not wait until its client has read what is
   // queued: the memory is needed now. Its client is told if its socket has room, which it seldom has.
   const auto limit = core_.config.limits.max_queued_client_bytes;
-  spdlog::warn("client pid {} uid {}: holds more than its share ({} bytes) of what floe-core keeps for clients "
+  spdlog::warn("client pid {} uid {}: would hold more than its share ({} bytes) of what floe-core keeps for clients "
                "that do not read, and that is full (limits.max_queued_client_bytes {}); disconnecting",
                peer_.pid, peer_.uid, limit / std::max(1U, core_.config.max_clients), limit);
   const std::string last = error_packet(0, proto::ERROR_CODE_LIMIT,
                                         "floe-core's room for the unread answers of all clients is full "
-                                        "(limits.max_queued_client_bytes) and this client holds more than its share",
+                                        "(limits.max_queued_client_bytes) and this client would hold more than its share",
                                         true);
-  (void)::send(channel_.fd(), last.data(), last.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+  // Not between the packets of an answer it is being sent (its client would see a broken answer).
+  if (sent_ == sending_.size()) (void)::send(channel_.fd(), last.data(), last.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
   closing_ = true;
   return true;
 }
