@@ -447,6 +447,35 @@ TEST_F(EsphomeHostile, TwoNodesWithOneNameAndNoConfiguredNameEachGetAnId) {
   EXPECT_TRUE(online("twin"));
 }
 
+// A node dropped before it declared anything (its entities name too many sub-devices) holds no
+// id: the other node with its name, connecting after it, gets the plain name.
+TEST_F(EsphomeHostile, ANodeDroppedBeforeDeclaringDoesNotKeepItsNameFromAnother) {
+  FakeDevice dropped("twin", std::nullopt);
+  dropped.set_listing([](FakeDevice::Listing& l) {
+    for (std::uint32_t i = 0; i < 300; ++i) {
+      esphome::api::ListEntitiesSwitchResponse s;
+      s.set_key(100 + i);
+      s.set_object_id("relay_" + std::to_string(i));
+      s.set_name("Relay " + std::to_string(i));
+      s.set_device_id(100 + i);  // a sub-device DeviceInfo does not list, one per entity
+      l.entities.emplace_back(esphome::to_u16(MsgType::ListEntitiesSwitchResponse), s.SerializeAsString());
+    }
+  });
+  FakeDevice later("twin", std::nullopt);
+  // It hangs up on every connection until the other has been dropped once.
+  later.set_misdeed([](int, Transport&) { return false; }, /*at_connect=*/true);
+  FakeDevice good("good-node", std::nullopt);
+  ASSERT_NO_FATAL_FAILURE(start(
+      {{"good", good.port(), std::nullopt}, {"", dropped.port(), std::nullopt}, {"", later.port(), std::nullopt}},
+      {"good"}));
+  ASSERT_TRUE(eventually([&] {
+    return slurp(dir_ / "esphome.log").find("entities name 301 sub-devices") != std::string::npos;
+  })) << slurp(dir_ / "esphome.log");
+  later.set_misdeed({});
+  EXPECT_TRUE(eventually([&] { return online("twin"); })) << slurp(dir_ / "esphome.log");
+  EXPECT_FALSE(online("twin-127.0.0.1_" + std::to_string(later.port())));
+}
+
 }  // namespace
 }  // namespace floe::test
 

@@ -648,8 +648,9 @@ struct EsphomeProvider::Impl {
   std::string base_id(Connection& c) const {
     if (!c.config->name.empty()) return c.config->name;
     std::string id = slugify(!c.node_name.empty() ? std::string_view(c.node_name) : std::string_view(c.config->host));
-    // Chosen once: a reconnect keeps the id, whatever the other nodes were called meanwhile.
-    if (id == c.base_from) return c.base;
+    // Chosen once it holds devices: a reconnect keeps the id, whatever the other nodes were called
+    // meanwhile. A node dropped before it declared any chooses again.
+    if (id == c.base_from && !c.devices.empty()) return c.base;
     // `name` or one of its sub-devices ("<name>-...").
     const auto covers = [&](std::string_view name) {
       return id.starts_with(name) && (id.size() == name.size() || id[name.size()] == '-');
@@ -662,9 +663,11 @@ struct EsphomeProvider::Impl {
     for (const auto& other : connections) {
       if (!other->config->name.empty() && covers(other->config->name)) why = "a configured device's id";
       if (why != nullptr || other.get() == &c || !other->config->name.empty()) continue;
-      const bool held = id == other->base || std::any_of(other->devices.begin(), other->devices.end(), [&](const auto& d) {
-                          return d->device->id() == id;
-                        });
+      // Held by a node that has floe devices now: one that was dropped (too many sub-devices,
+      // refused by floe) before it declared any reserves nothing.
+      const bool held = !other->devices.empty() &&
+                        (id == other->base || std::any_of(other->devices.begin(), other->devices.end(),
+                                                          [&](const auto& d) { return d->device->id() == id; }));
       if (held) why = "the id of another node without a name: in the configuration, which connected first";
     }
     std::string chosen = id;
