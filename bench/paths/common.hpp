@@ -135,7 +135,7 @@ bool child_alive(pid_t pid, int* status = nullptr);
 /// say which task was busy.
 void name_this_thread(const std::string& name) noexcept;
 
-/// One thread's on-CPU time so far (same clock as process_cpu_ns_of).
+/// One thread's on-CPU time so far (its se.sum_exec_runtime, the runtime process_cpu_ns_of sums).
 struct ThreadCpu {
   pid_t tid = 0;
   std::string name;  // /proc/<pid>/task/<tid>/comm (what pthread_setname_np set)

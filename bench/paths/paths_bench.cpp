@@ -463,31 +463,38 @@ struct Placement {
   }
 };
 
+/// One repetition of `row`: its request, commit and saturation phases. False (the row failed,
+/// with its reason) if a phase did.
+bool measure_repetition(Instance& inst, Row& row, const PathsConfig& cfg, const Placement& where) {
+  if (!where.for_latency(inst)) row.pinned = false;
+  auto req = run_phase(inst, PhaseKind::kRequestOpen, row.clients, cfg.load_rps, cfg.phase_s);
+  auto com = req.ok ? run_phase(inst, PhaseKind::kCommitOpen, row.clients, cfg.load_rps, cfg.phase_s) : PhaseResult{};
+  where.for_throughput(inst);
+  auto sat = com.ok && req.ok ? run_phase(inst, PhaseKind::kRequestClosed, row.clients, 0, cfg.phase_s) : PhaseResult{};
+  for (const auto* r : {&req, &com, &sat}) {
+    if (!r->ok) {
+      row.status = "failed";
+      row.reason = r->error;
+      if (auto d = inst.diagnose(); !d.empty() && d != r->error) row.reason += " [" + d + "]";
+      return false;
+    }
+  }
+  row.request.add(req);
+  row.commit.add(com);
+  row.max_rps.values.push_back(sat.achieved_rps);
+  row.cpu_saturated.values.push_back(sat.cpu_ns_per_op);
+  row.client_cpu_saturated.values.push_back(sat.client_cpu_ns_per_op);
+  row.busy_cpus_saturated.values.push_back(sat.busy_cpus);
+  row.busiest_cpus_saturated.values.push_back(sat.busiest_cpus);
+  row.busiest_thread_saturated.push_back(sat.busiest_thread);
+  ++row.repetitions;
+  return true;
+}
+
 void measure_row(Instance& inst, Row& row, const PathsConfig& cfg, const Placement& where, bool with_ramp) {
   row.pinned = !where.latency.empty();
   for (int rep = 0; rep < cfg.repetitions; ++rep) {
-    if (!where.for_latency(inst)) row.pinned = false;
-    auto req = run_phase(inst, PhaseKind::kRequestOpen, row.clients, cfg.load_rps, cfg.phase_s);
-    auto com = req.ok ? run_phase(inst, PhaseKind::kCommitOpen, row.clients, cfg.load_rps, cfg.phase_s) : PhaseResult{};
-    where.for_throughput(inst);
-    auto sat = com.ok && req.ok ? run_phase(inst, PhaseKind::kRequestClosed, row.clients, 0, cfg.phase_s) : PhaseResult{};
-    for (const auto* r : {&req, &com, &sat}) {
-      if (!r->ok) {
-        row.status = "failed";
-        row.reason = r->error;
-        if (auto d = inst.diagnose(); !d.empty() && d != r->error) row.reason += " [" + d + "]";
-        return;
-      }
-    }
-    row.request.add(req);
-    row.commit.add(com);
-    row.max_rps.values.push_back(sat.achieved_rps);
-    row.cpu_saturated.values.push_back(sat.cpu_ns_per_op);
-    row.client_cpu_saturated.values.push_back(sat.client_cpu_ns_per_op);
-    row.busy_cpus_saturated.values.push_back(sat.busy_cpus);
-    row.busiest_cpus_saturated.values.push_back(sat.busiest_cpus);
-    row.busiest_thread_saturated.push_back(sat.busiest_thread);
-    ++row.repetitions;
+    if (!measure_repetition(inst, row, cfg, where)) return;
   }
   if (!with_ramp) return;
   // From a quarter of the measured maximum up by 1.5x until the path falls behind its schedule
@@ -712,6 +719,9 @@ CLI::App* add_paths_subcommand(CLI::App& app, PathsConfig& cfg) {
                   "then counts into every sample)")
       ->capture_default_str();
   cmd->add_flag("!--no-ramp", cfg.ramp, "skip the offered-load ramp");
+  cmd->add_flag("!--no-paired", cfg.paired,
+                "skip the rows the targets come from: floe and old at --sweep-devices, 1 and the most clients, "
+                "one repetition of each in turn (without them, the targets use the sweep's rows)");
   cmd->add_flag("--pin-latency", cfg.pin,
                 "run the latency phases with every process of the path on one CPU (the last allowed): a hop is "
                 "then a context switch, never a wakeup of another, idle CPU");
@@ -893,6 +903,63 @@ int run_paths_bench(PathsConfig cfg) {
     }
   }
 
+  // The targets' rows again, floe and old taken in turn: one repetition of each, then the next.
+  // The sweep measures all of one path's rows before the other's, minutes apart, and on a shared
+  // VM the cost of a wakeup drifts over minutes (bench/README.md): a ratio of two rows measured
+  // at different times carries that drift. Both instances stay up; the idle one sleeps.
+  std::vector<Row> paired;
+  const bool both_paths = std::find(cfg.paths.begin(), cfg.paths.end(), "floe") != cfg.paths.end() &&
+                          std::find(cfg.paths.begin(), cfg.paths.end(), "old") != cfg.paths.end();
+  if (cfg.paired && both_paths) {
+    std::uint32_t most = cfg.throughput_clients;
+    for (auto c : cfg.clients) most = std::max(most, c);
+    fmt::print("\nfloe and old in turn (one repetition each, then the next; the targets below come from these "
+               "rows):\n");
+    for (const bool tcp : settings) {
+      InstanceSpec fs{.path = "floe", .notify = "eventfd", .backend = "", .devices = cfg.sweep_devices, .clients = most,
+                      .tcp = tcp};
+      InstanceSpec os = fs;
+      os.path = "old";
+      fmt::print(stderr, "  [paired] starting floe and old {} ({} devices, {} clients) ...\n",
+                 tcp ? "behind TCP" : "in-process", cfg.sweep_devices, most);
+      Instance fi;
+      Instance oi;
+      const bool up = fi.bring_up(fs, cfg) && oi.bring_up(os, cfg);
+      for (Instance* inst : {&fi, &oi}) {
+        if (!up) break;
+        (void)where.for_latency(*inst);
+        (void)run_phase(*inst, PhaseKind::kRequestOpen, 1, cfg.load_rps, std::min(0.3, cfg.phase_s));
+        (void)run_phase(*inst, PhaseKind::kCommitOpen, 1, cfg.load_rps, std::min(0.3, cfg.phase_s));
+      }
+      for (const std::uint32_t clients : {std::uint32_t{1}, most}) {
+        Row fr{.path = "floe", .setting = setting_name(tcp), .notify = "eventfd", .backend = "",
+               .devices = cfg.sweep_devices, .clients = clients};
+        Row orow = fr;
+        orow.path = "old";
+        if (!up) {
+          for (Row* r : {&fr, &orow}) {
+            r->status = "failed";
+            r->reason = !fi.error().empty() ? fi.error() : oi.error();
+          }
+        } else {
+          fmt::print(stderr, "  [paired] floe and old {} {} devices {} clients\n", setting_name(tcp), cfg.sweep_devices,
+                     clients);
+          fr.pinned = orow.pinned = !where.latency.empty();
+          for (int rep = 0; rep < cfg.repetitions; ++rep) {
+            if (!measure_repetition(fi, fr, cfg, where) || !measure_repetition(oi, orow, cfg, where)) break;
+          }
+        }
+        for (Row* r : {&fr, &orow}) {
+          if (r->status == "failed") any_failed = true;
+          fmt::print("{}\n", row_line(*r));
+          paired.push_back(std::move(*r));
+        }
+        std::fflush(stdout);
+        if (clients == most) break;  // most == 1: one row each
+      }
+    }
+  }
+
   // Where the CPU goes at saturation (the closed-loop phases).
   fmt::print("\nat saturation (closed loop): CPU per request of the path (core + provider) and of the clients "
              "(behind TCP with the simulated devices), the CPUs kept busy, and the path's busiest thread\n");
@@ -919,10 +986,12 @@ int run_paths_bench(PathsConfig cfg) {
 
   std::vector<Target> tgt;
   for (const bool tcp : settings) {
-    auto more = targets(rows, cfg.sweep_devices, setting_name(tcp), static_cast<unsigned>(std::max(1, machine.cores_allowed)));
+    auto more = targets(paired.empty() ? rows : paired, cfg.sweep_devices, setting_name(tcp),
+                        static_cast<unsigned>(std::max(1, machine.cores_allowed)));
     tgt.insert(tgt.end(), more.begin(), more.end());
   }
-  fmt::print("\ntargets (issue 6; ratios from this run; behind TCP the issue asks for the ratios only):\n");
+  fmt::print("\ntargets (issue 6; ratios from this run{}; behind TCP the issue asks for the ratios only):\n",
+             paired.empty() ? "" : ", from the rows taken in turn");
   for (const auto& t : tgt) {
     const std::string goal = t.judged ? fmt::format("target {} {:<4}", t.at_least ? ">=" : "<=", t.target)
                                       : std::string("(reported)     ");
@@ -954,6 +1023,10 @@ int run_paths_bench(PathsConfig cfg) {
     ordered_json paths = ordered_json::array();
     for (const Row& r : rows) paths.push_back(row_json(r));
     doc["paths"] = std::move(paths);
+    // The targets' rows again, floe and old one repetition each in turn; "targets" come from these.
+    ordered_json in_turn = ordered_json::array();
+    for (const Row& r : paired) in_turn.push_back(row_json(r));
+    doc["paired"] = std::move(in_turn);
     doc["transports"] = std::move(transports);
     ordered_json t = ordered_json::array();
     for (const auto& x : tgt)

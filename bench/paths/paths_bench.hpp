@@ -27,6 +27,7 @@ struct PathsConfig {
   double send_lead_us = 150;     // open phases: senders wake this early and spin to the intended time
   bool pin = false;              // latency phases: every process of the path on one CPU
   bool ramp = true;              // ramp offered load at (sweep_devices, throughput_clients)
+  bool paired = true;            // the targets' rows again, floe and old one repetition each in turn
   bool transports = true;        // run `floe-bench ring` (small counts) and join its results
   std::size_t task_threads = 2;  // the baselines' device-task / link-task pools
   std::string setting;           // inprocess | tcp | both; empty: both (--quick: inprocess)
