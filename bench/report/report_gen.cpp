@@ -191,21 +191,29 @@ std::string markdown(const json& doc, const std::vector<std::string>& plots, con
         "provider CPU per request or commit at the offered load.\n\n";
   md << "Setting `inside_provider`: the device is answered inside the provider (the IPC alone); `tcp`: every device "
         "is a floe-esphome-sim device behind its own native-API TCP connection on loopback.\n\n";
-  md << "| path | setting | notify | devices | clients | req p50 us | req p99 us | req p50 spread | commit p50 us | "
-        "commit p99 us | max req/s | CPU/req us | CPU/commit us |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
-  for (const auto& r : doc["paths"]) {
-    const std::string notify = str(r, "notify") + (str(r, "loop_backend").empty() ? "" : "/" + str(r, "loop_backend"));
-    if (!ok(r)) {
-      md << fmt::format("| {} | {} | {} | {} | {} | {}: {} ||||||||\n", str(r, "path"), setting(r), notify,
-                        num(r, "devices"), num(r, "clients"), str(r, "status"), str(r, "reason"));
-      continue;
+  const auto latency_table = [&](const json& rows) {
+    md << "| path | setting | notify | devices | clients | req p50 us | req p99 us | req p50 spread | commit p50 us | "
+          "commit p99 us | max req/s | CPU/req us | CPU/commit us |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+    for (const auto& r : rows) {
+      const std::string notify = str(r, "notify") + (str(r, "loop_backend").empty() ? "" : "/" + str(r, "loop_backend"));
+      if (!ok(r)) {
+        md << fmt::format("| {} | {} | {} | {} | {} | {}: {} ||||||||\n", str(r, "path"), setting(r), notify,
+                          num(r, "devices"), num(r, "clients"), str(r, "status"), str(r, "reason"));
+        continue;
+      }
+      const json& sp = r["request"]["p50_spread_ns"];
+      md << fmt::format("| {} | {} | {} | {} | {} | {} | {} | {}-{} | {} | {} | {:.0f} | {} | {} |\n", str(r, "path"),
+                        setting(r), notify, num(r, "devices"), num(r, "clients"), us(num(r, "request_p50_ns")),
+                        us(num(r, "request_p99_ns")), us(sp[0].get<double>()), us(sp[1].get<double>()),
+                        us(num(r, "commit_p50_ns")), us(num(r, "commit_p99_ns")), num(r, "max_rps"),
+                        us(num(r, "cpu_ns_per_request")), us(num(r, "cpu_ns_per_commit")));
     }
-    const json& sp = r["request"]["p50_spread_ns"];
-    md << fmt::format("| {} | {} | {} | {} | {} | {} | {} | {}-{} | {} | {} | {:.0f} | {} | {} |\n", str(r, "path"),
-                      setting(r), notify, num(r, "devices"), num(r, "clients"), us(num(r, "request_p50_ns")), us(num(r, "request_p99_ns")),
-                      us(sp[0].get<double>()), us(sp[1].get<double>()), us(num(r, "commit_p50_ns")),
-                      us(num(r, "commit_p99_ns")), num(r, "max_rps"), us(num(r, "cpu_ns_per_request")),
-                      us(num(r, "cpu_ns_per_commit")));
+  };
+  latency_table(doc["paths"]);
+  if (doc.contains("paired") && doc["paired"].is_array() && !doc["paired"].empty()) {
+    md << "\n## Rows taken in turn\n\nfloe and old side by side, one repetition of each in turn, so that both see the "
+          "same machine; the targets below come from these rows.\n\n";
+    latency_table(doc["paired"]);
   }
   // Where the CPU went in the saturation phases (JSON written since these fields exist).
   bool saturation_header = false;
