@@ -481,12 +481,12 @@ class UringLoop final : public EventLoop {
     Watch& w = *wp;
     switch (c.user_data & kTagMask) {
       case kTagPoll:
-        if (w.kind != Kind::kReadable) return read_after_poll(w, c.res);
         if (c.res < 0) {
           if (c.res != -ECANCELED) fail(w, "poll", c.res);
           else rearm(w);
           return 0;
         }
+        if (w.kind != Kind::kReadable) return read_after_poll(w);
         w.on_ready();
         // A fresh one-shot poll completes at once if the callback left data unread.
         if (w.alive) rearm(w);
@@ -496,15 +496,7 @@ class UringLoop final : public EventLoop {
         // blocking fd gets a read op (a non-blocking one is polled, then read here): whatever else
         // its pipe holds comes with the next read op, since reading it here could block.
         if (c.res > 0) {
-          const std::uint64_t value =
-              ipc::signals_read(w.fd, w.value[0], static_cast<std::size_t>(c.res), /*drain_rest=*/false);
-          if (w.kind == Kind::kWake) {
-            rearm(w);
-            return 0;
-          }
-          w.on_value(value);
-          if (w.alive) rearm(w);
-          return 1;
+          return deliver(w, ipc::signals_read(w.fd, w.value[0], static_cast<std::size_t>(c.res), /*drain_rest=*/false));
         }
         if (c.res == -EAGAIN) {
           // Non-blocking eventfd (or a rival reader emptied it): wait for readiness first.
@@ -517,9 +509,7 @@ class UringLoop final : public EventLoop {
           return 0;
         }
         if (c.res == 0) {
-          // A signal pipe whose writer is gone: every read would end at once. Not an error of ours.
-          spdlog::debug("event loop: watch {} (fd {}): the writer closed its end; watch dropped", w.id, w.fd);
-          kill(w);
+          writer_gone(w);  // every read would end at once
           return 0;
         }
         fail(w, "read", c.res);
@@ -546,33 +536,30 @@ class UringLoop final : public EventLoop {
   }
 
   // A poll of an O_NONBLOCK eventfd or signal pipe completed: read it here (see the file comment).
-  std::size_t read_after_poll(Watch& w, int res) {
-    if (res < 0) {
-      if (res != -ECANCELED) fail(w, "poll", res);
-      else rearm(w);
-      return 0;
-    }
+  std::size_t read_after_poll(Watch& w) {
     auto value = ipc::eventfd_drain(w.fd);
-    if (!value) {
-      if (value.error().code == EPIPE) {
-        // A signal pipe whose writer is gone: every poll would complete at once. Not an error of ours.
-        spdlog::debug("event loop: watch {} (fd {}): the writer closed its end; watch dropped", w.id, w.fd);
-        kill(w);
-        return 0;
-      }
-      spdlog::warn("event loop: read for watch {} (fd {}) failed: {}; watch dropped", w.id, w.fd,
-                   value.error().to_string());
-      kill(w);
-      return 0;
-    }
-    // Nothing there (a rival reader emptied it first): wait for the next signal.
-    if (*value == 0 || w.kind == Kind::kWake) {
+    if (value) return deliver(w, *value);
+    if (value.error().code == EPIPE) writer_gone(w);  // every poll would complete at once
+    else fail(w, "read", -value.error().code);
+    return 0;
+  }
+
+  // What an eventfd watch read: to its callback (the wake eventfd has none; 0, when a rival reader
+  // emptied it first, is not reported), then armed for the next. Returns 1 if the callback ran.
+  std::size_t deliver(Watch& w, std::uint64_t value) {
+    if (value == 0 || w.kind == Kind::kWake) {
       rearm(w);
       return 0;
     }
-    w.on_value(*value);
+    w.on_value(value);
     if (w.alive) rearm(w);
     return 1;
+  }
+
+  // A signal pipe whose writer is gone. Not an error of ours: the peer left.
+  void writer_gone(Watch& w) {
+    spdlog::debug("event loop: watch {} (fd {}): the writer closed its end; watch dropped", w.id, w.fd);
+    kill(w);
   }
 
   static void advance_deadline(Watch& w) noexcept {
