@@ -463,6 +463,13 @@ struct Placement {
   }
 };
 
+/// Warm-up of a new instance: one short request phase and one commit phase, not recorded.
+void warm_up(Instance& inst, const PathsConfig& cfg, const Placement& where) {
+  (void)where.for_latency(inst);
+  (void)run_phase(inst, PhaseKind::kRequestOpen, 1, cfg.load_rps, std::min(0.3, cfg.phase_s));
+  (void)run_phase(inst, PhaseKind::kCommitOpen, 1, cfg.load_rps, std::min(0.3, cfg.phase_s));
+}
+
 /// One repetition of `row`: its request, commit and saturation phases. False (the row failed,
 /// with its reason) if a phase did.
 bool measure_repetition(Instance& inst, Row& row, const PathsConfig& cfg, const Placement& where) {
@@ -873,12 +880,7 @@ int run_paths_bench(PathsConfig cfg) {
                spec.backend.empty() ? "" : "/" + spec.backend);
     Instance inst;
     const bool up = inst.bring_up(spec, cfg);
-    if (up) {
-      // Warm-up: one short request phase and one commit phase, not recorded.
-      (void)where.for_latency(inst);
-      (void)run_phase(inst, PhaseKind::kRequestOpen, 1, cfg.load_rps, std::min(0.3, cfg.phase_s));
-      (void)run_phase(inst, PhaseKind::kCommitOpen, 1, cfg.load_rps, std::min(0.3, cfg.phase_s));
-    }
+    if (up) warm_up(inst, cfg, where);
     for (auto clients : plan.rows) {
       Row row{.path = spec.path, .setting = setting_name(spec.tcp), .notify = spec.notify, .backend = spec.backend,
               .devices = spec.devices, .clients = clients};
@@ -925,11 +927,9 @@ int run_paths_bench(PathsConfig cfg) {
       Instance fi;
       Instance oi;
       const bool up = fi.bring_up(fs, cfg) && oi.bring_up(os, cfg);
-      for (Instance* inst : {&fi, &oi}) {
-        if (!up) break;
-        (void)where.for_latency(*inst);
-        (void)run_phase(*inst, PhaseKind::kRequestOpen, 1, cfg.load_rps, std::min(0.3, cfg.phase_s));
-        (void)run_phase(*inst, PhaseKind::kCommitOpen, 1, cfg.load_rps, std::min(0.3, cfg.phase_s));
+      if (up) {
+        warm_up(fi, cfg, where);
+        warm_up(oi, cfg, where);
       }
       for (const std::uint32_t clients : {std::uint32_t{1}, most}) {
         Row fr{.path = "floe", .setting = setting_name(tcp), .notify = "eventfd", .backend = "",
