@@ -269,10 +269,13 @@ bool ClientSession::queue_locked(std::span<std::string> parts, std::uint64_t wat
   return true;
 }
 
+std::size_t ClientSession::core_budget_share() const noexcept {
+  return core_.config.limits.max_queued_client_bytes / std::max(1U, core_.config.max_clients);
+}
+
 bool ClientSession::admit_locked(std::size_t growth, std::size_t own_after) {
-  const std::size_t limit = core_.config.limits.max_queued_client_bytes;
   const std::size_t before = core_.client_queued_bytes.fetch_add(growth, std::memory_order_relaxed);
-  if (before + growth <= limit || own_after <= limit / std::max(1U, core_.config.max_clients)) return true;
+  if (before + growth <= core_.config.limits.max_queued_client_bytes || own_after <= core_budget_share()) return true;
   core_.client_queued_bytes.fetch_sub(growth, std::memory_order_relaxed);
   over_core_budget_ = true;
   return false;
@@ -290,8 +293,9 @@ void ClientSession::flush_outbox() {
       const ssize_t n = ::send(channel_.fd(), b.data(), b.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
       if (n == static_cast<ssize_t>(b.size())) {
         const std::size_t left = sending_bytes_.load(std::memory_order_relaxed);  // only this thread writes it
-        sending_bytes_.store(left - std::min(left, b.size()), std::memory_order_relaxed);
-        release_queued(std::min(left, b.size()));
+        const std::size_t done = std::min(left, b.size());
+        sending_bytes_.store(left - done, std::memory_order_relaxed);
+        release_queued(done);
         ++sent_;
         if (blocked_) blocked_since_ = std::chrono::steady_clock::now();  // reading, if slowly
         continue;
@@ -499,10 +503,9 @@ bool ClientSession::evicted_over_core_budget() {
   }
   // Unlike a session over its own bound, this one does not wait until its client has read what is
   // queued: the memory is needed now. Its client is told if its socket has room, which it seldom has.
-  const auto limit = core_.config.limits.max_queued_client_bytes;
   spdlog::warn("client pid {} uid {}: would hold more than its share ({} bytes) of what floe-core keeps for clients "
                "that do not read, and that is full (limits.max_queued_client_bytes {}); disconnecting",
-               peer_.pid, peer_.uid, limit / std::max(1U, core_.config.max_clients), limit);
+               peer_.pid, peer_.uid, core_budget_share(), core_.config.limits.max_queued_client_bytes);
   const std::string last = error_packet(0, proto::ERROR_CODE_LIMIT,
                                         "floe-core's room for the unread answers of all clients is full "
                                         "(limits.max_queued_client_bytes) and this client would hold more than its share",

@@ -356,6 +356,8 @@ class ClientSession {
   /// Under outbox_mu_: counts `growth` more bytes against the core-wide limit, or, if that is full
   /// and this session would hold more than its share (own_after bytes), refuses them (false).
   bool admit_locked(std::size_t growth, std::size_t own_after);
+  /// What one session may hold once the core-wide limit is full: the limit over max_clients.
+  [[nodiscard]] std::size_t core_budget_share() const noexcept;
   /// This session's bytes leave the core-wide count (sent, replaced or dropped).
   void release_queued(std::size_t bytes) noexcept;
   /// The loop's thread: admit_locked refused this session: it is closed now (true), its queue freed.
