@@ -651,25 +651,24 @@ struct EsphomeProvider::Impl {
     // Chosen once it holds devices: a reconnect keeps the id, whatever the other nodes were called
     // meanwhile. A node dropped before it declared any chooses again.
     if (id == c.base_from && !c.devices.empty()) return c.base;
-    // `name` or one of its sub-devices ("<name>-...").
-    const auto covers = [&](std::string_view name) {
-      return id.starts_with(name) && (id.size() == name.size() || id[name.size()] == '-');
-    };
     // The node's own name is the device's to choose: it must not take the id of a device
-    // configured by name (nor of its sub-devices), nor an id a node without a name: holds
-    // already (two nodes flashed with one name). Configured names win whichever connects first,
-    // then the first node to connect; the other node gets its address appended.
-    const char* why = nullptr;
-    for (const auto& other : connections) {
-      if (!other->config->name.empty() && covers(other->config->name)) why = "a configured device's id";
-      if (why != nullptr || other.get() == &c || !other->config->name.empty()) continue;
-      // Held by a node that has floe devices now: one that was dropped (too many sub-devices,
-      // refused by floe) before it declared any reserves nothing.
-      const bool held = !other->devices.empty() &&
-                        (id == other->base || std::any_of(other->devices.begin(), other->devices.end(),
-                                                          [&](const auto& d) { return d->device->id() == id; }));
-      if (held) why = "the id of another node without a name: in the configuration, which connected first";
-    }
+    // configured by name (nor of its sub-devices, "<name>-..."), nor an id a node without a name:
+    // holds already (two nodes flashed with one name). Configured names win whichever connects
+    // first, then the first node to connect; the other node gets its address appended.
+    const bool configured = std::any_of(connections.begin(), connections.end(), [&](const auto& other) {
+      const std::string& name = other->config->name;
+      return !name.empty() && id.starts_with(name) && (id.size() == name.size() || id[name.size()] == '-');
+    });
+    // Held by a node that has floe devices now: one that was dropped (too many sub-devices,
+    // refused by floe) before it declared any reserves nothing.
+    const bool held = std::any_of(connections.begin(), connections.end(), [&](const auto& other) {
+      return other.get() != &c && other->config->name.empty() && !other->devices.empty() &&
+             (id == other->base || std::any_of(other->devices.begin(), other->devices.end(),
+                                               [&](const auto& d) { return d->device->id() == id; }));
+    });
+    const char* why = configured ? "a configured device's id"
+                      : held     ? "the id of another node without a name: in the configuration, which connected first"
+                                 : nullptr;
     std::string chosen = id;
     if (why != nullptr) {
       chosen = sub_device_id(id, c.config->address());
