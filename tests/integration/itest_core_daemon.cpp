@@ -468,9 +468,9 @@ class CoreDaemon : public ::testing::Test {
     provider_.emplace(std::move(*p));
     ctl_ = sv[0];
   }
-  /// A logged core, a hello'd client and the SDK provider with both its devices online.
-  Client start_core_and_provider() {
-    start_logged_core();
+  /// A logged core (with `config`), a hello'd client and the SDK provider with both its devices online.
+  Client start_core_and_provider(const std::string& config = {}) {
+    start_logged_core(config);
     Client client(sock_dir_);
     EXPECT_TRUE(client.hello());
     start_provider();
@@ -1456,12 +1456,8 @@ TEST_F(CoreDaemon, StopsWhileAWatcherDoesNotRead) {
 // limits.client_stall_timeout_ms, with a log line, and its place comes back: with max_clients = 2
 // a third client gets in only once the stalled one is gone.
 TEST_F(CoreDaemon, AClientThatStopsReadingIsDisconnectedAfterTheStallTimeoutAndItsPlaceComesBack) {
-  start_logged_core("max_clients = 2\n[limits]\nclient_stall_timeout_ms = 300\n");
+  Client client = start_core_and_provider("max_clients = 2\n[limits]\nclient_stall_timeout_ms = 300\n");
   ASSERT_FALSE(HasFailure());
-  Client client(sock_dir_);
-  ASSERT_TRUE(client.hello());
-  start_provider();
-  ASSERT_TRUE(eventually([&] { return client.online("lamp"); }));
   std::optional<Client> staller(std::in_place, sock_dir_);
   ASSERT_TRUE(staller->hello());
   std::string why;
@@ -1489,12 +1485,8 @@ TEST_F(CoreDaemon, AClientThatStopsReadingIsDisconnectedAfterTheStallTimeoutAndI
 // stall clock) only on EPOLLOUT, which a Unix socket reports once the reader has drained about
 // three quarters of the send buffer, not after every packet it takes.
 TEST_F(CoreDaemon, AClientReadingATrickleFromAFullSocketIsStillDisconnected) {
-  start_logged_core("[limits]\nclient_stall_timeout_ms = 1000\n");
+  Client client = start_core_and_provider("[limits]\nclient_stall_timeout_ms = 1000\n");
   ASSERT_FALSE(HasFailure());
-  Client client(sock_dir_);
-  ASSERT_TRUE(client.hello());
-  start_provider();
-  ASSERT_TRUE(eventually([&] { return client.online("lamp"); }));
   Client trickle(sock_dir_);
   ASSERT_TRUE(trickle.hello());
   std::string why;
@@ -1517,14 +1509,10 @@ TEST_F(CoreDaemon, AClientReadingATrickleFromAFullSocketIsStillDisconnected) {
 // reading fills its queue with their events; past the core-wide limit, a session holding more
 // than its share (the limit over max_clients) is disconnected at once, and the others go on.
 TEST_F(CoreDaemon, ClientsThatDoNotReadShareOneCoreWideLimitOfQueuedBytes) {
-  start_logged_core(
+  Client client = start_core_and_provider(
       "max_clients = 4\n[limits]\nmax_queued_client_bytes = 65536\nmax_watches_per_client = 4096\n"
       "client_stall_timeout_ms = 600000\n");
   ASSERT_FALSE(HasFailure());
-  Client client(sock_dir_);
-  ASSERT_TRUE(client.hello());
-  start_provider();
-  ASSERT_TRUE(eventually([&] { return client.online("lamp"); }));
   Client hog(sock_dir_);
   ASSERT_TRUE(hog.hello());
   std::string why;
